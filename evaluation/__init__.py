@@ -1,0 +1,1 @@
+"""Evaluation harness: planners x tasks x engines, closed-loop episodes, resumable runs and reports."""
