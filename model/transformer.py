@@ -1,0 +1,274 @@
+"""The Emu3.5 decoder: a Qwen3-style transformer (GQA, QK-norm, RoPE, SwiGLU), written compactly in gpt-fast style.
+
+Why our own decoder instead of transformers' Qwen3 modules: the generation engine needs a pre-allocated KV cache that
+it can index with tensors (so a decode step can be captured once in a CUDA graph), batched CFG rows whose prompts have
+different lengths (per-row RoPE positions, per-row valid-slot masks over a shared slot index), and an output head that
+computes only the visual-token slice of the vocabulary during image rows. All of that is a few lines here and a fight
+against DynamicCache/StaticCache there; the official transformers path runs at 4.75x the bandwidth floor
+(shared/docs/performance-baseline.md). Numerics are identical to transformers' Qwen3: tests/test_transformer.py loads
+the same weights into `transformers.Qwen3ForCausalLM` and compares logits.
+
+Shapes: B batch, T new tokens, S cache slots, H query heads, K kv heads, D head_dim, C hidden size, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import Emu35Config
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, then `weight * x_normed.to(input_dtype)` exactly as the official model."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_inv_freq(config: Emu35Config, device: torch.device | str | None = None, seq_len: int = 0) -> Tensor:
+    """Inverse frequencies [D/2]; dynamic NTK scaling raises the base once seq_len exceeds max_position_embeddings."""
+    D, base = config.head_dim, float(config.rope_theta)
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("type", scaling.get("rope_type"))
+    if kind == "dynamic" and seq_len > config.max_position_embeddings:
+        f = float(scaling["factor"])
+        base = base * ((f * seq_len / config.max_position_embeddings) - (f - 1)) ** (D / (D - 2))
+    return 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.int64, device=device).float() / D))
+
+
+def rope_cos_sin(config: Emu35Config, inv_freq: Tensor, position_ids: Tensor, dtype: torch.dtype):
+    """cos, sin [B, T, D] for the rotate-half form; linear scaling divides positions by the factor."""
+    scaling = config.rope_scaling or {}
+    pos = position_ids.float()  # [B, T]
+    if scaling.get("type", scaling.get("rope_type")) == "linear":
+        pos = pos / float(scaling["factor"])
+    freqs = pos[..., None] * inv_freq  # [B, T, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [B, H, T, D]; cos/sin [B, T, D]. Rotate-half: first half / second half of D."""
+    cos, sin = cos[:, None], sin[:, None]
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+@dataclass
+class KVCache:
+    """Pre-allocated keys/values for every layer, plus which slots of each row hold a real token.
+
+    k, v: [L, B, K, S, D]; valid: [B, S] bool. `length` is the high-water mark of written slots; attention reads only
+    slots [0, length) unless the caller passes a fixed `kv_len` (what a captured CUDA graph does).
+    """
+
+    k: Tensor
+    v: Tensor
+    valid: Tensor
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, config: Emu35Config, batch_size: int, max_len: int, device=None, dtype=torch.bfloat16):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        return cls(
+            k=torch.zeros(shape, device=device, dtype=dtype),
+            v=torch.zeros(shape, device=device, dtype=dtype),
+            valid=torch.zeros(batch_size, max_len, device=device, dtype=torch.bool),
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        self.valid.zero_()
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Emu35Config):
+        super().__init__()
+        C, H, K, D = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.n_head, self.n_kv, self.head_dim = H, K, D
+        self.q_proj = nn.Linear(C, H * D, bias=False)  # 5120 -> 8192 at the 34B shape: H*D != C
+        self.k_proj = nn.Linear(C, K * D, bias=False)
+        self.v_proj = nn.Linear(C, K * D, bias=False)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        self.q_norm = RMSNorm(D, config.rms_norm_eps)  # QK-norm over head_dim, before RoPE
+        self.k_norm = RMSNorm(D, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        layer: int,
+        cache: KVCache | None,
+        cache_pos: Tensor | None,
+        kv_len: int,
+    ) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, K, T, D]
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.k[layer].index_copy_(2, cache_pos, k)
+            cache.v[layer].index_copy_(2, cache_pos, v)
+            k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]  # [B, K, S, D]
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            scale=1.0 / math.sqrt(self.head_dim),
+            enable_gqa=self.n_kv != self.n_head,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))  # never reshape to C
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Emu35Config):
+        super().__init__()
+        C, I = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(C, I, bias=False)
+        self.up_proj = nn.Linear(C, I, bias=False)
+        self.down_proj = nn.Linear(I, C, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: Emu35Config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, *args) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), *args)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """`model.*` of the HF layout: embeddings, blocks, final norm."""
+
+    def __init__(self, config: Emu35Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+@dataclass
+class CausalLMOutput:
+    logits: Tensor  # float32 [B, T, V] (or [B, T, len(vocab_slice)])
+    cache: KVCache | None = None
+
+
+class Emu35(nn.Module):
+    """Emu3.5 language model. `lm(input_ids).logits` is [B, T, V] float32; see `forward` for cache use."""
+
+    def __init__(self, config: Emu35Config):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.inv_freq: Tensor | None = None if self.lm_head.weight.is_meta else rope_inv_freq(config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def allocate_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return KVCache.allocate(self.config, batch_size, max_len, device=self.device, dtype=self.dtype)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        cache_pos: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        kv_len: int | None = None,
+        logits_to_keep: int = 0,
+        vocab_slice: slice | None = None,
+    ) -> CausalLMOutput:
+        """Run T new tokens per row.
+
+        input_ids [B, T]. position_ids [B, T] (RoPE positions; default: the slot indices). attention_mask [B, T] bool:
+        False marks padding tokens, which no later token attends to. With `cache`, the T tokens are written at slots
+        `cache_pos` [T] (default: the next T slots) and attend to every valid slot before them. `logits_to_keep=n`
+        computes the head for the last n positions only; `vocab_slice` computes it for part of the vocabulary only.
+        """
+        B, T = input_ids.shape
+        dev = input_ids.device
+        if cache is not None:
+            if cache_pos is None:
+                if cache.length + T > cache.max_len:
+                    raise ValueError(f"KV cache full: {cache.length} + {T} tokens > max_len {cache.max_len}")
+                cache_pos = torch.arange(cache.length, cache.length + T, device=dev)
+                cache.length += T
+            kv_len = kv_len or cache.length
+        if position_ids is None:
+            base = cache_pos if cache is not None else torch.arange(T, device=dev)
+            position_ids = base[None].expand(B, T)
+
+        mask = None  # [B, 1, T, S] bool, True = may attend
+        if cache is not None:
+            cache.valid[:, cache_pos] = True if attention_mask is None else attention_mask
+            slots = torch.arange(kv_len, device=dev)
+            causal = slots[None, :] <= cache_pos[:, None]  # [T, S]
+            mask = (cache.valid[:, None, :kv_len] & causal[None]) | (slots[None, :] == cache_pos[:, None])[None]
+            mask = mask[:, None]
+        elif attention_mask is not None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+            mask = (attention_mask[:, None, :] & causal[None]) | torch.eye(T, dtype=torch.bool, device=dev)[None]
+            mask = mask[:, None]
+
+        if self.inv_freq is None or self.inv_freq.device != dev:
+            self.inv_freq = rope_inv_freq(self.config, dev)
+        inv_freq = self.inv_freq
+        if (self.config.rope_scaling or {}).get("type") == "dynamic":
+            inv_freq = rope_inv_freq(self.config, dev, seq_len=int(position_ids.max()) + 1)
+        x = self.model.embed_tokens(input_ids)  # [B, T, C]
+        cos, sin = rope_cos_sin(self.config, inv_freq, position_ids, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, i, cache, cache_pos, kv_len)
+        x = self.model.norm(x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        w = self.lm_head.weight if vocab_slice is None else self.lm_head.weight[vocab_slice]
+        return CausalLMOutput(logits=F.linear(x, w).float(), cache=cache)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device="cpu") -> Emu35:
+        """Load the official HF layout (config.json + model.safetensors or shards + index), tensor by tensor."""
+        from .checkpoint import load_emu35
+
+        return load_emu35(path, dtype=dtype, device=device)

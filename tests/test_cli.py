@@ -1,0 +1,35 @@
+"""The command line, run as a user runs it (a real subprocess)."""
+
+import json
+import subprocess
+import sys
+
+from model import Emu35
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "emu35_robot", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_model_info(bundle):
+    r = run("model", "info", str(bundle.model), "--device", "cuda:0", "--device-memory-gib", "80")
+    assert r.returncode == 0, r.stderr
+    n = sum(p.numel() for p in Emu35.from_pretrained(bundle.model).parameters())
+    assert f"parameters     {n:,}" in r.stdout
+    shards = len(list(bundle.model.glob("model-*-of-*.safetensors")))
+    assert shards > 1 and f"in {shards} file(s)" in r.stdout
+    assert "cuda:0: 80.00 GiB -> fits" in r.stdout
+
+
+def test_model_info_bad_path_is_a_clear_error(tmp_path):
+    r = run("model", "info", str(tmp_path))
+    assert r.returncode == 2 and "no config.json" in r.stderr
+
+
+def test_demo_round_trip(tmp_path):
+    r = run("demo", "--out", str(tmp_path), "--new-tokens", "8")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["cached_equals_full"] and summary["prompt_image_parsed_back"]
+    assert len(summary["generated_ids"]) == 8
+    assert (tmp_path / "scene.png").is_file() and (tmp_path / "scene_reconstruction.png").is_file()
