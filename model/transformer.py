@@ -132,15 +132,18 @@ class Attention(nn.Module):
             cache.k[layer].index_copy_(2, cache_pos, k)
             cache.v[layer].index_copy_(2, cache_pos, v)
             k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]  # [B, K, S, D]
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=mask is None and T > 1,
-            scale=1.0 / math.sqrt(self.head_dim),
-            enable_gqa=self.n_kv != self.n_head,
-        )
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if mask is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=T > 1, scale=scale, enable_gqa=self.n_kv != self.n_head
+            )
+        else:
+            # GQA without repeating K/V: the G query heads of a kv head become G*T query rows of that head, so the
+            # masked (memory-efficient) kernel reads each cached K/V once. q [B, K, G*T, D], mask [B, 1, G*T, S].
+            G, S = self.n_head // self.n_kv, k.shape[2]
+            qg = q.reshape(B, self.n_kv, G * T, self.head_dim)
+            mg = mask.expand(B, 1, T, S)[:, :, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
+            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg, scale=scale).view(B, self.n_head, T, -1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))  # never reshape to C
 
 

@@ -1,0 +1,461 @@
+"""Generation engine: interleaved text-and-image decoding under the rules of spec §6-7.
+
+One forward per step for both CFG streams: row 0 is the conditional stream, row 1 the unconditional one. Both rows
+write the same cache slot each step; the unconditional row marks the slot valid only for tokens from a BOI to its
+EOI, so it sees its own prompt and every generated image but never generated text (spec §7), without a second pass
+over the weights. Row lengths differ (two prompts), so the shorter prompt is left-padded with invalid slots and each
+row carries its own RoPE positions.
+
+On CUDA the decode step is captured in CUDA graphs (one per batch size, KV-length bucket and head variant), so a step
+costs one graph launch; during image rows the head computes only the visual-token slice of the vocabulary.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .prompts import TASKS, task_prompt, unconditional_prompt
+from .sampling import IMAGE_SAMPLING, T2I_IMAGE_SAMPLING, TEXT_SAMPLING, SamplingParams, cfg_combine, sample
+from .sequence import image_string
+from .text_tokenizer import TextTokenizer
+from .transformer import Emu35
+from .vision_tokenizer import VisionTokenizer
+
+# Named aspect ratios as token grids (h, w) at image_area 1024^2 (spec §7); other areas scale them.
+ASPECT_GRIDS = {
+    "1:1": (64, 64),
+    "4:3": (55, 73),
+    "3:4": (73, 55),
+    "16:9": (47, 85),
+    "9:16": (85, 47),
+    "21:9": (41, 97),
+    "3:2": (52, 78),
+    "2:3": (78, 52),
+}
+MAX_GRID_SIDE = 128
+
+
+@dataclass
+class GenerationRequest:
+    task: str
+    question: str
+    images: list[Image.Image] = field(default_factory=list)
+    text_sampling: SamplingParams = TEXT_SAMPLING
+    image_sampling: SamplingParams | None = None  # default: top_k 5120 for t2i, 10240 otherwise
+    cfg_scale: float | None = None  # default: 2.0 for t2i/x2i, 3.0 for interleaved tasks; 1.0 turns CFG off
+    image_size: tuple[int, int] | None = None  # token grid (h, w) of generated images
+    aspect_ratio: str | None = None  # a name of ASPECT_GRIDS, or "auto"; t2i defaults to "4:3"
+    max_new_tokens: int | None = None  # default: 5120 for t2i, 32768 otherwise (capped by the engine's max_len)
+    seed: int | None = None
+    input_image_area: int | None = None  # pixels each reference image is resized to; default config.image_area
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit outside images
+
+
+# ---- events ---------------------------------------------------------------------------------------------------------
+@dataclass
+class TextDelta:
+    text: str
+    token_ids: list[int]
+
+
+@dataclass
+class ImageStarted:
+    index: int
+    h: int
+    w: int
+
+
+@dataclass
+class ImageProgress:
+    index: int
+    rows_done: int
+    h: int
+
+
+@dataclass
+class ImageFinished:
+    index: int
+    codes: np.ndarray  # [h, w]
+    image: Image.Image
+
+
+@dataclass
+class Finished:
+    reason: str  # "eos" | "length" | "cancelled"
+    prompt_tokens: int
+    generated_tokens: int
+    image_tokens: int
+    timings: dict[str, float]
+    incomplete_image: bool = False  # a started image was cut off (length/cancel): it was NOT emitted as finished
+    token_ids: list[int] = field(default_factory=list)
+
+
+Event = TextDelta | ImageStarted | ImageProgress | ImageFinished | Finished
+
+
+# ---- the image grammar ----------------------------------------------------------------------------------------------
+class ImageGrammar:
+    """Which tokens may follow (spec §7): size digits and IMG after BOI, visual tokens in rows, EOL at row ends, EOI
+    after h*(w+1) positions, no visual/structural tokens outside images."""
+
+    def __init__(
+        self,
+        tok: TextTokenizer,
+        fixed_size: tuple[int, int] | None,
+        lock_after_first: bool,
+        max_side: int = MAX_GRID_SIDE,
+    ):
+        self.tok, self.fixed, self.lock_after_first, self.max_side = tok, fixed_size, lock_after_first, max_side
+        self.digit_ids = {tok.encode(c)[0]: c for c in "0123456789*"}
+        self.id_of = {c: i for i, c in self.digit_ids.items()}
+        self.mode = "text"  # text | size | rows
+        self.header, self.h, self.w, self.k = "", 0, 0, 0
+        self.rows_done = 0
+        self.text_mask: Tensor | None = None
+        self.size_masks: dict[str, Tensor] = {}
+
+    def in_image(self) -> bool:
+        return self.mode != "text"
+
+    def forced(self) -> int | None:
+        if self.mode == "size" and self.fixed is not None:
+            target = f"{self.fixed[0]}*{self.fixed[1]}"
+            return self.id_of[target[len(self.header)]] if len(self.header) < len(target) else self.tok.img_id
+        if self.mode == "rows":
+            if self.k + 1 == self.h * (self.w + 1):
+                return self.tok.eoi_id
+            if (self.k + 1) % (self.w + 1) == 0:
+                return self.tok.eol_id
+        return None
+
+    def allowed_size_tokens(self) -> list[int]:
+        """Auto size: digits, one '*', digits, IMG; no leading zeros, sides in [1, max_side]."""
+        hs, _, ws = self.header.partition("*")
+        cur = ws if "*" in self.header else hs
+        out = []
+        if len(cur) < 3:
+            out += [self.id_of[d] for d in "0123456789" if (cur or d != "0") and int(cur + d) <= self.max_side]
+        if "*" not in self.header and hs:
+            out.append(self.id_of["*"])
+        if "*" in self.header and ws:
+            out.append(self.tok.img_id)
+        return out
+
+    def advance(self, t: int) -> str | None:
+        """Consume token t; returns "started", "row", "finished" on image milestones."""
+        tok = self.tok
+        if self.mode == "text":
+            if t == tok.boi_id:
+                self.mode, self.header = "size", ""
+            return None
+        if self.mode == "size":
+            if t == tok.img_id:
+                h, w = (int(x) for x in self.header.split("*"))
+                self.mode, self.h, self.w, self.k, self.rows_done = "rows", h, w, 0, 0
+                if self.lock_after_first and self.fixed is None:
+                    self.fixed = (h, w)
+                return "started"
+            self.header += self.digit_ids[t]
+            return None
+        self.k += 1
+        if t == tok.eoi_id:
+            self.mode = "text"
+            self.rows_done = self.h
+            return "finished"
+        if t == tok.eol_id:
+            self.rows_done += 1
+            return "row"
+        return None
+
+
+# ---- the engine -----------------------------------------------------------------------------------------------------
+class Engine:
+    """Decode requests on one model. One request at a time (a lock); continuous batching is the service's job."""
+
+    def __init__(
+        self,
+        lm: Emu35,
+        tok: TextTokenizer,
+        vq: VisionTokenizer,
+        max_len: int = 8192,
+        cuda_graphs: bool | None = None,
+        graph_bucket: int = 1024,
+    ):
+        self.lm, self.tok, self.vq = lm, tok, vq
+        self.device = lm.device
+        self.max_len = min(max_len, lm.config.max_position_embeddings)
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self.graph_bucket = graph_bucket
+        c = lm.config
+        self.visual = slice(c.visual_token_start, c.visual_token_start + c.num_visual_tokens)
+        if tok.visual_start != c.visual_token_start or tok.vocab_size != c.vocab_size:
+            raise ValueError(
+                f"tokenizer (vocab {tok.vocab_size}, visual start {tok.visual_start}) does not match the "
+                f"model config (vocab {c.vocab_size}, visual start {c.visual_token_start})"
+            )
+        self._lock = threading.Lock()
+        self._caches: dict[int, object] = {}
+        self._graphs: dict[tuple, tuple] = {}
+        self._pool = None
+        self._text_mask = self._outside_image_mask()
+
+    def _outside_image_mask(self) -> Tensor:
+        """[V] bool: tokens forbidden outside images (visual tokens and image structure)."""
+        m = torch.zeros(self.lm.config.vocab_size, dtype=torch.bool, device=self.device)
+        m[self.visual] = True
+        m[[self.tok.img_id, self.tok.eoi_id, self.tok.eol_id]] = True
+        return m
+
+    # ---- request defaults -----------------------------------------------------------------------------------
+    def _resolve(self, req: GenerationRequest):
+        if req.task not in TASKS:
+            raise ValueError(f"unknown task {req.task!r}; expected one of {', '.join(TASKS)}")
+        if not isinstance(req.question, str):
+            raise ValueError("question must be a string")
+        req.text_sampling.validate("text_sampling")
+        image_sampling = req.image_sampling or (T2I_IMAGE_SAMPLING if req.task == "t2i" else IMAGE_SAMPLING)
+        image_sampling.validate("image_sampling")
+        cfg = req.cfg_scale if req.cfg_scale is not None else (2.0 if req.task in ("t2i", "x2i") else 3.0)
+        if not (math.isfinite(cfg) and cfg >= 1.0):
+            raise ValueError(f"cfg_scale must be a finite number >= 1, got {cfg}")
+        size = req.image_size
+        if size is None:
+            aspect = req.aspect_ratio or ("4:3" if req.task == "t2i" else "auto")
+            if aspect != "auto":
+                if aspect not in ASPECT_GRIDS:
+                    raise ValueError(f"unknown aspect_ratio {aspect!r}; expected auto or one of {list(ASPECT_GRIDS)}")
+                s = math.sqrt(self.lm.config.image_area / 1024**2)
+                size = tuple(max(1, round(x * s)) for x in ASPECT_GRIDS[aspect])
+        if size is not None and not all(isinstance(x, int) and 1 <= x <= MAX_GRID_SIDE for x in size):
+            raise ValueError(f"image_size must be two token counts in [1, {MAX_GRID_SIDE}], got {size}")
+        default_max = 5120 if req.task == "t2i" else 32768
+        max_new = req.max_new_tokens if req.max_new_tokens is not None else default_max
+        if max_new < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new}")
+        bad = [k for k, v in req.logit_bias.items() if not 0 <= k < self.lm.config.vocab_size or not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"logit_bias has token ids out of range or non-finite values: {bad[:8]}")
+        return image_sampling, cfg, size, max_new
+
+    def encode_images(self, images: list[Image.Image], image_area: int) -> list[np.ndarray]:
+        return [c.cpu().numpy() for c in self.vq.encode_pil(list(images), image_area)] if images else []
+
+    # ---- one forward ----------------------------------------------------------------------------------------
+    def _cache(self, B: int):
+        if B not in self._caches:
+            self._caches[B] = self.lm.allocate_cache(B, self.max_len)
+        cache = self._caches[B]
+        cache.reset()
+        return cache
+
+    def _step(self, cache, ids: Tensor, pos: Tensor, valid: Tensor, slot: int, visual_head: bool) -> Tensor:
+        """One decode step: ids/pos/valid [B, 1] -> logits [B, V'] (V' = visual slice when visual_head)."""
+        vs = self.visual if visual_head else None
+        kv_len = min(self.max_len, (slot // self.graph_bucket + 1) * self.graph_bucket)
+        if not self.cuda_graphs:
+            slot_t = torch.tensor([slot], device=self.device)
+            return self.lm(
+                ids,
+                position_ids=pos,
+                cache=cache,
+                cache_pos=slot_t,
+                attention_mask=valid,
+                kv_len=kv_len,
+                vocab_slice=vs,
+            ).logits[:, -1]
+        key = (ids.shape[0], kv_len, visual_head)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(cache, ids.shape[0], kv_len, vs)
+        graph, (s_ids, s_pos, s_valid, s_slot), out = self._graphs[key]
+        s_ids.copy_(ids)
+        s_pos.copy_(pos)
+        s_valid.copy_(valid)
+        s_slot.fill_(slot)
+        graph.replay()
+        return out[:, -1]
+
+    def _capture(self, cache, B: int, kv_len: int, vs: slice | None):
+        dev = self.device
+        static = (
+            torch.zeros(B, 1, dtype=torch.long, device=dev),
+            torch.zeros(B, 1, dtype=torch.long, device=dev),
+            torch.zeros(B, 1, dtype=torch.bool, device=dev),
+            torch.zeros(1, dtype=torch.long, device=dev),
+        )
+        s_ids, s_pos, s_valid, s_slot = static
+        s_slot.fill_(kv_len - 1)  # warm-up writes the last slot of the bucket, which no real token holds yet
+
+        def run():
+            return self.lm(
+                s_ids,
+                position_ids=s_pos,
+                cache=cache,
+                cache_pos=s_slot,
+                attention_mask=s_valid,
+                kv_len=kv_len,
+                vocab_slice=vs,
+            ).logits
+
+        saved_valid = cache.valid.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = run()
+        cache.valid.copy_(saved_valid)
+        return graph, static, out
+
+    # ---- generation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, req: GenerationRequest, cancel: threading.Event | None = None) -> Iterator[Event]:
+        image_sampling, cfg, size, max_new = self._resolve(req)
+        with self._lock:
+            yield from self._generate(req, cancel, image_sampling, cfg, size, max_new)
+
+    def _generate(self, req, cancel, image_sampling, cfg, size, max_new) -> Iterator[Event]:
+        tok, lm, dev = self.tok, self.lm, self.device
+        t_start = time.perf_counter()
+        ref_codes = self.encode_images(req.images, req.input_image_area or lm.config.image_area)
+        strings = [image_string(tok, c) for c in ref_codes]
+        cond = tok.encode(task_prompt(req.task, req.question, strings))
+        uncond = tok.encode(unconditional_prompt(strings))
+        use_cfg = cfg != 1.0
+        rows = [cond, uncond] if use_cfg else [cond]
+        B, L = len(rows), max(len(r) for r in rows)
+        if L >= self.max_len:
+            raise ValueError(f"prompt of {L} tokens does not fit the engine's max_len {self.max_len}")
+        max_new = min(max_new, self.max_len - L)
+        distinct_refs = len({c.shape for c in ref_codes}) > 1
+        # auto sizes stay within 2.5x the side of the model's image area (128 tokens at 1024^2)
+        max_side = min(MAX_GRID_SIDE, math.ceil(2.5 * math.sqrt(lm.config.image_area) / self.vq.downsample_factor))
+        grammar = ImageGrammar(tok, size, lock_after_first=not distinct_refs, max_side=max_side)
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,))))
+
+        # prefill: left-pad rows to L; pads are invalid slots; each row's positions count its own tokens
+        ids = torch.full((B, L), tok.pad_id, dtype=torch.long)
+        valid = torch.zeros(B, L, dtype=torch.bool)
+        for b, r in enumerate(rows):
+            ids[b, L - len(r) :] = torch.tensor(r)
+            valid[b, L - len(r) :] = True
+        pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+        cache = self._cache(B)
+        t0 = time.perf_counter()
+        logits = lm(
+            ids.to(dev),
+            position_ids=pos.to(dev),
+            cache=cache,
+            cache_pos=torch.arange(L, device=dev),
+            attention_mask=valid.to(dev),
+            kv_len=L,
+            logits_to_keep=1,
+        ).logits[:, -1]  # [B, V]
+        next_pos = torch.tensor([len(r) for r in rows], device=dev)
+        t_prefill = time.perf_counter() - t0
+
+        generated: list[int] = []
+        text_pending: list[int] = []
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        n_images = image_tokens = 0
+        img_codes: list[int] = []
+        reason = "length"
+        t_first = None
+        t_decode = time.perf_counter()
+        visual_logits = False
+        for step in range(max_new):
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+                break
+            forced = grammar.forced()
+            if forced is not None:
+                t = forced
+            elif grammar.mode == "rows":
+                scores = logits if visual_logits else logits[:, self.visual]
+                scores = cfg_combine(scores[0], scores[1], cfg) if use_cfg else scores[0]
+                t = self.visual.start + int(sample(scores[None], image_sampling, gen)[0])
+            else:
+                scores = logits[0].clone()
+                if grammar.mode == "size":
+                    allowed = torch.zeros_like(scores, dtype=torch.bool)
+                    allowed[grammar.allowed_size_tokens()] = True
+                    scores[~allowed] = float("-inf")
+                else:
+                    for k, v in req.logit_bias.items():
+                        scores[k] += v
+                    scores[self._text_mask] = float("-inf")
+                t = int(sample(scores[None], req.text_sampling, gen)[0])
+            if t_first is None:
+                t_first = time.perf_counter() - t_start
+            generated.append(t)
+            was_image = grammar.in_image()
+            milestone = grammar.advance(t)
+
+            if not was_image and t != tok.boi_id and t != tok.eos_id:
+                text_pending.append(t)
+                text = utf8.decode(tok.enc.decode_single_token_bytes(t))
+                if text:
+                    yield TextDelta(text, text_pending)
+                    text_pending = []
+            if grammar.mode == "rows" and tok.is_visual(t):
+                img_codes.append(tok.id_to_code(t))
+                image_tokens += 1
+            if milestone == "started":
+                img_codes = []
+                yield ImageStarted(n_images, grammar.h, grammar.w)
+            elif milestone == "row":
+                yield ImageProgress(n_images, grammar.rows_done, grammar.h)
+            elif milestone == "finished":
+                codes = np.asarray(img_codes, dtype=np.int64).reshape(grammar.h, grammar.w)
+                image = self.vq.decode_pil(torch.from_numpy(codes))[0]
+                yield ImageProgress(n_images, grammar.h, grammar.h)
+                yield ImageFinished(n_images, codes, image)
+                n_images += 1
+            if t == tok.eos_id:
+                reason = "eos"
+                break
+            if step == max_new - 1:
+                break
+            # the unconditional row keeps image tokens (BOI..EOI) and skips text: an invalid slot, position unchanged
+            u_valid = was_image or grammar.in_image()
+            valid_t = torch.tensor([[True], [u_valid]][:B], device=dev)
+            ids_t = torch.full((B, 1), t, dtype=torch.long, device=dev)
+            visual_logits = grammar.mode == "rows"
+            logits = self._step(cache, ids_t, next_pos[:, None], valid_t, L + step, visual_logits)
+            next_pos = next_pos + valid_t[:, 0].long()
+
+        if text_pending:
+            tail = utf8.decode(b"", final=True)
+            if tail:
+                yield TextDelta(tail, text_pending)
+        decode_s = time.perf_counter() - t_decode
+        yield Finished(
+            reason=reason,
+            prompt_tokens=len(cond),
+            generated_tokens=len(generated),
+            image_tokens=image_tokens,
+            incomplete_image=grammar.in_image(),
+            token_ids=generated,
+            timings={
+                "prefill_s": t_prefill,
+                "decode_s": decode_s,
+                "first_token_s": t_first or 0.0,
+                "total_s": time.perf_counter() - t_start,
+                "ms_per_token": 1000 * decode_s / max(1, len(generated)),
+            },
+        )

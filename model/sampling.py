@@ -1,0 +1,52 @@
+"""Sampling with temperature, top-k and top-p, and the CFG combination of spec §7."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k
+    top_p: float = 1.0
+
+    def validate(self, what: str) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"{what}.temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"{what}.top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{what}.top_p must be in (0, 1], got {self.top_p}")
+
+
+TEXT_SAMPLING = SamplingParams(temperature=1.0, top_k=1024, top_p=0.9)
+IMAGE_SAMPLING = SamplingParams(temperature=1.0, top_k=10240, top_p=1.0)  # t2i uses top_k 5120
+T2I_IMAGE_SAMPLING = SamplingParams(temperature=1.0, top_k=5120, top_p=1.0)
+
+
+def cfg_combine(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """Variant "no_text": log-softmax both, then uncond + s * (cond - uncond). Shapes [..., V]."""
+    cond, uncond = torch.log_softmax(cond.float(), -1), torch.log_softmax(uncond.float(), -1)
+    return uncond + scale * (cond - uncond)
+
+
+def sample(scores: Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
+    """scores [N, V] (logits or log-probs, -inf where masked) -> token indices [N]."""
+    if params.temperature == 0:
+        return scores.argmax(-1)
+    scores = scores.float() / params.temperature
+    if 0 < params.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]  # [N, 1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, idx = torch.sort(scores, dim=-1, descending=True)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cum - sorted_scores.softmax(-1) > params.top_p  # keep the smallest prefix reaching top_p
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, sorted_scores)
+    probs = scores.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
