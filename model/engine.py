@@ -190,9 +190,17 @@ class Engine:
         max_len: int = 8192,
         cuda_graphs: bool | None = None,
         graph_bucket: int = 1024,
+        compile_kernels: bool = False,
+        fuse_projections: bool | None = None,
     ):
         self.lm, self.tok, self.vq = lm, tok, vq
         self.device = lm.device
+        if self.device.type == "cuda" if fuse_projections is None else fuse_projections:
+            lm.fuse_projections()  # in place: the engine owns its model for inference
+        if compile_kernels:  # fuse each block's elementwise ops (RMSNorm, RoPE, SwiGLU) into single kernels
+            from .transformer import compile_kernels as _compile
+
+            _compile()
         self.max_len = min(max_len, lm.config.max_position_embeddings)
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.graph_bucket = graph_bucket

@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import save_emu35
 from .config import Emu35Config
-from .text_tokenizer import BASE_SPECIALS, ROLES, TextTokenizer, byte_level_ranks, vision_token_list
+from .text_tokenizer import ROLES, TextTokenizer, byte_level_ranks, vision_token_list
 from .transformer import Emu35
 
 # A handful of merges on top of the 256 bytes, so tests exercise real BPE merging, not only bytes.
@@ -26,6 +26,16 @@ def tiny_ranks() -> dict[bytes, int]:
     ranks = byte_level_ranks()
     for m in TINY_MERGES:
         ranks[m] = len(ranks)
+    return ranks
+
+
+def official_size_ranks() -> dict[bytes, int]:
+    """tiny_ranks padded with filler tokens to the official 151,643 ranks, so every special id is the official one."""
+    ranks = tiny_ranks()
+    i = 0
+    while len(ranks) < 151643:
+        ranks[f"<w{i}>".encode()] = len(ranks)
+        i += 1
     return ranks
 
 
@@ -102,5 +112,5 @@ __all__ = [
     "config_for_tokenizer",
     "random_emu35",
     "tiny_ranks",
-    "BASE_SPECIALS",
+    "official_size_ranks",
 ]

@@ -25,19 +25,47 @@ from torch import Tensor
 from .config import Emu35Config
 
 
-class RMSNorm(nn.Module):
-    """RMSNorm computed in float32, then `weight * x_normed.to(input_dtype)` exactly as the official model."""
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Computed in float32, then `weight * x_normed.to(input_dtype)` exactly as the official model."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
 
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [B, H, T, D]; cos/sin [B, T, D]. Rotate-half: first half / second half of D."""
+    cos, sin = cos[:, None], sin[:, None]
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    return F.silu(gate) * up
+
+
+# The elementwise pieces of a block. `compile_kernels()` swaps in torch.compile'd versions: each becomes one fused
+# kernel (RMSNorm alone is ~7 kernels eager), which is what a CUDA-graph decode step at batch 1 is made of.
+KERNELS = {"rms_norm": rms_norm, "apply_rope": apply_rope, "swiglu": swiglu}
+
+
+def compile_kernels() -> None:
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+    for name, fn in list(KERNELS.items()):
+        if not hasattr(fn, "_torchdynamo_orig_callable"):
+            KERNELS[name] = torch.compile(fn, dynamic=False)
+
+
+class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return KERNELS["rms_norm"](x, self.weight, self.eps)
 
 
 def rope_inv_freq(config: Emu35Config, device: torch.device | str | None = None, seq_len: int = 0) -> Tensor:
@@ -60,13 +88,6 @@ def rope_cos_sin(config: Emu35Config, inv_freq: Tensor, position_ids: Tensor, dt
     freqs = pos[..., None] * inv_freq  # [B, T, D/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
     return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, H, T, D]; cos/sin [B, T, D]. Rotate-half: first half / second half of D."""
-    cos, sin = cos[:, None], sin[:, None]
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 @dataclass
@@ -111,6 +132,13 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(H * D, C, bias=False)
         self.q_norm = RMSNorm(D, config.rms_norm_eps)  # QK-norm over head_dim, before RoPE
         self.k_norm = RMSNorm(D, config.rms_norm_eps)
+        self.qkv_proj: nn.Linear | None = None  # set by Emu35.fuse_projections(): one GEMM instead of three
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        H, K, D = self.n_head, self.n_kv, self.head_dim
+        return self.qkv_proj(x).split([H * D, K * D, K * D], dim=-1)
 
     def forward(
         self,
@@ -124,10 +152,11 @@ class Attention(nn.Module):
         kv_len: int,
     ) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, K, T, D]
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x)
+        q = self.q_norm(q.view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_norm(k.view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, K, T, D]
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        q, k = KERNELS["apply_rope"](q, cos, sin), KERNELS["apply_rope"](k, cos, sin)
         if cache is not None:
             cache.k[layer].index_copy_(2, cache_pos, k)
             cache.v[layer].index_copy_(2, cache_pos, v)
@@ -143,7 +172,7 @@ class Attention(nn.Module):
             G, S = self.n_head // self.n_kv, k.shape[2]
             qg = q.reshape(B, self.n_kv, G * T, self.head_dim)
             mg = mask.expand(B, 1, T, S)[:, :, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
-            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg, scale=scale).view(B, self.n_head, T, -1)
+            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg, scale=scale).reshape(B, self.n_head, T, -1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))  # never reshape to C
 
 
@@ -154,9 +183,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(C, I, bias=False)
         self.up_proj = nn.Linear(C, I, bias=False)
         self.down_proj = nn.Linear(I, C, bias=False)
+        self.gate_up_proj: nn.Linear | None = None  # set by Emu35.fuse_projections()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(KERNELS["swiglu"](self.gate_proj(x), self.up_proj(x)))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(KERNELS["swiglu"](gate, up))
 
 
 class Block(nn.Module):
@@ -207,6 +240,27 @@ class Emu35(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """For inference: q/k/v and gate/up each become one weight, so a decode step launches 2 GEMMs instead of 5
+        per block and reads the same bytes in larger, more efficient pieces. Layer by layer, so the extra memory is
+        one layer's projections. The HF state-dict names are gone afterwards (save before fusing)."""
+
+        def fused(*linears: nn.Linear) -> nn.Linear:
+            w = torch.cat([lin.weight for lin in linears])
+            out = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+            out.weight = nn.Parameter(w, requires_grad=False)
+            return out
+
+        for layer in self.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            if a.qkv_proj is None:
+                a.qkv_proj = fused(a.q_proj, a.k_proj, a.v_proj)
+                a.q_proj = a.k_proj = a.v_proj = None
+            if m.gate_up_proj is None:
+                m.gate_up_proj = fused(m.gate_proj, m.up_proj)
+                m.gate_proj = m.up_proj = None
 
     def allocate_cache(self, batch_size: int, max_len: int) -> KVCache:
         return KVCache.allocate(self.config, batch_size, max_len, device=self.device, dtype=self.dtype)

@@ -28,8 +28,12 @@ GREEDY = SamplingParams(temperature=0.0)
 @pytest.fixture(scope="module")
 def engine(bundle):
     lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    return Engine(lm, TextTokenizer.from_pretrained(bundle.tokenizer),
-                  VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=1024)
+    return Engine(
+        lm,
+        TextTokenizer.from_pretrained(bundle.tokenizer),
+        VisionTokenizer.from_pretrained(bundle.vision_tokenizer),
+        max_len=1024,
+    )
 
 
 def scene(seed=0, size=(96, 64)):
@@ -49,9 +53,16 @@ def images_in(engine, events):
     return fin, [s for s in parse_stream(engine.tok, fin.token_ids) if isinstance(s, ImageSegment)]
 
 
-@pytest.mark.parametrize("kw,grid", [(dict(image_size=(2, 3)), (2, 3)), (dict(image_size=(5, 1)), (5, 1)),
-                                     (dict(aspect_ratio="16:9"), (3, 5)), (dict(aspect_ratio="3:4"), (5, 3)),
-                                     (dict(), None)])
+@pytest.mark.parametrize(
+    "kw,grid",
+    [
+        (dict(image_size=(2, 3)), (2, 3)),
+        (dict(image_size=(5, 1)), (5, 1)),
+        (dict(aspect_ratio="16:9"), (3, 5)),
+        (dict(aspect_ratio="3:4"), (5, 3)),
+        (dict(), None),
+    ],
+)
 def test_every_image_is_well_formed(engine, kw, grid):
     tok = engine.tok
     n = 140 if grid else 400
@@ -86,8 +97,16 @@ def test_batched_cfg_equals_separate_forwards(engine):
     generated tokens) and the unconditional one (unconditional prompt + only the BOI..EOI tokens generated)."""
     tok, lm = engine.tok, engine.lm
     ref = scene(1)
-    ev = run(engine, images=[ref], image_size=(2, 2), max_new_tokens=40, seed=5, image_sampling=GREEDY, cfg_scale=3.0,
-             logit_bias={tok.boi_id: 4.0})
+    ev = run(
+        engine,
+        images=[ref],
+        image_size=(2, 2),
+        max_new_tokens=40,
+        seed=5,
+        image_sampling=GREEDY,
+        cfg_scale=3.0,
+        logit_bias={tok.boi_id: 4.0},
+    )
     fin = ev[-1]
     gen = fin.token_ids
     codes = engine.encode_images([ref], lm.config.image_area)
@@ -121,8 +140,10 @@ def test_same_seed_same_output_and_other_seed_differs(engine):
 def test_cancel_mid_image(engine):
     tok, cancel = engine.tok, threading.Event()
     events = []
-    for e in engine.generate(GenerationRequest(task="t2i", question="a red cube", image_size=(6, 4), seed=1,
-                                               logit_bias={tok.boi_id: 50.0}), cancel=cancel):
+    for e in engine.generate(
+        GenerationRequest(task="t2i", question="a red cube", image_size=(6, 4), seed=1, logit_bias={tok.boi_id: 50.0}),
+        cancel=cancel,
+    ):
         events.append(e)
         if isinstance(e, ImageProgress) and e.rows_done == 2:
             cancel.set()
@@ -138,8 +159,9 @@ def test_cancel_mid_image(engine):
 def test_task_templates_give_the_spec_ids(engine, task):
     tok = engine.tok
     q = "stack the red block on the blue block"
-    assert task_prompt(task, q) == (f"<|extra_203|>You are a helpful assistant for {task} task. USER: {q} "
-                                    "ASSISTANT: <|extra_100|>")
+    assert task_prompt(task, q) == (
+        f"<|extra_203|>You are a helpful assistant for {task} task. USER: {q} ASSISTANT: <|extra_100|>"
+    )
     codes = [np.arange(6).reshape(2, 3), np.arange(4).reshape(1, 4)]
     ids = tok.encode(task_prompt(task, q, [image_string(tok, c) for c in codes]))
     head = tok.encode(f"<|extra_203|>You are a helpful assistant for {task} task. USER: {q}")
@@ -151,11 +173,18 @@ def test_task_templates_give_the_spec_ids(engine, task):
     assert u == tok.encode("<|extra_203|>You are a helpful assistant. USER: ") + encode_image(tok, codes[0]) + tail
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(task="dance"), "unknown task"), (dict(cfg_scale=0.5), "cfg_scale"), (dict(image_size=(0, 4)), "image_size"),
-    (dict(aspect_ratio="5:1"), "aspect_ratio"), (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(text_sampling=SamplingParams(top_p=0.0)), "top_p"), (dict(logit_bias={10**9: 1.0}), "logit_bias"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(task="dance"), "unknown task"),
+        (dict(cfg_scale=0.5), "cfg_scale"),
+        (dict(image_size=(0, 4)), "image_size"),
+        (dict(aspect_ratio="5:1"), "aspect_ratio"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(text_sampling=SamplingParams(top_p=0.0)), "top_p"),
+        (dict(logit_bias={10**9: 1.0}), "logit_bias"),
+    ],
+)
 def test_bad_requests_are_named(engine, bad, match):
     with pytest.raises(ValueError, match=match):
         run(engine, **bad)

@@ -3,7 +3,7 @@
 import pytest
 
 from model import TextTokenizer
-from model.random_checkpoint import tiny_ranks
+from model.random_checkpoint import official_size_ranks, tiny_ranks
 from model.text_tokenizer import vision_token_list, write_ranks
 
 
@@ -11,12 +11,7 @@ from model.text_tokenizer import vision_token_list, write_ranks
 def official_layout(tmp_path_factory):
     """Files in the official format and size: 151,643 ranks + the 131,075-line vision-token list."""
     d = tmp_path_factory.mktemp("official_tok")
-    ranks = tiny_ranks()
-    i = 0
-    while len(ranks) < 151643:
-        ranks[f"<w{i}>".encode()] = len(ranks)
-        i += 1
-    write_ranks(ranks, d / "emu3.tiktoken")
+    write_ranks(official_size_ranks(), d / "emu3.tiktoken")
     (d / "emu3_vision_tokens.txt").write_text("\n".join(vision_token_list(131072)) + "\n")
     return TextTokenizer.from_files(d / "emu3.tiktoken", d / "emu3_vision_tokens.txt")
 

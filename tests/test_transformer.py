@@ -212,3 +212,15 @@ def test_cache_overflow_is_an_error():
     cache = m.allocate_cache(1, 4)
     with pytest.raises(ValueError, match="KV cache full"), torch.no_grad():
         m(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+
+
+def test_fused_projections_give_the_same_logits():
+    m = tiny(seed=4)
+    ids = torch.randint(0, 300, (2, 8))
+    with torch.no_grad():
+        ref = m(ids).logits
+        m.fuse_projections()
+        assert m.model.layers[0].self_attn.q_proj is None and m.model.layers[0].mlp.gate_up_proj is not None
+        torch.testing.assert_close(m(ids).logits, ref, atol=1e-5, rtol=1e-5)
+        cache = m.allocate_cache(2, 8)
+        torch.testing.assert_close(m(ids, cache=cache).logits, ref, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,270 @@
+"""Prefill and decode speed of our engine, for any config: tiny on a CPU, the 34B shape on one GPU.
+
+Method (the same as shared/docs/performance-baseline.md, so figures compare): meta-device init, random normal(0, 0.02)
+weights with norms 1, prefill a random prompt, then time single-token decode steps after warm-up with a synchronised
+wall clock. A "step" here is what the engine does per generated token: one forward for all rows (CUDA-graph replay
+on GPU), the CFG combination and sampling for every stream, and the host read of the sampled tokens.
+
+    python benchmarks/decode.py --shape tiny                       # CPU smoke run
+    python benchmarks/decode.py --shape 34b --device cuda --out r.json
+
+Prints a table and, with --out, writes every number as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.config import Emu35Config, emu35_34b_config  # noqa: E402
+from model.engine import Engine  # noqa: E402
+from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
+from model.sampling import IMAGE_SAMPLING, cfg_combine, sample  # noqa: E402
+from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
+from model.transformer import Emu35  # noqa: E402
+from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device, gib: float = 4.0) -> float:
+    """Bytes per second of a device-to-device copy, counting read + write."""
+    if device.type != "cuda":
+        n = int(2**28)  # 512 MiB of bf16 on a CPU
+    else:
+        n = int(gib * 2**30 / 2)
+    x = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    sync(device)
+    reps = 20 if device.type == "cuda" else 3
+    t = time.perf_counter()
+    for _ in range(reps):
+        y.copy_(x)
+    sync(device)
+    dt = (time.perf_counter() - t) / reps
+    del x, y
+    return 2 * n * 2 / dt
+
+
+def random_model(config: Emu35Config, device, dtype) -> Emu35:
+    with torch.device("meta"):
+        lm = Emu35(config)
+    lm = lm.to_empty(device=device).to(dtype)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            p.fill_(1.0) if name.endswith("norm.weight") else p.normal_(0.0, 0.02)
+            p.requires_grad_(False)
+    lm.inv_freq = None
+    return lm.eval()
+
+
+def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, steps: int, visual: bool):
+    """ms per engine decode step for `rows` rows (rows/2 CFG streams when cfg), after a `prompt`-token prefill."""
+    lm, dev = eng.lm, eng.device
+    V = lm.config.vocab_size
+    cache = eng._cache(rows)
+    ids = torch.randint(0, V, (rows, prompt), device=dev)
+    sync(dev)
+    t = time.perf_counter()
+    with torch.no_grad():
+        lm(ids, cache=cache, cache_pos=torch.arange(prompt, device=dev), kv_len=prompt, logits_to_keep=1)
+    sync(dev)
+    prefill_s = time.perf_counter() - t
+    gen = torch.Generator(device=dev).manual_seed(0)
+    tok = torch.randint(eng.visual.start, eng.visual.stop, (rows, 1), device=dev)
+    pos = torch.full((rows, 1), prompt, device=dev)
+    valid = torch.ones(rows, 1, dtype=torch.bool, device=dev)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + steps):
+            sync(dev)
+            t = time.perf_counter()
+            logits = eng._step(cache, tok, pos, valid, prompt + i, visual)  # [rows, V']
+            scores = logits if visual else logits[:, eng.visual]
+            if cfg:
+                scores = cfg_combine(scores[0::2], scores[1::2], 3.0)  # [streams, Vv]
+            nxt = sample(scores, IMAGE_SAMPLING, gen)  # [streams]
+            nxt_host = nxt.tolist()  # the engine needs the token on the host (grammar, events)
+            tok = (eng.visual.start + nxt).repeat_interleave(2 if cfg else 1)[:, None]
+            pos = pos + 1
+            times.append(time.perf_counter() - t)
+            assert len(nxt_host) == (rows // 2 if cfg else rows)
+        # the forward alone (graph replay on GPU), to split the step into model time and sampling/host time
+        fwd = []
+        for i in range(steps):
+            sync(dev)
+            t = time.perf_counter()
+            eng._step(cache, tok, pos, valid, prompt + warmup + i, visual)
+            sync(dev)
+            fwd.append(time.perf_counter() - t)
+    med = lambda xs: 1000 * sorted(xs)[len(xs) // 2]  # noqa: E731
+    return prefill_s, med(times[warmup:]), med(fwd)
+
+
+def time_prefill(eng: Engine, rows: int, tokens: int, reps: int = 3) -> float:
+    lm, dev = eng.lm, eng.device
+    cache = eng._cache(rows)
+    ids = torch.randint(0, lm.config.vocab_size, (rows, tokens), device=dev)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(reps):
+            cache.reset()
+            sync(dev)
+            t = time.perf_counter()
+            lm(ids, cache=cache, cache_pos=torch.arange(tokens, device=dev), kv_len=tokens, logits_to_keep=1)
+            sync(dev)
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=["tiny", "34b"], default="tiny")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--prompt", type=int, default=1024)
+    ap.add_argument("--prefill", type=int, default=2048, help="prompt length of the prefill measurement")
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--streams", default="1,1cfg,4cfg,8cfg", help="comma list: N (no CFG) or Ncfg (2N rows)")
+    ap.add_argument(
+        "--variants",
+        default="graphs,compiled,fused",
+        help="eager; graphs; compiled (graphs + fused elementwise kernels); fused (compiled + fused "
+        "q/k/v and gate/up weights). fused changes the model in place, so it must come last",
+    )
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    # The official-size vocabulary (151,643 ranks + 131,072 visual tokens): every special id is the official one.
+    tok = TextTokenizer(official_size_ranks(), vision_token_list(131072))
+    if args.shape == "34b":
+        config = emu35_34b_config()
+    else:
+        config = config_for_tokenizer(
+            tok,
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=64,
+        )
+    vq = VisionTokenizer(tiny_vision_config())  # the engine encodes no images here; only its factor is read
+    config.max_position_embeddings = max(config.max_position_embeddings, 8192)
+    torch.manual_seed(0)
+    bw = copy_bandwidth(dev)
+    t = time.perf_counter()
+    lm = random_model(config, dev, dtype)
+    sync(dev)
+    init_s = time.perf_counter() - t
+    elt = torch.finfo(dtype).bits // 8
+    weight_bytes = sum(p.numel() for p in lm.parameters()) * elt
+    non_visual_head = (config.vocab_size - config.num_visual_tokens) * config.hidden_size * elt
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    res = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": gpu,
+        "dtype": args.dtype,
+        "shape": {
+            k: getattr(config, k)
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+            )
+        },
+        "params": sum(p.numel() for p in lm.parameters()),
+        "weight_bytes": weight_bytes,
+        "copy_bandwidth_Bps": bw,
+        "torch": torch.__version__,
+        "init_s": init_s,
+        "decode": [],
+        "prefill": [],
+    }
+    print(
+        f"{gpu} | {args.dtype} | {res['params'] / 1e9:.2f} B params, {weight_bytes / 1e9:.1f} GB | copy bandwidth "
+        f"{bw / 1e12:.2f} TB/s | floor {1000 * weight_bytes / bw:.2f} ms/step",
+        flush=True,
+    )
+
+    specs = []
+    for s in args.streams.split(","):
+        cfg = s.endswith("cfg")
+        n = int(s[:-3] if cfg else s)
+        specs.append((n * (2 if cfg else 1), cfg, s))
+    variants = args.variants.split(",") if dev.type == "cuda" else ["eager"]
+    max_len = args.prompt + args.warmup + args.steps + 1
+    for variant in variants:
+        eng = Engine(
+            lm,
+            tok,
+            vq,
+            max_len=max(max_len, args.prefill + 1),
+            cuda_graphs=variant != "eager",
+            compile_kernels=variant in ("compiled", "fused"),
+            fuse_projections=variant == "fused",
+        )
+        for rows, cfg, label in specs:
+            visual = cfg  # CFG steps are image rows: the head computes only the visual slice
+            try:
+                prefill_s, ms, fwd_ms = time_steps(eng, rows, cfg, args.prompt, args.warmup, args.steps, visual)
+            except torch.OutOfMemoryError as e:  # noqa: PERF203
+                print(f"{variant:9s} {label:6s} out of memory: {e}", flush=True)
+                continue
+            moved = weight_bytes - (non_visual_head if visual else 0)
+            floor_ms = 1000 * moved / bw
+            row = {
+                "variant": variant,
+                "streams": label,
+                "rows": rows,
+                "ms_per_step": ms,
+                "forward_ms": fwd_ms,
+                "floor_ms": floor_ms,
+                "x_floor": ms / floor_ms,
+                "pct_of_bandwidth": 100 * floor_ms / ms,
+                "tokens_per_s_per_stream": 1000 / ms,
+                "prefill_prompt_s": prefill_s,
+                "aggregate_tokens_per_s": (rows // (2 if cfg else 1)) * 1000 / ms,
+            }
+            res["decode"].append(row)
+            print(
+                f"{variant:9s} {label:6s} rows {rows:2d}: {ms:8.2f} ms/step (forward {fwd_ms:.2f}) = "
+                f"{row['x_floor']:.2f}x floor "
+                f"({row['pct_of_bandwidth']:.0f}% of copy bandwidth), {row['aggregate_tokens_per_s']:.1f} tok/s",
+                flush=True,
+            )
+        eng._graphs.clear()
+        eng._caches.clear()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    eng = Engine(lm, tok, vq, max_len=args.prefill + 8, cuda_graphs=False, fuse_projections=False)
+    for rows in (1, 2):
+        s = time_prefill(eng, rows, args.prefill)
+        res["prefill"].append({"rows": rows, "tokens": args.prefill, "s": s})
+        print(f"prefill {args.prefill} tokens x {rows} row(s): {1000 * s:.0f} ms", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
