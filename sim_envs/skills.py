@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .base import MAX_DPOS, MAX_DYAW
+from .base import MAX_DPOS, MAX_DYAW, YAW_LIMIT
 from .scene import BLOCK_HALF, CARRY_Z, wrap_grasp_yaw
 from .tasks import SkillCall, tray_slots
 
@@ -61,20 +61,29 @@ def pick(env, obj: str) -> Iterator[Action]:
     yield from goto(env, [p[0], p[1], z_above], yaw, CLOSE, speed=0.7)
 
 
-def place_at(env, obj: str, xy, support_z: float, fingers_along_x: bool = False) -> Iterator[Action]:
+def place_at(
+    env, obj: str, xy, support_z: float, fingers_along_x: bool = False, block_yaw: float = 0.0
+) -> Iterator[Action]:
     """Put the held ``obj`` down with its centre over ``xy``, resting on a surface at height ``support_z``.
 
-    ``fingers_along_x`` turns the hand a quarter (a cube does not mind) so the fingers open along x, clear of
-    neighbours lined up along y, as in the tray.
+    The hand turns (by multiples of 90 degrees, which a cube does not mind) so the block lands square to
+    ``block_yaw``: axis-aligned on the table, or aligned with the block below it. ``fingers_along_x`` picks the
+    turn that opens the fingers along x, clear of neighbours lined up along y (the tray).
     """
     u = _unwrap(env)
     ws = u.world_state()
     offset = ws.ee_pos - ws.positions[obj] if obj in ws.positions else np.zeros(3)
-    if np.linalg.norm(offset) > 0.05:  # not actually held: aim as if held at its centre
+    held = np.linalg.norm(offset) <= 0.05
+    if not held:  # not actually held: aim as if held at its centre
         offset = np.zeros(3)
     yaw = ws.ee_yaw
-    if fingers_along_x:
-        yaw = yaw + np.pi / 2 if yaw < 0 else yaw - np.pi / 2
+    if held:
+        rel = ws.yaws[obj] - ws.ee_yaw
+        options = [block_yaw - rel + k * np.pi / 2 for k in range(-5, 6)]
+        options = [y for y in options if abs(y) <= YAW_LIMIT - 0.05]
+        if fingers_along_x:
+            options = [y for y in options if abs(np.sin(y)) > 0.7] or options
+        yaw = min(options, key=lambda y: abs(y - ws.ee_yaw))
         c, s_ = np.cos(yaw - ws.ee_yaw), np.sin(yaw - ws.ee_yaw)
         offset[:2] = (c * offset[0] - s_ * offset[1], s_ * offset[0] + c * offset[1])
     ee_xy = np.asarray(xy, dtype=float) + offset[:2]
@@ -117,6 +126,6 @@ def run_call(env, call: SkillCall) -> Iterator[Action]:
         yield from place_at(env, call.obj, xy, 0.0, fingers_along_x=tray)
     elif call.skill == "place_on":
         base = ws.positions[call.target]
-        yield from place_at(env, call.obj, base[:2], base[2] + BLOCK_HALF)
+        yield from place_at(env, call.obj, base[:2], base[2] + BLOCK_HALF, block_yaw=ws.yaws[call.target])
     else:
         raise ValueError(f"unknown skill {call.skill!r}")
