@@ -6,9 +6,15 @@ one env id per task family and engine, e.g. ``gymnasium.make("sim_envs/PlaceInZo
 
 from __future__ import annotations
 
-import gymnasium as gym
+import os
 
-from .tasks import FAMILIES
+# Headless MuJoCo rendering. MuJoCo picks its GL backend when first imported, so this must happen before any
+# ``import mujoco``: import sim_envs first, or export MUJOCO_GL yourself (egl, or osmesa without a GPU driver).
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym  # noqa: E402
+
+from .tasks import FAMILIES  # noqa: E402
 
 ENGINES = ("mujoco", "pybullet")
 STEPS_PER_SUBGOAL = 60

@@ -53,8 +53,11 @@ class TabletopEnv(gym.Env):
         self.backend: Backend = make_backend(engine)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(5,), dtype=np.float32)
         obs = {c: spaces.Box(0, 255, shape=(self.height, self.width, 3), dtype=np.uint8) for c in self.cameras}
-        obs["proprio"] = spaces.Box(-np.inf, np.inf, shape=(6,), dtype=np.float32)
-        obs["privileged_object_poses"] = spaces.Box(-np.inf, np.inf, shape=(MAX_BLOCKS, 7), dtype=np.float32)
+        lo = np.array([*EE_LOW - 0.1, -np.pi, -0.02, 0.0], dtype=np.float32)
+        hi = np.array([*EE_HIGH + 0.1, np.pi, 0.12, 1.0], dtype=np.float32)
+        obs["proprio"] = spaces.Box(lo, hi, dtype=np.float32)
+        # blocks knocked off the table land on the floor (z = -0.75); bounds leave room for that
+        obs["privileged_object_poses"] = spaces.Box(-10.0, 10.0, shape=(MAX_BLOCKS, 7), dtype=np.float32)
         self.observation_space = spaces.Dict(obs)
         self.task: TaskInstance | None = None
         self._target = EE_HOME.copy()

@@ -142,20 +142,29 @@ class KeyframeExecutor:
     def _pick(self, env, sg, cam, blobs_k, blobs_c) -> SubgoalResult:
         u = env.unwrapped
         names = {b.split()[0]: b for b in u.task.scene.block_names()}
-        moves, hidden = {}, []
+        # a blob whose area changed a lot is partly occluded in one image (by the arm, or by the lifted block):
+        # its apparent motion is trusted only when no cleanly visible block moved
+        moves, unsure, hidden = {}, {}, []
+        appeared = [c for c in blobs_k if c in names and c not in blobs_c]
         for c, bc in blobs_c.items():
             if c not in names:
                 continue
             bk = blobs_k.get(c)
-            if bk is None or bk.area < 0.4 * bc.area:  # hidden in the key-frame (maybe behind the lifted block)
+            if bk is None:
                 hidden.append(c)
-            else:
-                moves[c] = float(np.linalg.norm(block_xy(bk, cam) - block_xy(bc, cam)))
-        if moves and max(moves.values()) >= self.min_move:
-            obj = names[max(moves, key=moves.get)]
-        elif len(hidden) == 1:
+                continue
+            d = float(np.linalg.norm(block_xy(bk, cam) - block_xy(bc, cam)))
+            (moves if 0.6 < bk.area / bc.area < 1 / 0.6 else unsure)[c] = d
+        obj = None
+        for group in (moves, unsure):
+            if group and max(group.values()) >= self.min_move:
+                obj = names[max(group, key=group.get)]
+                break
+        if obj is None and len(appeared) == 1:  # hidden now (e.g. behind the arm), in view once lifted
+            obj = names[appeared[0]]
+        if obj is None and len(hidden) == 1:
             obj = names[hidden[0]]
-        else:
+        if obj is None:
             return self._fail(sg, "key-frame shows no block moved")
         call = SkillCall("pick", obj)
         steps = _drive(env, pick(env, obj), self.max_steps)

@@ -48,6 +48,8 @@ class PybulletBackend:
         p.setAdditionalSearchPath(pybullet_data.getDataPath())
         p.setGravity(0, 0, -9.81)
         p.setTimeStep(TIMESTEP)
+        floor = p.createCollisionShape(p.GEOM_PLANE)
+        self.floor = p.createMultiBody(0, floor, -1, [0, 0, -0.75])
         tx, ty = TABLE_CENTER
         half = [TABLE_HALF[0], TABLE_HALF[1], 0.02]
         self.table = p.createMultiBody(

@@ -148,14 +148,18 @@ def read_episode(directory: str | Path) -> Episode:
 
 
 def record_expert_episode(env, directory: str | Path, seed: int, cameras: tuple[str, ...] = ("front",)) -> Episode:
-    """Run the scripted expert on one seed and record it (frames rendered at the env's image size)."""
+    """Run the scripted expert on one seed and record it (frames rendered at the env's image size).
+
+    ``cameras=()`` records actions and key-frames only (rendering just at subgoal boundaries), which is what
+    a key-frame executor needs and is much faster.
+    """
     from .experts import expert_actions
 
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
 
     def frames_of(o: dict) -> dict[str, np.ndarray]:
-        return {c: o[c] if c in o else u.render_camera(c) for c in cameras}
+        return {c: o[c] if c in o else u.render_camera(c) for c in cameras}  # render only what is recorded
 
     meta = {
         "env_id": env.spec.id if env.spec else None,
