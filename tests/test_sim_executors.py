@@ -99,3 +99,27 @@ def test_vision_backprojection_matches_state(engine):
     img = u.render_camera("front")
     assert image_distance(img, img) == (0.0, float("inf"))
     env.close()
+
+
+def test_subgoal_grammar_accepts_varied_phrasing():
+    from sim_envs.tasks import SkillCall, parse_subgoal
+
+    assert parse_subgoal("Grab the red cube.") == SkillCall("pick", "red block")
+    assert parse_subgoal("put the red block into the green zone") == SkillCall("place_zone", "red block", "green zone")
+    assert parse_subgoal("move the blue block to the tray") == SkillCall("place_zone", "blue block", "tray")
+    assert parse_subgoal("stack the red block on top of the blue one") == SkillCall(
+        "place_on", "red block", "blue block"
+    )
+    assert parse_subgoal("sing a song") is None
+
+
+def test_package_does_not_import_torch_or_model():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sim_envs, sim_envs.executors, sim_envs.recorder, sim_envs.experts, sim_envs.mujoco_env, "
+        "sim_envs.pybullet_env; bad = [m for m in ('torch', 'model', 'emu35_robot') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
