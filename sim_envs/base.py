@@ -128,7 +128,10 @@ class TabletopEnv(gym.Env):
     def check_subgoal(self, text: str) -> bool | None:
         """The predicate of a subgoal text on the current state, or None when the text cannot be grounded."""
         call = parse_subgoal(text)
-        if call is None or call.obj not in self.task.scene.block_names():
+        scene = self.task.scene
+        if call is None or call.obj not in scene.block_names():
+            return None
+        if call.target is not None and call.target not in scene.block_names() + scene.zone_names():
             return None
         return check_call(self.world_state(), call)
 

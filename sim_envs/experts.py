@@ -37,8 +37,8 @@ def run_expert(env, seed: int | None = None, max_steps: int = 1000) -> tuple[boo
     _, info = env.reset(seed=seed)
     steps = 0
     for action in expert_actions(env):
-        _, _, terminated, _, info = env.step(action)
+        _, _, terminated, truncated, info = env.step(action)
         steps += 1
-        if terminated or steps >= max_steps:
+        if terminated or truncated or steps >= max_steps:
             break
     return bool(info["success"]), steps, info

@@ -176,13 +176,13 @@ def record_expert_episode(env, directory: str | Path, seed: int, cameras: tuple[
     frames = frames_of(obs)
     for action in expert_actions(env):
         proprio = obs["proprio"]
-        obs, reward, terminated, _, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
         writer.add_step(frames, action, proprio, reward, info)
         frames = frames_of(obs)
         for k in info["subgoals_completed_now"]:
             kf = frames["front"] if "front" in frames else u.render_camera("front")
             writer.add_keyframe(k, kf, info["subgoals"][k])
-        if terminated:
+        if terminated or truncated:
             break
     writer.close(final_frames=frames, success=bool(info["success"]), subgoal_index=int(info["subgoal_index"]))
     return read_episode(directory)
