@@ -1,0 +1,220 @@
+"""Plan executors: turn a plan's subgoals (text and/or predicted key-frame) into actions on an env.
+
+Plug in your own policy by implementing :class:`Executor`. Both built-in executors report, per subgoal,
+whether the subgoal's predicate holds afterwards and how far the achieved front frame is from the key-frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .keyframe_vision import VISIBLE_DZ, backproject, block_xy, find_blobs, image_distance
+from .scene import BLOCK_HALF
+from .skills import pick, place_at, run_call
+from .tasks import SkillCall, check_call, parse_subgoal
+
+
+@dataclass
+class Subgoal:
+    """One plan step: what to achieve, in words and/or as the image the scene should look like afterwards."""
+
+    text: str
+    keyframe: np.ndarray | None = None  # uint8 HxWx3, front camera
+
+
+@dataclass
+class SubgoalResult:
+    text: str
+    success: bool  # the subgoal's predicate holds on the state reached
+    grounded: bool  # the executor could turn the subgoal into a skill at all
+    skill: SkillCall | None = None
+    steps: int = 0
+    message: str = ""
+    keyframe_mae: float | None = None  # mean |achieved - keyframe| in 0..255
+    keyframe_psnr: float | None = None
+    frame: np.ndarray | None = None  # achieved front frame (at the key-frame's size) when a key-frame was given
+
+
+class Executor(Protocol):
+    def execute(self, env, subgoal: Subgoal) -> SubgoalResult: ...
+
+
+def run_plan(env, executor: Executor, plan: Sequence[Subgoal], stop_on_failure: bool = True) -> list[SubgoalResult]:
+    results = []
+    for sg in plan:
+        r = executor.execute(env, sg)
+        results.append(r)
+        if stop_on_failure and not r.success:
+            break
+    return results
+
+
+def _drive(env, actions: Iterator[np.ndarray], max_steps: int) -> int:
+    """Step the env with a skill's actions (truncation by a TimeLimit wrapper is ignored: the plan decides)."""
+    n = 0
+    for a in actions:
+        env.step(a)
+        n += 1
+        if n >= max_steps:
+            break
+    return n
+
+
+def _finish(env, sg: Subgoal, call: SkillCall | None, steps: int, predicate: bool, message: str = "") -> SubgoalResult:
+    u = env.unwrapped
+    res = SubgoalResult(sg.text, bool(predicate), True, call, steps, message)
+    if sg.keyframe is not None:
+        h, w = sg.keyframe.shape[:2]
+        res.frame = u.render_camera("front", w, h)
+        res.keyframe_mae, res.keyframe_psnr = image_distance(res.frame, sg.keyframe)
+    return res
+
+
+def _predicate(env, sg: Subgoal, call: SkillCall | None, fallback) -> bool:
+    """The subgoal's own predicate when its text is groundable, else the executor's inferred one."""
+    ok = env.unwrapped.check_subgoal(sg.text) if sg.text else None
+    return bool(fallback() if ok is None else ok)
+
+
+class LanguageExecutor:
+    """Subgoal text -> skill (pick / place in zone / place on block) -> actions."""
+
+    def __init__(self, max_steps: int = 120) -> None:
+        self.max_steps = max_steps
+
+    def execute(self, env, subgoal: Subgoal) -> SubgoalResult:
+        u = env.unwrapped
+        call = parse_subgoal(subgoal.text)
+        if call is None:
+            return SubgoalResult(
+                subgoal.text, False, False, message=f"cannot ground {subgoal.text!r}: no skill matches"
+            )
+        scene = u.task.scene
+        missing = [n for n in (call.obj, call.target) if n and n not in scene.block_names() + scene.zone_names()]
+        if missing:
+            return SubgoalResult(subgoal.text, False, False, call, message=f"no {missing[0]!r} in the scene")
+        steps = _drive(env, run_call(env, call), self.max_steps)
+        return _finish(env, subgoal, call, steps, check_call(u.world_state(), call))
+
+
+class KeyframeExecutor:
+    """Reads the predicted key-frame with colour segmentation and back-projection; never reads the subgoal text.
+
+    Not holding anything: the block whose position differs most between the current front view and the
+    key-frame is the one to pick. Holding a block: its blob in the key-frame, back-projected onto the table
+    plane, is where it goes; if instead it fits the top of another block (back-projected one block higher),
+    it is stacked there. The skills then run on the simulator's estimate of the *current* scene.
+    """
+
+    def __init__(self, max_steps: int = 120, min_move: float = 0.02, stack_tol: float = 0.025) -> None:
+        self.max_steps, self.min_move, self.stack_tol = max_steps, min_move, stack_tol
+
+    def _fail(self, sg: Subgoal, msg: str) -> SubgoalResult:
+        return SubgoalResult(sg.text, False, False, message=msg)
+
+    def execute(self, env, subgoal: Subgoal) -> SubgoalResult:
+        u = env.unwrapped
+        kf = subgoal.keyframe
+        if kf is None:
+            return self._fail(subgoal, "no key-frame given")
+        h, w = kf.shape[:2]
+        cam = u.camera_model("front", w, h)
+        blobs_k = find_blobs(kf)
+        blobs_c = find_blobs(u.render_camera("front", w, h))
+        ws = u.world_state()
+        held = self._held_block(ws)
+        if held is None:
+            return self._pick(env, subgoal, cam, blobs_k, blobs_c)
+        return self._place(env, subgoal, cam, blobs_k, held)
+
+    @staticmethod
+    def _held_block(ws) -> str | None:
+        """Proprioception says whether something is between closed fingers; the nearest block is it."""
+        if not (ws.gripper_closed and ws.gripper_opening > 0.01):
+            return None
+        name, p = min(ws.positions.items(), key=lambda kv: np.linalg.norm(kv[1] - ws.ee_pos))
+        return name if np.linalg.norm(p - ws.ee_pos) < 0.05 else None
+
+    def _pick(self, env, sg, cam, blobs_k, blobs_c) -> SubgoalResult:
+        u = env.unwrapped
+        names = {b.split()[0]: b for b in u.task.scene.block_names()}
+        # a blob whose area changed a lot is partly occluded in one image (by the arm, or by the lifted block):
+        # its apparent motion is trusted only when no cleanly visible block moved
+        moves, unsure, hidden = {}, {}, []
+        appeared = [c for c in blobs_k if c in names and c not in blobs_c]
+        for c, bc in blobs_c.items():
+            if c not in names:
+                continue
+            bk = blobs_k.get(c)
+            if bk is None:
+                hidden.append(c)
+                continue
+            d = float(np.linalg.norm(block_xy(bk, cam) - block_xy(bc, cam)))
+            (moves if 0.6 < bk.area / bc.area < 1 / 0.6 else unsure)[c] = d
+        obj = None
+        for group in (moves, unsure):
+            if group and max(group.values()) >= self.min_move:
+                obj = names[max(group, key=group.get)]
+                break
+        if obj is None and len(appeared) == 1:  # hidden now (e.g. behind the arm), in view once lifted
+            obj = names[appeared[0]]
+        if obj is None and len(hidden) == 1:
+            obj = names[hidden[0]]
+        if obj is None:
+            return self._fail(sg, "key-frame shows no block moved")
+        call = SkillCall("pick", obj)
+        steps = _drive(env, pick(env, obj), self.max_steps)
+        ok = _predicate(env, sg, call, lambda: check_call(u.world_state(), call))
+        return _finish(env, sg, call, steps, ok, f"picked {obj}")
+
+    def _place(self, env, sg, cam, blobs_k, held: str) -> SubgoalResult:
+        u = env.unwrapped
+        colour = held.split()[0]
+        blob = blobs_k.get(colour)
+        if blob is None:
+            return self._fail(sg, f"the held {held} is not visible in the key-frame")
+        ws = u.world_state()
+        best, best_d = None, self.stack_tol
+        for name, p in ws.positions.items():
+            if name == held or p[2] > 0.2:
+                continue
+            xy = backproject(blob.centroid, cam, p[2] + 2 * BLOCK_HALF + VISIBLE_DZ)[:2]
+            d = float(np.linalg.norm(xy - p[:2]))
+            if d < best_d:
+                best, best_d = name, d
+        if best is not None:
+            base = ws.positions[best]
+            call = SkillCall("place_on", held, best)
+            actions = place_at(env, held, base[:2], base[2] + BLOCK_HALF, block_yaw=ws.yaws[best])
+            target = base[:2]
+        else:
+            target = block_xy(blob, cam)
+            call = SkillCall("place_at", held, f"{target[0]:.3f},{target[1]:.3f}")
+            actions = place_at(env, held, target, 0.0, fingers_along_x=self._neighbours_along_y(ws, held, target))
+        steps = _drive(env, actions, self.max_steps)
+
+        def reached() -> bool:
+            s = u.world_state()
+            if call.skill == "place_on":
+                return check_call(s, call)
+            p = s.positions[held]
+            return bool(
+                np.linalg.norm(p[:2] - target) < 0.03 and abs(p[2] - BLOCK_HALF) < 0.01 and not s.gripper_closed
+            )
+
+        ok = _predicate(env, sg, call, reached)
+        return _finish(env, sg, call, steps, ok, f"placed {held} at {np.round(target, 3).tolist()}")
+
+    @staticmethod
+    def _neighbours_along_y(ws, held: str, xy) -> bool:
+        """Open the fingers along x when the nearest other block at the target lies along y (e.g. a tray row)."""
+        others = [p[:2] - xy for n, p in ws.positions.items() if n != held]
+        near = [d for d in others if np.linalg.norm(d) < 0.09]
+        if not near:
+            return False
+        d = min(near, key=np.linalg.norm)
+        return bool(abs(d[1]) > abs(d[0]))
