@@ -66,6 +66,20 @@ class ModelInfo:
     parameters: int
 
 
+class _Once:
+    """Run the first callable given, ignore the rest (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock, self._done = threading.Lock(), False
+
+    def __call__(self, fn: Callable[[], object]) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        fn()
+
+
 class Runtime:
     """What the handlers share: the engine (None until loaded), limits, the scheduler, metrics, session slots."""
 
@@ -89,11 +103,15 @@ class Runtime:
     @staticmethod
     def _ended_code(context) -> grpc.StatusCode:
         remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
+        expired = remaining is not None and remaining < 0.1  # client and server clocks for the deadline differ a bit
         return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
     def stream(self, method: str, context, gen: Iterator) -> Iterator:
         t0, first, code, details, trailers = time.perf_counter(), True, grpc.StatusCode.OK, "", ()
+        once = _Once()
+        # gRPC stops pulling a stream whose client cancelled or whose deadline passed: its generator may never resume,
+        # so the outcome is also counted from the termination callback (whichever comes first counts)
+        context.add_callback(lambda: once(lambda: self._finish(method, context, self._ended_code(context))))
         try:
             for msg in gen:
                 if first:
@@ -102,7 +120,7 @@ class Runtime:
                 yield msg
             if not context.is_active():
                 code = self._ended_code(context)
-        except GeneratorExit:  # gRPC stopped reading: the client cancelled or the deadline passed
+        except GeneratorExit:
             code = self._ended_code(context)
             raise
         except ServiceError as e:
@@ -110,11 +128,14 @@ class Runtime:
         except ValueError as e:
             code, details = grpc.StatusCode.INVALID_ARGUMENT, str(e)
         except Exception as e:
-            log.exception("%s failed", method)
-            code, details = grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}); see the server log"
+            if context.is_active():
+                log.exception("%s failed", method)
+                code, details = grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__}); see the server log"
+            else:  # e.g. the request iterator of a cancelled stream
+                code = self._ended_code(context)
         finally:
             gen.close()
-            self._finish(method, context, code, details, trailers)
+            once(lambda: self._finish(method, context, code, details, trailers))
 
     def unary(self, method: str, context, fn: Callable[[], object]):
         try:
@@ -355,6 +376,9 @@ class ExplorationServicer(exploration_pb2_grpc.ExplorationServicer):
                 (("retry-after-ms", str(rt.scheduler.retry_after_ms())),),
             )
         rt.metrics.sessions.inc()
+        release = _Once()
+        free = lambda: release(lambda: (rt.sessions.release(), rt.metrics.sessions.dec()))
+        context.add_callback(free)  # a cancelled stream's generator may never resume to run `finally`
         session = None
         try:
             session = engine.session(req)
@@ -368,8 +392,7 @@ class ExplorationServicer(exploration_pb2_grpc.ExplorationServicer):
         finally:
             if session is not None:
                 session.close()
-            rt.sessions.release()
-            rt.metrics.sessions.dec()
+            free()
 
     def _turn(self, session, command: str | None, context) -> Iterator[exploration_pb2.ExploreEvent]:
         rt, t0, turn = self.rt, time.perf_counter(), session.turns
