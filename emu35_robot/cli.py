@@ -1,4 +1,4 @@
-"""`emu35-robot` command line: `model info`, `demo`."""
+"""`emu35-robot` command line: `model info`, `demo`, `serve`, and the service clients `plan`, `generate`, `explore`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,65 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve_forever
+
+    return serve_forever(args)
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default="localhost:50051", help="host:port of `emu35-robot serve`")
+    p.add_argument("--token", default=None, help="bearer token (default: $EMU35_ROBOT_TOKEN)")
+    p.add_argument("--tls-ca", default=None, help="CA certificate (PEM) to verify the server; enables TLS")
+    p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
+    p.add_argument("--server-name", default=None, help="TLS name to check, when it differs from the host")
+    p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--image-size", default=None, help="token grid HxW of generated images, e.g. 32x32")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from .limits import Limits
+
+    lim = Limits()
+    p.add_argument("--model", default=None, help="bundle dir (model/, tokenizer/, vision_tokenizer/) or model dir")
+    p.add_argument("--tokenizer", default=None, help="tokenizer dir, when --model is a model dir")
+    p.add_argument("--vision-tokenizer", default=None, help="vision tokenizer dir, when --model is a model dir")
+    p.add_argument("--host", default="[::]")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port (printed on stderr)")
+    p.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
+    p.add_argument("--tls-key", default=None, help="server private key (PEM)")
+    p.add_argument("--auth-token", default=None, help="require 'authorization: Bearer <token>' (or $EMU35_ROBOT_TOKEN)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--max-len", type=int, default=8192, help="context tokens per request or Explore session")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get to finish on shutdown")
+    p.add_argument("--max-queue", type=int, default=lim.max_queue, help="waiting requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-sessions", type=int, default=lim.max_sessions, help="open Explore sessions")
+    p.add_argument("--max-new-tokens", type=int, default=lim.max_new_tokens, help="cap per request or turn")
+    p.add_argument("--max-image-bytes", type=int, default=lim.max_image_bytes, help="per input image")
+
+
+def _client_main(args: argparse.Namespace) -> int:
+    import os
+
+    import grpc
+
+    from . import cli_client
+
+    try:
+        return cli_client.run(args, token=args.token or os.environ.get("EMU35_ROBOT_TOKEN"))
+    except grpc.RpcError as e:
+        print(f"emu35-robot: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emu35-robot", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -51,6 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--new-tokens", type=int, default=24)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
+
+    s = sub.add_parser("serve", help="run the gRPC planning service")
+    _serve_args(s)
+    s.set_defaults(func=_serve)
+
+    pl = sub.add_parser("plan", help="plan: subgoals with key-frames; writes plan.json, PNGs and a contact sheet")
+    pl.add_argument("instruction")
+    pl.add_argument("--image", action="append", required=True, help="camera image (PNG/JPEG), repeatable")
+    pl.add_argument("--max-subgoals", type=int, default=0)
+    _client_args(pl)
+    pl.set_defaults(func=_client_main, client="plan")
+
+    g = sub.add_parser("generate", help="t2i / x2i / story / howto; writes generation.json, PNGs, contact sheet")
+    g.add_argument("prompt")
+    g.add_argument("--task", default="t2i", choices=["t2i", "x2i", "story", "howto"])
+    g.add_argument("--image", action="append", default=[], help="reference image, repeatable")
+    _client_args(g)
+    g.set_defaults(func=_client_main, client="generate")
+
+    e = sub.add_parser("explore", help="walk a scene: start views + commands; writes explore.json, PNGs, sheet")
+    e.add_argument("scene", help="scene description")
+    e.add_argument("--image", action="append", required=True, help="starting view, repeatable")
+    e.add_argument("--command", action="append", default=[], help="a command per turn, e.g. 'move forward'")
+    _client_args(e)
+    e.set_defaults(func=_client_main, client="explore")
     return p
 
 

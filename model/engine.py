@@ -178,6 +178,19 @@ class ImageGrammar:
         return None
 
 
+@dataclass
+class _DecodeState:
+    """What survives a decode: the cache and how far it is filled, per-row RoPE positions, the sampler's RNG, the
+    image grammar (its locked size), and the last sampled token, which is not in the cache yet."""
+
+    grammar: ImageGrammar
+    gen: torch.Generator
+    cache: object
+    next_pos: Tensor  # [B]
+    slot: int = 0  # slots [0, slot) hold the history
+    pending: tuple[int, bool] | None = None  # (token, valid for the unconditional row)
+
+
 # ---- the engine -----------------------------------------------------------------------------------------------------
 class Engine:
     """Decode requests on one model. One request at a time (a lock); continuous batching is the service's job."""
@@ -266,11 +279,14 @@ class Engine:
         cache.reset()
         return cache
 
-    def _step(self, cache, ids: Tensor, pos: Tensor, valid: Tensor, slot: int, visual_head: bool) -> Tensor:
-        """One decode step: ids/pos/valid [B, 1] -> logits [B, V'] (V' = visual slice when visual_head)."""
+    def _step(
+        self, cache, ids: Tensor, pos: Tensor, valid: Tensor, slot: int, visual_head: bool, graphs: bool = True
+    ) -> Tensor:
+        """One decode step: ids/pos/valid [B, 1] -> logits [B, V'] (V' = visual slice when visual_head). Captured graphs
+        are bound to the engine's own caches, so a session's cache (graphs=False) runs eagerly."""
         vs = self.visual if visual_head else None
         kv_len = min(self.max_len, (slot // self.graph_bucket + 1) * self.graph_bucket)
-        if not self.cuda_graphs:
+        if not self.cuda_graphs or not graphs:
             slot_t = torch.tensor([slot], device=self.device)
             return self.lm(
                 ids,
@@ -337,7 +353,7 @@ class Engine:
             yield from self._generate(req, cancel, image_sampling, cfg, size, max_new)
 
     def _generate(self, req, cancel, image_sampling, cfg, size, max_new) -> Iterator[Event]:
-        tok, lm, dev = self.tok, self.lm, self.device
+        tok, lm = self.tok, self.lm
         t_start = time.perf_counter()
         ref_codes = self.encode_images(req.images, req.input_image_area or lm.config.image_area)
         strings = [image_string(tok, c) for c in ref_codes]
@@ -345,37 +361,75 @@ class Engine:
         uncond = tok.encode(unconditional_prompt(strings))
         use_cfg = cfg != 1.0
         rows = [cond, uncond] if use_cfg else [cond]
-        B, L = len(rows), max(len(r) for r in rows)
+        L = max(len(r) for r in rows)
         if L >= self.max_len:
             raise ValueError(f"prompt of {L} tokens does not fit the engine's max_len {self.max_len}")
-        max_new = min(max_new, self.max_len - L)
+        state = _DecodeState(
+            grammar=self._grammar(size, ref_codes),
+            gen=self._generator(req.seed),
+            cache=self._cache(len(rows)),
+            next_pos=torch.zeros(len(rows), dtype=torch.long, device=self.device),
+        )
+        yield from self._decode(
+            req,
+            cancel,
+            image_sampling,
+            cfg,
+            state,
+            [[(t, True) for t in r] for r in rows],
+            max_new,
+            t_start,
+            len(cond),
+            graphs=True,
+        )
+
+    def session(self, req: GenerationRequest) -> Session:
+        """A multi-turn conversation (the explore task) that keeps its KV cache between turns; see `Session`."""
+        image_sampling, cfg, size, max_new = self._resolve(req)
+        return Session(self, req, image_sampling, cfg, size, max_new)
+
+    def _grammar(self, size, ref_codes) -> ImageGrammar:
         distinct_refs = len({c.shape for c in ref_codes}) > 1
         # auto sizes stay within 2.5x the side of the model's image area (128 tokens at 1024^2)
-        max_side = min(MAX_GRID_SIDE, math.ceil(2.5 * math.sqrt(lm.config.image_area) / self.vq.downsample_factor))
-        grammar = ImageGrammar(tok, size, lock_after_first=not distinct_refs, max_side=max_side)
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,))))
+        max_side = min(MAX_GRID_SIDE, math.ceil(2.5 * math.sqrt(self.lm.config.image_area) / self.vq.downsample_factor))
+        return ImageGrammar(self.tok, size, lock_after_first=not distinct_refs, max_side=max_side)
 
-        # prefill: left-pad rows to L; pads are invalid slots; each row's positions count its own tokens
+    def _generator(self, seed: int | None) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
+        return gen
+
+    def _decode(self, req, cancel, image_sampling, cfg, state, new, max_new, t_start, prompt_tokens, graphs):
+        """Prefill `new` (per row: (token, valid) pairs appended after the cache's `state.slot` filled slots; rows are
+        left-padded with invalid slots) and decode up to `max_new` tokens. Leaves `state` ready for another turn: the
+        last sampled token is not in the cache yet (`state.pending`)."""
+        tok, lm, dev = self.tok, self.lm, self.device
+        grammar, gen, cache = state.grammar, state.gen, state.cache
+        B, L, S = len(new), max(len(r) for r in new), state.slot
+        use_cfg = B == 2
+        max_new = min(max_new, self.max_len - S - L)
+
+        # prefill: pads are invalid slots; each row's positions count its own valid tokens
         ids = torch.full((B, L), tok.pad_id, dtype=torch.long)
         valid = torch.zeros(B, L, dtype=torch.bool)
-        for b, r in enumerate(rows):
-            ids[b, L - len(r) :] = torch.tensor(r)
-            valid[b, L - len(r) :] = True
-        pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-        cache = self._cache(B)
+        for b, r in enumerate(new):
+            if r:
+                ids[b, L - len(r) :] = torch.tensor([t for t, _ in r])
+                valid[b, L - len(r) :] = torch.tensor([v for _, v in r])
+        pos = (state.next_pos.cpu()[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
         t0 = time.perf_counter()
         logits = lm(
             ids.to(dev),
             position_ids=pos.to(dev),
             cache=cache,
-            cache_pos=torch.arange(L, device=dev),
+            cache_pos=torch.arange(S, S + L, device=dev),
             attention_mask=valid.to(dev),
-            kv_len=L,
+            kv_len=S + L,
             logits_to_keep=1,
         ).logits[:, -1]  # [B, V]
-        next_pos = torch.tensor([len(r) for r in rows], device=dev)
+        next_pos = state.next_pos + valid.sum(1).to(dev)
         t_prefill = time.perf_counter() - t0
+        L = S + L  # the first decode step writes slot L
 
         generated: list[int] = []
         text_pending: list[int] = []
@@ -444,7 +498,7 @@ class Engine:
             valid_t = torch.tensor([[True], [u_valid]][:B], device=dev)
             ids_t = torch.full((B, 1), t, dtype=torch.long, device=dev)
             visual_logits = grammar.mode == "rows"
-            logits = self._step(cache, ids_t, next_pos[:, None], valid_t, L + step, visual_logits)
+            logits = self._step(cache, ids_t, next_pos[:, None], valid_t, L + step, visual_logits, graphs)
             next_pos = next_pos + valid_t[:, 0].long()
 
         if text_pending:
@@ -452,9 +506,12 @@ class Engine:
             if tail:
                 yield TextDelta(tail, text_pending)
         decode_s = time.perf_counter() - t_decode
+        fed = max(0, len(generated) - 1)  # every sampled token but the last went through the model
+        state.slot, state.next_pos = L + fed, next_pos
+        state.pending = (generated[-1], grammar.in_image() or was_image) if generated else None
         yield Finished(
             reason=reason,
-            prompt_tokens=len(cond),
+            prompt_tokens=prompt_tokens,
             generated_tokens=len(generated),
             image_tokens=image_tokens,
             incomplete_image=grammar.in_image(),
@@ -467,3 +524,108 @@ class Engine:
                 "ms_per_token": 1000 * decode_s / max(1, len(generated)),
             },
         )
+
+
+class Session:
+    """A conversation that keeps its own KV cache and token history, so a turn prefills only its new tokens.
+
+    The first `turn()` runs `req` as an ordinary request (task prompt, question, images). Each later
+    `turn(command)` appends `<last answer token> USER: {command} ASSISTANT: <|extra_100|>` to the cached history and
+    decodes the answer: the release's single-turn template, continued the way its chat turns are written, since the
+    release defines no multi-turn format. With CFG the unconditional row keeps its prompt and every generated image;
+    the user's later text is invalid (unseen) there, as generated text is. A cancelled turn is rolled back (the
+    session continues as if it had not been sent); a turn cut by max_new_tokens inside an image keeps its text but
+    drops the cut image from the history. Turns take the engine's lock, one at a
+    time with every other request; between turns the session holds only its cache (`max_len` slots per CFG row).
+    Sessions decode eagerly: captured CUDA graphs belong to the engine's own caches.
+    """
+
+    def __init__(self, engine: Engine, req: GenerationRequest, image_sampling, cfg, size, max_new):
+        self.engine, self.req = engine, req
+        self.image_sampling, self.cfg, self.size, self.max_new = image_sampling, cfg, size, max_new
+        self.turns = 0
+        self.state: _DecodeState | None = None
+
+    @property
+    def context_tokens(self) -> int:
+        """Slots of the session's cache in use (prompt, commands and answers so far)."""
+        return 0 if self.state is None else self.state.slot + (self.state.pending is not None)
+
+    def close(self) -> None:
+        """Free the cache now rather than when the session is garbage-collected."""
+        self.state = None
+
+    @torch.no_grad()
+    def turn(self, command: str | None = None, cancel: threading.Event | None = None) -> Iterator[Event]:
+        if (command is None) != (self.turns == 0):
+            raise ValueError("the first turn takes no command; every later turn needs one")
+        if command is not None and not isinstance(command, str):
+            raise ValueError("command must be a string")
+        eng = self.engine
+        with eng._lock:
+            t_start = time.perf_counter()
+            if self.state is None and self.turns > 0:
+                raise ValueError("session is closed")
+            if self.state is None:
+                tok, lm = eng.tok, eng.lm
+                ref_codes = eng.encode_images(self.req.images, self.req.input_image_area or lm.config.image_area)
+                strings = [image_string(tok, c) for c in ref_codes]
+                cond = tok.encode(task_prompt(self.req.task, self.req.question, strings))
+                rows = [cond, tok.encode(unconditional_prompt(strings))] if self.cfg != 1.0 else [cond]
+                if max(len(r) for r in rows) >= eng.max_len:
+                    raise ValueError(f"prompt of {max(map(len, rows))} tokens does not fit max_len {eng.max_len}")
+                B = len(rows)
+                state = _DecodeState(
+                    grammar=eng._grammar(self.size, ref_codes),
+                    gen=eng._generator(self.req.seed),
+                    cache=eng.lm.allocate_cache(B, eng.max_len),
+                    next_pos=torch.zeros(B, dtype=torch.long, device=eng.device),
+                )
+                new = [[(t, True) for t in r] for r in rows]
+                prompt_tokens = len(cond)
+            else:
+                state = self.state
+                B = state.next_pos.shape[0]
+                text = eng.tok.encode(f" USER: {command} ASSISTANT: <|extra_100|>")
+                head = [state.pending] if state.pending is not None else []
+                new = [[(head[0][0], True)] if head else []] + [[]] * (B - 1)
+                new[0] += [(t, True) for t in text]
+                if B == 2:
+                    new[1] = [(t, bool(head) and i == 0 and head[0][1]) for i, (t, _) in enumerate(new[0])]
+                prompt_tokens = len(new[0])
+                if state.slot + len(new[0]) >= eng.max_len:
+                    raise ValueError(
+                        f"session context full: {state.slot} + {len(new[0])} tokens >= max_len {eng.max_len}"
+                    )
+            saved = (state.slot, state.next_pos.clone(), state.pending, state.grammar.fixed)
+            fin = None
+            try:
+                for e in eng._decode(
+                    self.req,
+                    cancel,
+                    self.image_sampling,
+                    self.cfg,
+                    state,
+                    new,
+                    self.max_new,
+                    t_start,
+                    prompt_tokens,
+                    graphs=False,
+                ):
+                    fin = e if isinstance(e, Finished) else fin
+                    yield e
+            finally:  # also when the caller stops iterating (GeneratorExit): the turn then counts as cancelled
+                if fin is None or fin.reason == "cancelled":
+                    state.slot, state.next_pos, state.pending, state.grammar.fixed = saved
+                    state.cache.valid[:, state.slot :] = False
+                    state.grammar.mode = "text"
+                else:
+                    if fin.incomplete_image:  # cut by max_new_tokens: keep the text, drop the cut image
+                        boi = len(fin.token_ids) - 1 - fin.token_ids[::-1].index(eng.tok.boi_id)
+                        cut = saved[0] + max(len(r) for r in new) + boi  # the BOI's slot
+                        state.next_pos = state.next_pos - max(0, state.slot - cut)  # image slots are valid in all rows
+                        state.slot, state.pending = min(cut, state.slot), None
+                        state.cache.valid[:, state.slot :] = False
+                        state.grammar.mode = "text"
+                    self.state = state
+                    self.turns += 1

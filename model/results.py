@@ -48,6 +48,9 @@ def _split_cot(raw: str) -> tuple[str, str, str]:
     return _SPECIAL.sub("", visible).strip(), glob, local
 
 
+split_chain_of_thought = _split_cot  # public name: streaming callers (the service) split text as images finish
+
+
 def collect(events: Iterable[Event], task: str = "", question: str = "") -> GenerationResult:
     res = GenerationResult(task=task, question=question, text="")
     raw, visible_parts = "", []
