@@ -1,0 +1,270 @@
+"""Train or fine-tune the Emu3.5 decoder by next-token loss over interleaved text-and-image sequences.
+
+Visual tokens weigh 0.5 against text 1.0 (the release's recipe); padding weighs 0. bf16 autocast on GPU, gradient
+accumulation, cosine schedule with warm-up, checkpoints that resume exactly (weights, optimizer, step, RNG, data
+order), a JSONL loss log and a loss-curve PNG. Works for a fresh small model, for the full model with LoRA
+(model/lora.py), and under FSDP (`torch.distributed`, launched with torchrun).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checkpoint import save_emu35
+from .transformer import Emu35
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    visual_weight: float = 0.5
+    max_len: int = 1024  # longer sequences are cut (their tail is lost: size data so this never happens)
+    bf16: bool = True  # autocast on CUDA; CPU runs float32
+    log_every: int = 10
+    ckpt_every: int = 200
+    seed: int = 0
+
+
+def token_weights(ids: Tensor, visual_start: int, visual_end: int, pad_id: int, visual_weight: float) -> Tensor:
+    """Loss weight of predicting each token: 1 text, `visual_weight` visual, 0 padding."""
+    w = torch.ones_like(ids, dtype=torch.float32)
+    w[(ids >= visual_start) & (ids < visual_end)] = visual_weight
+    w[ids == pad_id] = 0.0
+    return w
+
+
+def lm_loss(lm: Emu35, ids: Tensor, weights: Tensor) -> Tensor:
+    """Weighted next-token cross-entropy. ids, weights [B, T]; the weight of a target token applies to its loss."""
+    logits = lm(ids[:, :-1]).logits  # [B, T-1, V]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    w = weights[:, 1:].reshape(-1)
+    return (ce * w).sum() / w.sum().clamp(min=1.0)
+
+
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, max_len: int) -> Tensor:
+    """Right-pad to the longest sequence (causal attention: padding after a sequence never affects it)."""
+    T = min(max_len, max(len(s) for s in seqs))
+    out = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        s = list(s)[:T]
+        out[i, : len(s)] = torch.tensor(s)
+    return out
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+class Trainer:
+    """`Trainer(lm, sequences, out_dir, cfg).fit()`; calling fit() again on the same out_dir resumes."""
+
+    def __init__(
+        self,
+        lm: Emu35,
+        sequences: Sequence[Sequence[int]],
+        out_dir: str | Path,
+        cfg: TrainConfig,
+        params=None,
+        save_fn=None,
+    ):
+        self.lm, self.seqs, self.out, self.cfg = lm, sequences, Path(out_dir), cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        c = lm.config
+        self.visual = (c.visual_token_start, c.visual_token_start + c.num_visual_tokens)
+        self.pad_id = c.pad_token_id
+        params = [p for p in (params if params is not None else lm.parameters()) if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+        )
+        self.save_fn = save_fn or (lambda path: save_emu35(self.lm, path))
+        self.step = 0
+        self.order: list[int] = []
+        self.cursor = 0
+        self.rng = random.Random(cfg.seed)
+
+    # ---- data order: a shuffled permutation per epoch, kept in the checkpoint so a resume sees the same batches
+    def _next_batch(self) -> list[Sequence[int]]:
+        batch = []
+        while len(batch) < self.cfg.batch_size:
+            if self.cursor >= len(self.order):
+                self.order = list(range(len(self.seqs)))
+                self.rng.shuffle(self.order)
+                self.cursor = 0
+            batch.append(self.seqs[self.order[self.cursor]])
+            self.cursor += 1
+        return batch
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoint"
+
+    def save(self) -> None:
+        tmp = self.out / "checkpoint.tmp"
+        tmp.mkdir(exist_ok=True)
+        self.save_fn(tmp / "model")
+        state = {"optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state()}
+        torch.save(state, tmp / "trainer.pt")
+        meta = {
+            "step": self.step,
+            "order": self.order,
+            "cursor": self.cursor,
+            "rng": self.rng.getstate(),
+            "config": asdict(self.cfg),
+        }
+        (tmp / "trainer.json").write_text(json.dumps(meta, default=list))
+        if self.ckpt_dir.exists():
+            old = self.out / "checkpoint.old"
+            self.ckpt_dir.rename(old)
+            tmp.rename(self.ckpt_dir)
+            import shutil
+
+            shutil.rmtree(old)
+        else:
+            tmp.rename(self.ckpt_dir)
+
+    def try_resume(self, load_fn=None) -> bool:
+        """Restore from out_dir/checkpoint if present (weights through `load_fn(path)` or the HF layout)."""
+        if not (self.ckpt_dir / "trainer.json").is_file():
+            return False
+        meta = json.loads((self.ckpt_dir / "trainer.json").read_text())
+        if load_fn is not None:
+            load_fn(self.ckpt_dir / "model")
+        else:
+            from safetensors.torch import load_file
+
+            sd = {}
+            for f in sorted((self.ckpt_dir / "model").glob("*.safetensors")):
+                sd.update(load_file(f))
+            self.lm.load_state_dict(sd, strict=not self.lm.config.tie_word_embeddings)
+        state = torch.load(self.ckpt_dir / "trainer.pt", map_location="cpu", weights_only=True)
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.order, self.cursor = meta["step"], meta["order"], meta["cursor"]
+        r = meta["rng"]
+        self.rng.setstate((r[0], tuple(r[1]), r[2]))
+        return True
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def fit(self, progress: bool = True, until: int | None = None) -> list[dict]:
+        """Train to cfg.steps (or stop after step `until`: a time-boxed job; run fit() again to go on)."""
+        cfg, lm = self.cfg, self.lm
+        stop = min(cfg.steps, until if until is not None else cfg.steps)
+        resumed = self.try_resume()
+        dev = lm.device
+        use_bf16 = cfg.bf16 and dev.type == "cuda"
+        log_path = self.out / "loss.jsonl"
+        if not resumed and log_path.exists():
+            log_path.unlink()
+        lm.train()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
+        t0 = time.perf_counter()
+        tokens = 0
+        with open(log_path, "a") as log:
+            while self.step < stop:
+                lr = lr_at(self.step, cfg)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                total = 0.0
+                for _ in range(cfg.grad_accum):
+                    ids = collate(self._next_batch(), self.pad_id, cfg.max_len).to(dev)
+                    w = token_weights(ids, *self.visual, self.pad_id, cfg.visual_weight)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                        loss = lm_loss(lm, ids, w) / cfg.grad_accum
+                    loss.backward()
+                    total += float(loss.detach())
+                    tokens += int((w > 0).sum())
+                norm = torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip
+                )
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rec = {
+                        "step": self.step,
+                        "loss": total,
+                        "lr": lr,
+                        "grad_norm": float(norm),
+                        "tokens_per_s": tokens / (time.perf_counter() - t0),
+                    }
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total:.3f}")
+                if self.step % cfg.ckpt_every == 0 or self.step in (cfg.steps, stop):
+                    self.save()
+        if bar is not None:
+            bar.close()
+        lm.eval()
+        history = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+        plot_loss(history, self.out / "loss.png")
+        return history
+
+
+def plot_loss(history: list[dict], path: str | Path) -> None:
+    """Loss against step as a PNG (matplotlib when installed, else a plain PIL line plot)."""
+    if not history:
+        return
+    steps = [h["step"] for h in history]
+    loss = [h["loss"] for h in history]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        ax.plot(steps, loss)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (weighted CE)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    except ImportError:
+        from PIL import Image, ImageDraw
+
+        W, H, m = 600, 350, 40
+        im = Image.new("RGB", (W, H), "white")
+        d = ImageDraw.Draw(im)
+        lo, hi = min(loss), max(loss) if max(loss) > min(loss) else min(loss) + 1
+        x0, x1 = steps[0], max(steps[-1], steps[0] + 1)
+        pts = [
+            (m + (s - x0) / (x1 - x0) * (W - 2 * m), H - m - (v - lo) / (hi - lo) * (H - 2 * m))
+            for s, v in zip(steps, loss)
+        ]
+        d.rectangle([m, m, W - m, H - m], outline="black")
+        if len(pts) > 1:
+            d.line(pts, fill="blue", width=2)
+        d.text((m, 10), f"loss {loss[0]:.3f} -> {loss[-1]:.3f} over {steps[-1]} steps", fill="black")
+        im.save(path)

@@ -1,0 +1,171 @@
+"""Train the IBQ vision tokenizer on frames: reconstruction + quantization losses, Index Backpropagation Quantization.
+
+IBQ (the release's quantizer): logits are inner products <z, e_n> with every code; the forward pass uses the hard
+one-hot of the argmax, the backward pass the softmax (straight-through), so gradients reach the *whole* codebook
+and codes do not die. Loss = L1 + L2 reconstruction + beta * commitment + codebook term + a small entropy term that
+keeps each choice confident and the batch's usage spread. Checkpoints resume; PSNR on held-out frames is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .vision_tokenizer import VisionTokenizer
+
+
+@dataclass
+class VQTrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup: int = 100
+    beta: float = 0.25  # commitment
+    entropy_weight: float = 0.05
+    log_every: int = 50
+    ckpt_every: int = 500
+    seed: int = 0
+    bf16: bool = True
+
+
+def ibq_straight_through(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """z [B, D, h, w], codebook [N, D] -> (z_q [B, D, h, w] hard forward / soft backward, codes [B, h, w], probs)."""
+    logits = torch.einsum("bdhw,nd->bhwn", z, codebook)  # [B, h, w, N]
+    soft = logits.softmax(-1)
+    codes = logits.argmax(-1)
+    hard = F.one_hot(codes, codebook.shape[0]).to(soft.dtype)
+    onehot = hard - soft.detach() + soft
+    z_q = torch.einsum("bhwn,nd->bdhw", onehot, codebook)
+    return z_q, codes, soft
+
+
+def vq_losses(vq: VisionTokenizer, x: Tensor, cfg: VQTrainConfig) -> tuple[Tensor, dict]:
+    z = vq.quant_conv(vq.encoder(x))  # [B, D, h, w]
+    E = vq.quantize.embedding.weight
+    z_q, codes, soft = ibq_straight_through(z, E)
+    x_rec = vq.decoder(vq.post_quant_conv(z_q))
+    rec = F.l1_loss(x_rec, x) + F.mse_loss(x_rec, x)
+    e_hard = E[codes].permute(0, 3, 1, 2)  # [B, D, h, w]
+    quant = cfg.beta * F.mse_loss(z, e_hard.detach()) + F.mse_loss(e_hard, z.detach())
+    p = soft.reshape(-1, soft.shape[-1]).float()
+    sample_entropy = -(p * (p + 1e-8).log()).sum(-1).mean()
+    mean_p = p.mean(0)
+    batch_entropy = -(mean_p * (mean_p + 1e-8).log()).sum()
+    loss = rec + quant + cfg.entropy_weight * (sample_entropy - batch_entropy)
+    with torch.no_grad():
+        mse = F.mse_loss(x_rec.float().clamp(-1, 1), x.float())
+        psnr = 10 * math.log10(4.0 / max(float(mse), 1e-10))  # pixel range [-1, 1]: peak-to-peak 2
+    return loss, {
+        "rec": float(rec.detach()),
+        "quant": float(quant.detach()),
+        "psnr": psnr,
+        "codes_used": int(codes.unique().numel()),
+    }
+
+
+def to_tensor(frames: np.ndarray) -> Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def psnr(vq: VisionTokenizer, frames: np.ndarray, batch: int = 64) -> float:
+    """PSNR (dB, 8-bit pixels) of encode -> decode over held-out frames."""
+    dev = vq.quant_conv.weight.device
+    se, n = 0.0, 0
+    for i in range(0, len(frames), batch):
+        x = to_tensor(frames[i : i + batch]).to(dev)
+        y = vq.decode(vq.encode(x))
+        a = ((x + 1) * 127.5).round()
+        b = ((y.float() + 1) * 127.5).round()
+        se += float(((a - b) ** 2).sum())
+        n += a.numel()
+    return 10 * math.log10(255.0**2 / max(se / n, 1e-10))
+
+
+def train_vq(
+    vq: VisionTokenizer,
+    frames: np.ndarray,
+    held_out: np.ndarray,
+    out_dir: str | Path,
+    cfg: VQTrainConfig,
+    progress: bool = True,
+    until: int | None = None,
+) -> dict:
+    """Train on uint8 frames [N, H, W, 3]; resumes from out_dir/checkpoint; writes the final tokenizer to
+    out_dir/vision_tokenizer in the official layout and returns {"psnr": ..., "steps": ...}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = vq.quant_conv.weight.device
+    opt = torch.optim.AdamW(vq.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    ck = out / "checkpoint"
+    if (ck / "state.json").is_file():
+        vq.load_state_dict(VisionTokenizer.from_pretrained(ck / "vision_tokenizer").state_dict())
+        st = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(st["optimizer"])
+        g.set_state(st["generator"])
+        step = json.loads((ck / "state.json").read_text())["step"]
+    vq.train()
+    use_bf16 = cfg.bf16 and dev.type == "cuda"
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train vq", unit="step")
+    log = open(out / "vq_loss.jsonl", "a")
+    t0 = time.perf_counter()
+    stop = min(cfg.steps, until if until is not None else cfg.steps)
+    while step < stop:
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        idx = torch.randint(0, len(frames), (cfg.batch_size,), generator=g)
+        x = to_tensor(frames[idx.numpy()]).to(dev)
+        if torch.rand((), generator=g) < 0.5:  # left-right flip: more scenes from the same frames
+            x = x.flip(-1)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            loss, stats = vq_losses(vq, x, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vq.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log.write(
+                json.dumps(
+                    {"step": step, "loss": float(loss.detach()), "lr": lr, "s": time.perf_counter() - t0, **stats}
+                )
+                + "\n"
+            )
+            log.flush()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(psnr=f"{stats['psnr']:.1f}", codes=stats["codes_used"])
+        if step % cfg.ckpt_every == 0 or step in (cfg.steps, stop):
+            tmp = out / "checkpoint.tmp"
+            vq.save_pretrained(tmp / "vision_tokenizer")
+            torch.save({"optimizer": opt.state_dict(), "generator": g.get_state()}, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}))
+            if ck.exists():
+                import shutil
+
+                shutil.rmtree(ck)
+            tmp.rename(ck)
+    log.close()
+    if bar is not None:
+        bar.close()
+    vq.eval()
+    result = {"steps": step, "psnr": psnr(vq, held_out) if len(held_out) else None}
+    vq.save_pretrained(out / "vision_tokenizer")
+    (out / "vq_result.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,147 @@
+"""Training on tiny configs: loss goes down, checkpoints resume exactly, LoRA and the IBQ tokenizer train."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model import Emu35
+from model.lora import apply_lora, load_lora, merge_lora, save_lora
+from model.random_checkpoint import config_for_tokenizer, random_emu35, write_tokenizer
+from model.train import TrainConfig, Trainer, lm_loss, token_weights
+from model.train_vq import VQTrainConfig, ibq_straight_through, psnr, train_vq
+from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tok = write_tokenizer(tmp_path_factory.mktemp("tok"), 64)
+    return tok, config_for_tokenizer(tok, num_hidden_layers=2, hidden_size=64, intermediate_size=128)
+
+
+def sequences(tok, n=24, seed=0):
+    """Interleaved sequences with a learnable pattern: text, then an image whose codes repeat the text's length."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        words = " ".join(rng.choice(["pick", "place", "red", "blue", "block"], size=rng.integers(2, 5)))
+        code = len(words) % 64
+        ids = [
+            tok.bos_id,
+            *tok.encode(words),
+            tok.boi_id,
+            *tok.encode("1*2"),
+            tok.img_id,
+            tok.code_to_id(code),
+            tok.code_to_id(code),
+            tok.eoi_id,
+            tok.eos_id,
+        ]
+        out.append(ids)
+    return out
+
+
+def test_token_weights(tiny):
+    tok, cfg = tiny
+    ids = torch.tensor([[tok.bos_id, 5, tok.code_to_id(3), tok.pad_id]])
+    w = token_weights(
+        ids, cfg.visual_token_start, cfg.visual_token_start + cfg.num_visual_tokens, cfg.pad_token_id, 0.5
+    )
+    assert w.tolist() == [[1.0, 1.0, 0.5, 0.0]]
+
+
+def test_weighted_loss_matches_manual(tiny):
+    tok, cfg = tiny
+    lm = random_emu35(cfg, seed=1, std=0.1)
+    ids = torch.tensor(sequences(tok, 2)[0])[None]
+    w = torch.rand(ids.shape)
+    with torch.no_grad():
+        logits = lm(ids[:, :-1]).logits[0]
+        ce = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+        want = (ce * w[0, 1:]).sum() / w[0, 1:].sum()
+        torch.testing.assert_close(lm_loss(lm, ids, w), want)
+
+
+def test_train_loss_drops_and_resume_is_exact(tiny, tmp_path):
+    tok, cfg = tiny
+    data = sequences(tok)
+    tc = TrainConfig(steps=30, batch_size=4, lr=3e-3, warmup=3, log_every=5, ckpt_every=15, bf16=False)
+    lm = random_emu35(cfg, seed=0)
+    hist = Trainer(lm, data, tmp_path / "a", tc).fit(progress=False)
+    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    assert (tmp_path / "a" / "loss.png").is_file()
+    assert Emu35.from_pretrained(tmp_path / "a" / "checkpoint" / "model", dtype=torch.float32) is not None
+
+    # stop at step 15, then resume to 30 in a new Trainer: the same weights as the uninterrupted run
+    lm2 = random_emu35(cfg, seed=0)
+    Trainer(lm2, data, tmp_path / "b", tc).fit(progress=False, until=15)
+    lm3 = random_emu35(cfg, seed=7)  # different init: everything must come from the checkpoint
+    h3 = Trainer(lm3, data, tmp_path / "b", tc).fit(progress=False)
+    assert h3[-1]["step"] == 30 and [h["step"] for h in h3] == [5, 10, 15, 20, 25, 30]
+    for (n, a), (_, b) in zip(lm.state_dict().items(), lm3.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_lora_trains_only_adapters_and_merges(tiny, tmp_path):
+    tok, cfg = tiny
+    lm = random_emu35(cfg, seed=2, std=0.1)
+    base = {k: v.clone() for k, v in lm.state_dict().items()}
+    ids = torch.tensor(sequences(tok, 1)[0])[None]
+    with torch.no_grad():
+        ref = lm(ids).logits
+    params = apply_lora(lm, r=4, alpha=8)
+    with torch.no_grad():
+        torch.testing.assert_close(lm(ids).logits, ref)  # B = 0: starts as the base model
+    tc = TrainConfig(steps=20, batch_size=4, lr=1e-2, warmup=2, log_every=5, ckpt_every=100, bf16=False)
+    Trainer(
+        lm,
+        sequences(tok),
+        tmp_path,
+        tc,
+        params=params,
+        save_fn=lambda p: save_lora(lm, p / "lora.safetensors"),
+    ).fit(progress=False)
+    for k, v in lm.state_dict().items():
+        if ".lora_" not in k:
+            assert torch.equal(v, base[k.replace(".base.", ".")]), k  # base weights frozen
+    with torch.no_grad():
+        adapted = lm(ids).logits
+    assert not torch.allclose(adapted, ref)
+    fresh = random_emu35(cfg, seed=2, std=0.1)
+    apply_lora(fresh, r=4, alpha=8)
+    load_lora(fresh, tmp_path / "checkpoint" / "model" / "lora.safetensors")
+    merge_lora(lm)
+    with torch.no_grad():
+        torch.testing.assert_close(lm(ids).logits, adapted, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fresh(ids).logits, adapted, atol=1e-4, rtol=1e-4)
+
+
+def test_ibq_straight_through_uses_inner_product_and_reaches_the_whole_codebook():
+    E = torch.randn(16, 4, requires_grad=True)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    z_q, codes, _ = ibq_straight_through(z, E)
+    assert torch.equal(codes, torch.einsum("bdhw,nd->bhwn", z, E).argmax(-1))
+    torch.testing.assert_close(z_q, E[codes].permute(0, 3, 1, 2))  # forward: the hard code vectors
+    z_q.sum().backward()
+    assert (E.grad.abs().sum(1) > 0).all()  # backward: every code gets a gradient
+
+
+def test_vq_training_improves_and_resumes(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = np.zeros((24, 32, 32, 3), dtype=np.uint8)  # flat scenes with a coloured square, like the simulator
+    for f in frames:
+        f[:] = rng.integers(60, 200, 3)
+        x, y = rng.integers(0, 20, 2)
+        f[y : y + 12, x : x + 12] = rng.integers(0, 255, 3)
+    vq = VisionTokenizer(tiny_vision_config(n_embed=64, embed_dim=8, ch=32, ch_mult=(1, 2)))
+    before = psnr(vq, frames[:4])
+    cfg = VQTrainConfig(steps=60, batch_size=8, lr=3e-3, warmup=5, log_every=20, ckpt_every=20, bf16=False)
+    res = train_vq(vq, frames[4:], frames[:4], tmp_path, cfg, progress=False, until=20)
+    assert res["steps"] == 20
+    res = train_vq(vq, frames[4:], frames[:4], tmp_path, cfg, progress=False)  # resumes at 20
+    lines = [json.loads(x) for x in (tmp_path / "vq_loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [20, 40, 60]
+    assert res["psnr"] > before + 2
+    again = VisionTokenizer.from_pretrained(tmp_path / "vision_tokenizer")
+    assert abs(psnr(again, frames[:4]) - res["psnr"]) < 1e-6
