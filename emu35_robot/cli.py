@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     _client_args(g)
     g.set_defaults(func=_client_main, client="generate")
 
+    from .training.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
+
     e = sub.add_parser("explore", help="walk a scene: start views + commands; writes explore.json, PNGs, sheet")
     e.add_argument("scene", help="scene description")
     e.add_argument("--image", action="append", required=True, help="starting view, repeatable")

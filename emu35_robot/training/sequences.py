@@ -1,0 +1,64 @@
+"""Demonstrations -> token sequences in the official vla format.
+
+For an episode with subgoals s_0..s_{n-1} and true key-frames f_1..f_n (f_0 is the view before acting), start k
+gives: the vla prompt with instruction + view f_k, then `s_k <image f_{k+1}> s_{k+1} <image f_{k+2}> ... EOS`. Every
+start is a sequence, so the model also learns to re-plan from a half-done scene (closed-loop evaluation needs it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from model.prompts import task_prompt
+from model.sequence import image_string
+from model.text_tokenizer import TextTokenizer
+from model.vision_tokenizer import VisionTokenizer
+
+from .collect import EpisodeRecord
+
+EOS = "<|extra_204|>"
+
+
+@torch.no_grad()
+def encode_frames(vq: VisionTokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    """uint8 [N, H, W, 3] (H, W multiples of 16) -> codes [N, H/16, W/16]."""
+    dev = vq.quant_conv.weight.device
+    out = []
+    for i in range(0, len(frames), batch):
+        x = torch.from_numpy(frames[i : i + batch]).permute(0, 3, 1, 2).float().to(dev) / 127.5 - 1.0
+        out.append(vq.encode(x).cpu().numpy())
+    return np.concatenate(out)
+
+
+def keyframe_per_subgoal(rec: EpisodeRecord) -> list[int] | None:
+    """Frame index of each subgoal's key-frame (the last time it was reached); None if one never was."""
+    last: dict[int, int] = {}
+    for i, k in enumerate(rec.keyframe_subgoals, start=1):
+        last[k] = i
+    if any(k not in last for k in range(len(rec.subgoals))):
+        return None
+    return [last[k] for k in range(len(rec.subgoals))]
+
+
+def episode_texts(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> list[str]:
+    kf = keyframe_per_subgoal(rec)
+    if kf is None:
+        return []
+    images = [image_string(tok, c) for c in codes]
+    out = []
+    for k in range(len(rec.subgoals)):
+        view = 0 if k == 0 else kf[k - 1]
+        answer = "".join(rec.subgoals[i] + images[kf[i]] for i in range(k, len(rec.subgoals)))
+        out.append(task_prompt("vla", rec.instruction, [images[view]]) + answer + EOS)
+    return out
+
+
+def vla_sequences(
+    episodes: list[tuple[EpisodeRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer
+) -> list[list[int]]:
+    seqs = []
+    for rec, frames in episodes:
+        codes = encode_frames(vq, frames)
+        seqs += [tok.encode(t) for t in episode_texts(rec, codes, tok)]
+    return seqs

@@ -1,0 +1,56 @@
+"""Demonstrations -> vla sequences: collection resumes, and every sequence has the official layout."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emu35_robot.training.collect import collect, load
+from emu35_robot.training.sequences import encode_frames, episode_texts, keyframe_per_subgoal
+from model import ImageSegment, TextSegment, parse_stream
+from model.text_tokenizer import TextTokenizer, byte_level_ranks, vision_token_list
+from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
+
+pytest.importorskip("sim_envs")
+ENVS = ["sim_envs/Stack-mujoco-v0", "sim_envs/PlaceInZone-pybullet-v0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos")
+    assert collect(out, ENVS, range(2), size=64, progress=False) == 4
+    return out
+
+
+def test_collection_is_incremental_and_resumes(data):
+    lines = (data / "episodes.jsonl").read_text().splitlines()
+    assert collect(data, ENVS, range(3), size=64, progress=False) == 2  # only the new seed of each env
+    keys = [json.loads(x)["key"] for x in (data / "episodes.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 6 and keys[:4] == [json.loads(x)["key"] for x in lines]
+    with open(data / "episodes.jsonl", "a") as f:
+        f.write('{"key": "torn')  # an interrupted write
+    assert len(load(data)) == 6
+
+
+def test_vla_sequences_have_the_official_layout(data):
+    tok = TextTokenizer(byte_level_ranks(), vision_token_list(64))
+    torch.manual_seed(0)
+    vq = VisionTokenizer(tiny_vision_config(n_embed=64, resolution=64))
+    rec, frames = load(data)[0]
+    assert rec.success and frames.shape[1:] == (64, 64, 3) and frames.dtype == np.uint8
+    kf = keyframe_per_subgoal(rec)
+    assert kf is not None and len(kf) == len(rec.subgoals)
+    codes = encode_frames(vq, frames)
+    texts = episode_texts(rec, codes, tok)
+    assert len(texts) == len(rec.subgoals)  # one sequence per starting subgoal
+    for k, text in enumerate(texts):
+        segs = parse_stream(tok, tok.encode(text))
+        images = [s for s in segs if isinstance(s, ImageSegment)]
+        words = [s.text for s in segs if isinstance(s, TextSegment)]
+        assert all(s.complete and s.codes.shape == (4, 4) for s in images)
+        assert len(images) == 1 + len(rec.subgoals) - k
+        assert words[0] == f"<|extra_203|>You are a helpful assistant for vla task. USER: {rec.instruction}"
+        assert words[1] == " ASSISTANT: <|extra_100|>" + rec.subgoals[k]
+        assert words[-1] == "<|extra_204|>"
+        np.testing.assert_array_equal(images[-1].codes, codes[kf[-1]])  # the last key-frame closes every plan
