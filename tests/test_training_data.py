@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emu35_robot.training.collect import collect, load
-from emu35_robot.training.sequences import encode_frames, episode_texts, keyframe_per_subgoal
+from emu35_robot.training.sequences import encode_frames, episode_texts, keyframe_per_subgoal, unconditional_text
 from model import ImageSegment, TextSegment, parse_stream
 from model.text_tokenizer import TextTokenizer, byte_level_ranks, vision_token_list
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
@@ -54,3 +54,7 @@ def test_vla_sequences_have_the_official_layout(data):
         assert words[1] == " ASSISTANT: <|extra_100|>" + rec.subgoals[k]
         assert words[-1] == "<|extra_204|>"
         np.testing.assert_array_equal(images[-1].codes, codes[kf[-1]])  # the last key-frame closes every plan
+    # CFG's unconditional stream: the unconditional prompt with the first view, then only the key-frames
+    u = parse_stream(tok, tok.encode(unconditional_text(rec, codes, tok)))
+    assert [s.text for s in u if isinstance(s, TextSegment)][0] == "<|extra_203|>You are a helpful assistant. USER: "
+    assert sum(isinstance(s, ImageSegment) for s in u) == 1 + len(rec.subgoals)

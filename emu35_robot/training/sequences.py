@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.prompts import task_prompt
+from model.prompts import task_prompt, unconditional_prompt
 from model.sequence import image_string
 from model.text_tokenizer import TextTokenizer
 from model.vision_tokenizer import VisionTokenizer
@@ -54,11 +54,23 @@ def episode_texts(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> 
     return out
 
 
+def unconditional_text(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> str:
+    """What CFG's unconditional stream sees (spec §7): the unconditional prompt with the first view, then only the
+    generated images, never text. One per episode, so the model learns that distribution too and CFG can use it."""
+    kf = keyframe_per_subgoal(rec)
+    if kf is None:
+        return ""
+    return unconditional_prompt([image_string(tok, codes[0])]) + "".join(image_string(tok, codes[i]) for i in kf) + EOS
+
+
 def vla_sequences(
     episodes: list[tuple[EpisodeRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer
 ) -> list[list[int]]:
     seqs = []
     for rec, frames in episodes:
         codes = encode_frames(vq, frames)
-        seqs += [tok.encode(t) for t in episode_texts(rec, codes, tok)]
+        texts = episode_texts(rec, codes, tok)
+        if texts:
+            texts.append(unconditional_text(rec, codes, tok))
+        seqs += [tok.encode(t) for t in texts]
     return seqs
