@@ -122,12 +122,15 @@ def load_emu35(path: str | Path, dtype: torch.dtype = torch.bfloat16, device="cp
     return model.eval()
 
 
-def save_emu35(model: Emu35, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> list[Path]:
-    """Write `model` in the official layout; several shards + index when it exceeds `max_shard_bytes`."""
+def save_emu35(
+    model: Emu35, path: str | Path, max_shard_bytes: int = 5 * 2**30, state_dict: dict[str, torch.Tensor] | None = None
+) -> list[Path]:
+    """Write `model` (or `state_dict`, e.g. gathered from FSDP shards) in the official layout; several shards +
+    index when it exceeds `max_shard_bytes`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.config.save(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     shards: list[dict[str, torch.Tensor]] = [{}]

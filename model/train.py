@@ -75,8 +75,31 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
+def fsdp_shard(lm: Emu35, bf16: bool = True) -> Emu35:
+    """Shard every block and the root with FSDP2 (call after torch.distributed.init_process_group, e.g. under
+    torchrun). Parameters live sharded across ranks and are gathered one block at a time; with `bf16` on CUDA the
+    blocks compute in bf16 and reduce gradients in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kw = {"mp_policy": mp} if mp is not None else {}
+    for block in lm.model.layers:
+        fully_shard(block, **kw)
+    fully_shard(lm, **kw)
+    return lm
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
 class Trainer:
-    """`Trainer(lm, sequences, out_dir, cfg).fit()`; calling fit() again on the same out_dir resumes."""
+    """`Trainer(lm, sequences, out_dir, cfg).fit()`; calling fit() again on the same out_dir resumes.
+
+    Under torch.distributed (a model from `fsdp_shard`), every rank draws the same global batch and trains on its
+    slice; checkpoints hold full (gathered) weights and optimizer state, written by rank 0."""
 
     def __init__(
         self,
@@ -100,7 +123,8 @@ class Trainer:
             lr=cfg.lr,
             betas=(0.9, 0.95),
         )
-        self.save_fn = save_fn or (lambda path: save_emu35(self.lm, path))
+        self.rank, self.world = _dist()
+        self.save_fn = save_fn or (lambda path, state=None: save_emu35(self.lm, path, state_dict=state))
         self.step = 0
         self.order: list[int] = []
         self.cursor = 0
@@ -109,25 +133,44 @@ class Trainer:
     # ---- data order: a shuffled permutation per epoch, kept in the checkpoint so a resume sees the same batches
     def _next_batch(self) -> list[Sequence[int]]:
         batch = []
-        while len(batch) < self.cfg.batch_size:
+        while len(batch) < self.cfg.batch_size * self.world:
             if self.cursor >= len(self.order):
                 self.order = list(range(len(self.seqs)))
                 self.rng.shuffle(self.order)
                 self.cursor = 0
             batch.append(self.seqs[self.order[self.cursor]])
             self.cursor += 1
-        return batch
+        return batch[self.rank :: self.world]
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     @property
     def ckpt_dir(self) -> Path:
         return self.out / "checkpoint"
 
+    def _states(self) -> tuple[dict | None, dict]:
+        """(full model state or None when unsharded, full optimizer state); collective under FSDP."""
+        if self.world == 1:
+            return None, self.opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.lm, options=o), get_optimizer_state_dict(self.lm, self.opt, options=o)
+
     def save(self) -> None:
+        model_state, opt_state = self._states()  # every rank takes part in the gather
+        if self.rank != 0:
+            return
         tmp = self.out / "checkpoint.tmp"
         tmp.mkdir(exist_ok=True)
-        self.save_fn(tmp / "model")
-        state = {"optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state()}
+        if model_state is None:
+            self.save_fn(tmp / "model")
+        else:
+            self.save_fn(tmp / "model", model_state)
+        state = {"optimizer": opt_state, "torch_rng": torch.get_rng_state()}
         torch.save(state, tmp / "trainer.pt")
         meta = {
             "step": self.step,
@@ -160,9 +203,21 @@ class Trainer:
             sd = {}
             for f in sorted((self.ckpt_dir / "model").glob("*.safetensors")):
                 sd.update(load_file(f))
-            self.lm.load_state_dict(sd, strict=not self.lm.config.tie_word_embeddings)
+            if self.world > 1:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                set_model_state_dict(self.lm, sd, options=StateDictOptions(full_state_dict=True))
+            else:
+                self.lm.load_state_dict(sd, strict=not self.lm.config.tie_word_embeddings)
         state = torch.load(self.ckpt_dir / "trainer.pt", map_location="cpu", weights_only=True)
-        self.opt.load_state_dict(state["optimizer"])
+        if self.world > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(
+                self.lm, self.opt, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
+        else:
+            self.opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.order, self.cursor = meta["step"], meta["order"], meta["cursor"]
         r = meta["rng"]
@@ -177,12 +232,12 @@ class Trainer:
         resumed = self.try_resume()
         dev = lm.device
         use_bf16 = cfg.bf16 and dev.type == "cuda"
-        log_path = self.out / "loss.jsonl"
+        log_path = self.out / ("loss.jsonl" if self.rank == 0 else f"loss.rank{self.rank}.jsonl")
         if not resumed and log_path.exists():
             log_path.unlink()
         lm.train()
         bar = None
-        if progress:
+        if progress and self.rank == 0:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
@@ -205,6 +260,7 @@ class Trainer:
                 norm = torch.nn.utils.clip_grad_norm_(
                     [p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip
                 )
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
                 self.step += 1
@@ -227,7 +283,8 @@ class Trainer:
             bar.close()
         lm.eval()
         history = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
-        plot_loss(history, self.out / "loss.png")
+        if self.rank == 0:
+            plot_loss(history, self.out / "loss.png")
         return history
 
 
