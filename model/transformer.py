@@ -44,9 +44,51 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
+def qk_norm_rope(q: Tensor, k: Tensor, wq: Tensor, wk: Tensor, eps: float, cos: Tensor, sin: Tensor):
+    """QK-norm then RoPE. q [B, T, H, D], k [B, T, K, D] -> q [B, H, T, D], k [B, K, T, D]."""
+    q = rms_norm(q, wq, eps).transpose(1, 2)
+    k = rms_norm(k, wk, eps).transpose(1, 2)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+def masked_softmax(scores: Tensor, mask: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
+    """float32 scores [B, K, G, S], mask [B, 1, G, S] (True = attend) -> probabilities in `dtype`."""
+    return (scores * scale).masked_fill(~mask, float("-inf")).softmax(-1).to(dtype)
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """Attention of a few query rows per kv head (decode), as two batched matrix products.
+
+    q [B, K, G, D], k/v [B, K, S, D], mask [B, 1, G, S] -> [B, K, G, D]. A fused attention kernel tiles over query
+    rows, and with G*T = 8 rows it keeps only B*K thread blocks busy (16 of 132 SMs at CFG batch 2); the products
+    tile over S instead. Scores are float32 (fp32 accumulation and output), like the fused kernels.
+    """
+    B, K, G, D = q.shape
+    S = k.shape[2]
+    q3, k3, v3 = q.reshape(B * K, G, D), k.reshape(B * K, S, D), v.reshape(B * K, S, D)
+    if q.is_cuda:
+        scores = torch.bmm(q3, k3.transpose(1, 2), out_dtype=torch.float32)  # [B*K, G, S]
+    else:
+        scores = torch.bmm(q3.float(), k3.float().transpose(1, 2))
+    p = KERNELS["masked_softmax"](scores.view(B, K, G, S), mask, scale, v.dtype)
+    return torch.bmm(p.view(B * K, G, S), v3).view(B, K, G, D)
+
+
+def add_rms_norm(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The residual add and the next RMSNorm in one pass: (x + delta, rms_norm(x + delta))."""
+    x = x + delta
+    return x, rms_norm(x, weight, eps)
+
+
 # The elementwise pieces of a block. `compile_kernels()` swaps in torch.compile'd versions: each becomes one fused
 # kernel (RMSNorm alone is ~7 kernels eager), which is what a CUDA-graph decode step at batch 1 is made of.
-KERNELS = {"rms_norm": rms_norm, "apply_rope": apply_rope, "swiglu": swiglu}
+KERNELS = {
+    "rms_norm": rms_norm,
+    "swiglu": swiglu,
+    "qk_norm_rope": qk_norm_rope,
+    "add_rms_norm": add_rms_norm,
+    "masked_softmax": masked_softmax,
+}
 
 
 def compile_kernels() -> None:
@@ -153,10 +195,16 @@ class Attention(nn.Module):
     ) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.project(x)
-        q = self.q_norm(q.view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_norm(k.view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, K, T, D]
+        q, k = KERNELS["qk_norm_rope"](
+            q.view(B, T, self.n_head, self.head_dim),
+            k.view(B, T, self.n_kv, self.head_dim),
+            self.q_norm.weight,
+            self.k_norm.weight,
+            self.q_norm.eps,
+            cos,
+            sin,
+        )  # [B, H, T, D], [B, K, T, D]
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
-        q, k = KERNELS["apply_rope"](q, cos, sin), KERNELS["apply_rope"](k, cos, sin)
         if cache is not None:
             cache.k[layer].index_copy_(2, cache_pos, k)
             cache.v[layer].index_copy_(2, cache_pos, v)
@@ -169,10 +217,12 @@ class Attention(nn.Module):
         else:
             # GQA without repeating K/V: the G query heads of a kv head become G*T query rows of that head, so the
             # masked (memory-efficient) kernel reads each cached K/V once. q [B, K, G*T, D], mask [B, 1, G*T, S].
-            G, S = self.n_head // self.n_kv, k.shape[2]
-            qg = q.reshape(B, self.n_kv, G * T, self.head_dim)
-            mg = mask.expand(B, 1, T, S)[:, :, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
-            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg, scale=scale).reshape(B, self.n_head, T, -1)
+            qg = q.reshape(B, self.n_kv, -1, self.head_dim)
+            if T == 1:
+                y = decode_attention(qg, k, v, mask, scale)
+            else:
+                y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+            y = y.reshape(B, self.n_head, T, -1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))  # never reshape to C
 
 
@@ -200,9 +250,16 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, *args) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), *args)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: Tensor, delta: Tensor | None, *args) -> tuple[Tensor, Tensor]:
+        """Returns the residual stream *before* adding this block's MLP output, and that output: the next block (or
+        the final norm) adds it inside its own RMSNorm kernel, one pass over the hidden state instead of two."""
+        n1, n2 = self.input_layernorm, self.post_attention_layernorm
+        if delta is None:
+            h = n1(x)
+        else:
+            x, h = KERNELS["add_rms_norm"](x, delta, n1.weight, n1.eps)
+        x, h = KERNELS["add_rms_norm"](x, self.self_attn(h, *args), n2.weight, n2.eps)
+        return x, self.mlp(h)
 
 
 class Decoder(nn.Module):
@@ -307,6 +364,9 @@ class Emu35(nn.Module):
             causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
             mask = (attention_mask[:, None, :] & causal[None]) | torch.eye(T, dtype=torch.bool, device=dev)[None]
             mask = mask[:, None]
+        if mask is not None:  # grouped-query layout once for all layers (see Attention): [B, 1, G*T, S]
+            G, S = self.config.num_attention_heads // self.config.num_key_value_heads, mask.shape[-1]
+            mask = mask.expand(B, 1, T, S)[:, :, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
 
         if self.inv_freq is None or self.inv_freq.device != dev:
             self.inv_freq = rope_inv_freq(self.config, dev)
@@ -315,9 +375,11 @@ class Emu35(nn.Module):
             inv_freq = rope_inv_freq(self.config, dev, seq_len=int(position_ids.max()) + 1)
         x = self.model.embed_tokens(input_ids)  # [B, T, C]
         cos, sin = rope_cos_sin(self.config, inv_freq, position_ids, x.dtype)
+        delta = None
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, i, cache, cache_pos, kv_len)
-        x = self.model.norm(x)
+            x, delta = layer(x, delta, cos, sin, mask, i, cache, cache_pos, kv_len)
+        norm = self.model.norm
+        _, x = KERNELS["add_rms_norm"](x, delta, norm.weight, norm.eps)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         w = self.lm_head.weight if vocab_slice is None else self.lm_head.weight[vocab_slice]
