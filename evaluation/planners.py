@@ -88,8 +88,8 @@ class OraclePlanner:
 
 class RandomPlanner:
     """Random but well-formed plans: alternating pick / place texts in the task grammar over the scene's objects
-    (2 to 6 subgoals), each with a random key-frame: the current view with one random block colour painted as a
-    block-sized patch somewhere on it, so a key-frame executor also acts on it."""
+    (2 to 6 subgoals), each with a random key-frame: the current view with the subgoal's block erased and painted
+    at a random spot of the table, so a key-frame executor acts on it too (and moves things at random)."""
 
     name = "random"
 
@@ -97,12 +97,10 @@ class RandomPlanner:
         self.base_seed = base_seed
 
     def plan(self, ctx: PlanContext) -> PlanResult:
-        from sim_envs.scene import PALETTE
-
         t0 = time.perf_counter()
         rng = np.random.default_rng([self.base_seed, ctx.seed, ctx.attempt])
         n = 2 * int(rng.integers(1, 4))
-        sgs, h, w = [], *ctx.image.shape[:2]
+        sgs = []
         for i in range(n):
             obj = ctx.blocks[int(rng.integers(len(ctx.blocks)))]
             if i % 2 == 0:
@@ -110,14 +108,30 @@ class RandomPlanner:
             else:
                 targets = ctx.zones + [b for b in ctx.blocks if b != obj]
                 text = place_text(obj, targets[int(rng.integers(len(targets)))])
-            kf = ctx.image.copy()
-            colour = obj.split()[0]
-            s = max(2, h // 16)
-            y, x = int(rng.integers(h // 3, h - s)), int(rng.integers(0, w - s))
-            kf[y : y + s, x : x + s] = np.round(np.asarray(PALETTE[colour]) * 255).astype(np.uint8)
+            kf = _move_block_randomly(ctx.image, obj.split()[0], rng)
             sgs.append(Subgoal(text, kf))
         dt = time.perf_counter() - t0
         return PlanResult(sgs, dt, dt)
+
+
+def _move_block_randomly(image: np.ndarray, colour: str, rng: np.random.Generator) -> np.ndarray:
+    """The view with the ``colour`` block's pixels replaced by the surrounding table colour and a block-sized
+    patch of that colour drawn at a random place in the lower two thirds (where the table is)."""
+    from sim_envs.keyframe_vision import colour_mask
+    from sim_envs.scene import PALETTE
+
+    kf = image.copy()
+    h, w = kf.shape[:2]
+    mask = cv2.dilate(colour_mask(kf, colour), np.ones((3, 3), np.uint8)).astype(bool)
+    if mask.any():
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = max(0, ys.min() - 3), ys.max() + 4, max(0, xs.min() - 3), xs.max() + 4
+        ring = kf[y0:y1, x0:x1][~mask[y0:y1, x0:x1]]
+        kf[mask] = np.median(ring, axis=0).astype(np.uint8) if len(ring) else kf[~mask].mean(axis=0)
+    s = max(2, h // 16)
+    y, x = int(rng.integers(h // 3, h - s)), int(rng.integers(0, w - s))
+    kf[y : y + s, x : x + s] = np.round(np.asarray(PALETTE[colour]) * 255).astype(np.uint8)
+    return kf
 
 
 @dataclass
