@@ -53,7 +53,8 @@ def aggregate(records: list[dict]) -> dict[str, Any]:
         by_planner[r["planner"]].append(r)
     rows = [{"task": t, "engine": e, "planner": p, **_summary(rs)} for (t, e, p), rs in sorted(groups.items())]
     overall = [{"planner": p, **_summary(rs)} for p, rs in sorted(by_planner.items())]
-    return {"episodes": len(records), "rows": rows, "overall": overall}
+    executors = sorted({r.get("executor", "?") for r in records})
+    return {"episodes": len(records), "executors": executors, "rows": rows, "overall": overall}
 
 
 def _fmt(x: float | None, nd: int = 2) -> str:
@@ -107,7 +108,8 @@ def plot_success(agg: dict, path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (95% Wilson CI)")
     ax.legend(fontsize=8, title="planner", title_fontsize=8)
-    ax.set_title(f"Task success per task and engine ({agg['episodes']} episodes)", fontsize=10)
+    ex = "/".join(agg["executors"])
+    ax.set_title(f"Task success per task and engine ({agg['episodes']} episodes, {ex} executor)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
