@@ -1,4 +1,5 @@
-"""`emu35-robot` command line: `model info`, `demo`, `serve`, and the service clients `plan`, `generate`, `explore`."""
+"""`emu35-robot` command line: `model info`, `demo`, `serve`, the service clients `plan`, `generate`, `explore`, and
+`eval` (the evaluation harness in `evaluation/`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import serve_forever
 
     return serve_forever(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from evaluation.cli import main as eval_main
+
+    return eval_main(args)
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -139,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--command", action="append", default=[], help="a command per turn, e.g. 'move forward'")
     _client_args(e)
     e.set_defaults(func=_client_main, client="explore")
+
+    from evaluation.cli import add_arguments as eval_arguments
+
+    ev = sub.add_parser("eval", help="benchmark a planner (service, oracle, random) on the simulated tasks")
+    eval_arguments(ev)
+    ev.set_defaults(func=_eval)
     return p
 
 

@@ -1,0 +1,101 @@
+"""`emu35-robot eval`: arguments and the run -> report sequence (emu35_robot/cli.py only wires the subcommand)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default="all", help="comma-separated task families, or 'all'")
+    p.add_argument("--engines", default="mujoco,pybullet", help="comma-separated: mujoco, pybullet")
+    p.add_argument("--planner", default="oracle", help="comma-separated: oracle, random, or host:port of the service")
+    p.add_argument("--episodes", type=int, default=10, help="episodes (seeds) per task x engine x planner")
+    p.add_argument("--seed", type=int, default=0, help="first seed; episode i uses seed + i")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (or Ray CPUs with --ray local)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="run on Ray: a cluster address, or 'local'")
+    p.add_argument("--out", required=True, help="output directory (episodes.jsonl, report.*, videos/)")
+    p.add_argument("--executor", default="keyframe", choices=["keyframe", "language"])
+    p.add_argument("--replans", type=int, default=1, help="re-plans allowed per episode (closed loop)")
+    p.add_argument("--image-size", type=int, default=96, help="camera and key-frame size, pixels")
+    p.add_argument("--max-steps-per-subgoal", type=int, default=120)
+    p.add_argument("--placement-tol", type=float, default=0.03, help="metres, for key-frame placement agreement")
+    p.add_argument("--no-video", action="store_true", help="skip the per-episode videos")
+    p.add_argument("--video-every", type=int, default=3, help="a video frame every k env steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from episodes.jsonl, run nothing")
+    g = p.add_argument_group("gRPC planner options")
+    g.add_argument("--token", default=None, help="bearer token (default: $EMU35_ROBOT_TOKEN)")
+    g.add_argument("--timeout", type=float, default=600.0, help="deadline of one plan request, seconds")
+    g.add_argument("--keyframe-grid", default=None, help="token grid HxW of key-frames, e.g. 32x32")
+    g.add_argument("--max-subgoals", type=int, default=0, help="0: the server's default")
+    g.add_argument("--max-new-tokens", type=int, default=None)
+    g.add_argument("--cfg-scale", type=float, default=None)
+    g.add_argument("--plan-seed", type=int, default=None, help="fixed decoding seed (default: from episode seed)")
+    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
+
+
+def config_from_args(args: argparse.Namespace):
+    from .episode import EvalConfig
+    from .planners import GrpcOptions
+
+    grid = None
+    if args.keyframe_grid:
+        h, w = args.keyframe_grid.lower().split("x")
+        grid = (int(h), int(w))
+    bias = {}
+    for item in args.logit_bias:
+        k, v = item.split("=")
+        bias[int(k)] = float(v)
+    grpc = GrpcOptions(
+        image_size=grid,
+        max_subgoals=args.max_subgoals,
+        max_new_tokens=args.max_new_tokens,
+        cfg_scale=args.cfg_scale,
+        seed=args.plan_seed,
+        logit_bias=bias,
+        timeout_s=args.timeout,
+        token=args.token or os.environ.get("EMU35_ROBOT_TOKEN"),
+    )
+    return EvalConfig(
+        executor=args.executor,
+        replans=args.replans,
+        image_size=args.image_size,
+        max_steps_per_subgoal=args.max_steps_per_subgoal,
+        placement_tol_m=args.placement_tol,
+        video=not args.no_video,
+        video_every=args.video_every,
+        grpc=grpc,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from sim_envs import ENGINES, FAMILIES
+
+    from .report import markdown_table, write_report
+    from .runner import EPISODES_FILE, episode_specs, read_records, run
+
+    out = Path(args.out)
+    tasks = sorted(FAMILIES) if args.tasks == "all" else _csv(args.tasks)
+    engines = _csv(args.engines)
+    for t in tasks:
+        if t not in FAMILIES:
+            raise ValueError(f"unknown task {t!r}; known: {sorted(FAMILIES)}")
+    for e in engines:
+        if e not in ENGINES:
+            raise ValueError(f"unknown engine {e!r}; known: {list(ENGINES)}")
+    if args.report_only:
+        records = read_records(out / EPISODES_FILE)
+    else:
+        specs = episode_specs(tasks, engines, _csv(args.planner), range(args.seed, args.seed + args.episodes))
+        records = run(specs, config_from_args(args), out, args.workers, args.ray, progress=not args.no_progress)
+    agg = write_report(out, records)
+    print(markdown_table(agg["overall"], ("planner",)))
+    print(f"report: {out / 'report.md'}  {out / 'report.html'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,206 @@
+"""One closed-loop episode: reset(seed) -> plan from the camera -> execute subgoal by subgoal -> re-plan on failure.
+
+Returns a JSON-ready record holding everything the metrics and the report are computed from, so aggregate numbers
+can always be re-derived from (and checked against) the records themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from sim_envs import env_id
+from sim_envs.executors import Executor, KeyframeExecutor, LanguageExecutor, Subgoal
+
+from .metrics import placement_agreement, psnr, ssim
+from .planners import GrpcOptions, PlanContext, Planner, PlanResult
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One episode of a run; (task, engine, planner, seed) is its identity in the JSONL file."""
+
+    task: str
+    engine: str
+    planner: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}|{self.engine}|{self.planner}|{self.seed}"
+
+
+@dataclass
+class EvalConfig:
+    """Settings shared by every episode of a run (written to DIR/config.json; a resume must match them)."""
+
+    executor: str = "keyframe"  # keyframe | language
+    replans: int = 1  # re-plans allowed per episode after a failed subgoal or an exhausted plan
+    image_size: int = 96
+    max_steps_per_subgoal: int = 120
+    placement_tol_m: float = 0.03
+    video: bool = True
+    video_every: int = 3  # record a video frame every k env steps
+    grpc: GrpcOptions = field(default_factory=GrpcOptions)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["grpc"] = {**d["grpc"], "token": None, "logit_bias": {str(k): v for k, v in self.grpc.logit_bias.items()}}
+        return d
+
+
+def make_executor(name: str, max_steps: int) -> Executor:
+    if name == "keyframe":
+        return KeyframeExecutor(max_steps=max_steps)
+    if name == "language":
+        return LanguageExecutor(max_steps=max_steps)
+    raise ValueError(f"executor must be 'keyframe' or 'language', got {name!r}")
+
+
+class FrameCapture(gym.Wrapper):
+    """Grabs the front camera every ``every`` steps the executors take, tagged with the (plan, subgoal) running."""
+
+    def __init__(self, env: gym.Env, every: int) -> None:
+        super().__init__(env)
+        self.every, self.n, self.tag = every, 0, (0, 0)
+        self.frames: list[tuple[np.ndarray, tuple[int, int]]] = []
+
+    def grab(self) -> None:
+        if self.every:
+            self.frames.append((self.env.unwrapped.render_camera("front"), self.tag))
+
+    def step(self, action):
+        out = self.env.step(action)
+        self.n += 1
+        if self.every and self.n % self.every == 0:
+            self.grab()
+        return out
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _plan_record(attempt: int, pr: PlanResult) -> dict[str, Any]:
+    return {
+        "attempt": attempt,
+        "texts": [s.text for s in pr.subgoals],
+        "keyframes": sum(s.keyframe is not None for s in pr.subgoals),
+        "latency_s": pr.latency_s,
+        "first_subgoal_s": pr.first_subgoal_s,
+        "tokens": pr.tokens,
+        "error": pr.error,
+        "info": pr.info,
+    }
+
+
+def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: str | Path | None = None) -> dict:
+    """Run one episode and return its record; writes its video under ``out_dir/videos`` when ``cfg.video``."""
+    t_start = time.perf_counter()
+    env = gym.make(env_id(spec.task, spec.engine), image_size=cfg.image_size, image_obs=False)
+    cap = FrameCapture(env, cfg.video_every if cfg.video and out_dir else 0)
+    try:
+        _, info = cap.reset(seed=spec.seed)
+        u = env.unwrapped
+        scene = u.task.scene
+        colours = [b.colour for b in scene.blocks]
+        executor = make_executor(cfg.executor, cfg.max_steps_per_subgoal)
+        plans: list[dict] = []
+        plan_frames: list[list[Subgoal]] = []
+        subgoals: list[dict] = []
+        cap.grab()
+        done = False
+        for attempt in range(cfg.replans + 1):
+            ctx = PlanContext(
+                info["instruction"], u.render_camera("front"), env_id(spec.task, spec.engine), spec.seed,
+                attempt, u.subgoal_index, scene.block_names(), scene.zone_names(),
+            )  # fmt: skip
+            pr = planner.plan(ctx)
+            plans.append(_plan_record(attempt, pr))
+            plan_frames.append(pr.subgoals)
+            for i, sg in enumerate(pr.subgoals):
+                cap.tag = (attempt, i)
+                r = executor.execute(cap, sg)
+                rec: dict[str, Any] = {
+                    "plan": attempt, "index": i, "text": sg.text, "success": r.success, "grounded": r.grounded,
+                    "steps": r.steps, "message": r.message,
+                    "skill": None if r.skill is None else [r.skill.skill, r.skill.obj, r.skill.target],
+                }  # fmt: skip
+                if sg.keyframe is not None:
+                    h, w = sg.keyframe.shape[:2]
+                    achieved = r.frame if r.frame is not None else u.render_camera("front", w, h)
+                    agree, total = placement_agreement(
+                        sg.keyframe, achieved, u.camera_model("front", w, h), colours, cfg.placement_tol_m
+                    )
+                    rec.update(
+                        psnr=_finite(psnr(achieved, sg.keyframe)),
+                        ssim=ssim(achieved, sg.keyframe),
+                        placement_agree=agree,
+                        placement_total=total,
+                    )
+                subgoals.append(rec)
+                done = bool(u.task.success(u.world_state()))
+                if done or not r.success:
+                    break
+            if done:
+                break
+        cap.tag = (len(plans) - 1, -1)
+        cap.grab()
+        record = _summarise(spec, cfg, info, u, plans, subgoals, done)
+        record["wall_s"] = time.perf_counter() - t_start
+        record["video"], record["video_format"] = None, None
+        if cap.every and out_dir is not None:
+            from .video import write_episode_video
+
+            path = Path(out_dir) / "videos" / re.sub(r"[^A-Za-z0-9_-]", "-", spec.key.replace("|", "_"))
+            written = write_episode_video(path, cap.frames, plan_frames, spec, info["instruction"])
+            record["video"], record["video_format"] = os.path.relpath(written, out_dir), written.suffix[1:]
+        return record
+    finally:
+        env.close()
+
+
+def _summarise(spec, cfg, info, u, plans, subgoals, done) -> dict[str, Any]:
+    fid = [s for s in subgoals if "ssim" in s]
+    total_place = sum(s["placement_total"] for s in fid)
+    first = plans[0]
+    return {
+        "key": spec.key,
+        "task": spec.task,
+        "engine": spec.engine,
+        "planner": spec.planner,
+        "seed": spec.seed,
+        "executor": cfg.executor,
+        "instruction": info["instruction"],
+        "canonical_subgoals": list(info["subgoals"]),
+        "success": done,
+        "progress": int(u.subgoal_index),  # canonical subgoals reached, in order
+        "subgoals_completed": sum(bool(s["success"]) for s in subgoals),
+        "subgoals_attempted": len(subgoals),
+        "replans": len(plans) - 1,
+        "time_to_first_subgoal_s": first["first_subgoal_s"],
+        "plan_latency_s": first["latency_s"],
+        "plan_latency_total_s": sum(p["latency_s"] for p in plans),
+        "tokens_generated": sum(p["tokens"] for p in plans),
+        "psnr_mean": _mean([s["psnr"] for s in fid]),
+        "ssim_mean": _mean([s["ssim"] for s in fid]),
+        "placement_agreement": (sum(s["placement_agree"] for s in fid) / total_place) if total_place else None,
+        "steps": int(sum(s["steps"] for s in subgoals)),
+        "planner_errors": [p["error"] for p in plans if p["error"]],
+        "plans": plans,
+        "subgoals": subgoals,
+        "error": None,
+    }
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return float(np.mean(v)) if v else None

@@ -1,0 +1,215 @@
+"""Planners the harness can evaluate: the gRPC service, and two references that bound the scale.
+
+``oracle`` knows the task (canonical subgoals, key-frames the expert actually reaches); ``random`` knows only the
+scene's object names and draws well-formed but uninformed plans. A model worth deploying sits between them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import gymnasium as gym
+import numpy as np
+
+import sim_envs  # noqa: F401 - registers the env ids
+from sim_envs.executors import Subgoal
+from sim_envs.experts import expert_actions
+from sim_envs.tasks import pick_text, place_text
+
+
+@dataclass
+class PlanContext:
+    """What a planner may be asked with. The gRPC planner reads only ``instruction`` and ``image``; the oracle
+    also reads the env id, seed and progress (it is privileged by design); random reads the scene's names."""
+
+    instruction: str
+    image: np.ndarray  # current front camera, uint8 HxWx3
+    env_id: str
+    seed: int
+    attempt: int  # 0 for the first plan, k for the k-th re-plan
+    progress: int  # canonical subgoals reached so far (env's subgoal index)
+    blocks: list[str]
+    zones: list[str]
+
+
+@dataclass
+class PlanResult:
+    subgoals: list[Subgoal]
+    latency_s: float  # request to whole plan
+    first_subgoal_s: float | None  # request to the first complete subgoal (key-frame included)
+    tokens: int = 0  # tokens the model generated (0 for the reference planners)
+    error: str = ""  # a planner failure is recorded and ends the episode, it does not crash the run
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Planner(Protocol):
+    name: str
+
+    def plan(self, ctx: PlanContext) -> PlanResult: ...
+
+
+class OraclePlanner:
+    """Canonical subgoals with the key-frames an expert reaches on a second env reset with the same seed."""
+
+    name = "oracle"
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+        self._cache: dict[tuple[str, int], tuple[list[str], list[np.ndarray | None]]] = {}
+
+    def _shadow(self, env_id: str, seed: int) -> tuple[list[str], list[np.ndarray | None]]:
+        if (env_id, seed) not in self._cache:
+            env = gym.make(env_id, image_size=self.image_size, image_obs=False)
+            try:
+                _, info = env.reset(seed=seed)
+                texts = list(info["subgoals"])
+                frames: list[np.ndarray | None] = [None] * len(texts)
+                for steps, action in enumerate(expert_actions(env)):
+                    _, _, terminated, _, info = env.step(action)
+                    for k in info["subgoals_completed_now"]:
+                        frames[k] = env.unwrapped.render_camera("front")
+                    if terminated or steps > 2000:
+                        break
+            finally:
+                env.close()
+            self._cache = {(env_id, seed): (texts, frames)}  # one episode at a time: keep only the current one
+        return self._cache[(env_id, seed)]
+
+    def plan(self, ctx: PlanContext) -> PlanResult:
+        t0 = time.perf_counter()
+        texts, frames = self._shadow(ctx.env_id, ctx.seed)
+        sgs = [Subgoal(t, f) for t, f in zip(texts[ctx.progress :], frames[ctx.progress :])]
+        dt = time.perf_counter() - t0
+        return PlanResult(sgs, dt, dt if sgs else None)
+
+
+class RandomPlanner:
+    """Random but well-formed plans: alternating pick / place texts in the task grammar over the scene's objects
+    (2 to 6 subgoals), each with a random key-frame: the current view with the subgoal's block erased and painted
+    at a random spot of the table, so a key-frame executor acts on it too (and moves things at random)."""
+
+    name = "random"
+
+    def __init__(self, base_seed: int = 0) -> None:
+        self.base_seed = base_seed
+
+    def plan(self, ctx: PlanContext) -> PlanResult:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([self.base_seed, ctx.seed, ctx.attempt])
+        n = 2 * int(rng.integers(1, 4))
+        sgs = []
+        for i in range(n):
+            obj = ctx.blocks[int(rng.integers(len(ctx.blocks)))]
+            if i % 2 == 0:
+                text = pick_text(obj)
+            else:
+                targets = ctx.zones + [b for b in ctx.blocks if b != obj]
+                text = place_text(obj, targets[int(rng.integers(len(targets)))])
+            kf = _move_block_randomly(ctx.image, obj.split()[0], rng)
+            sgs.append(Subgoal(text, kf))
+        dt = time.perf_counter() - t0
+        return PlanResult(sgs, dt, dt)
+
+
+def _move_block_randomly(image: np.ndarray, colour: str, rng: np.random.Generator) -> np.ndarray:
+    """The view with the ``colour`` block's pixels replaced by the surrounding table colour and a block-sized
+    patch of that colour drawn at a random place in the lower two thirds (where the table is)."""
+    from sim_envs.keyframe_vision import colour_mask
+    from sim_envs.scene import PALETTE
+
+    kf = image.copy()
+    h, w = kf.shape[:2]
+    mask = cv2.dilate(colour_mask(kf, colour), np.ones((3, 3), np.uint8)).astype(bool)
+    if mask.any():
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = max(0, ys.min() - 3), ys.max() + 4, max(0, xs.min() - 3), xs.max() + 4
+        ring = kf[y0:y1, x0:x1][~mask[y0:y1, x0:x1]]
+        kf[mask] = np.median(ring, axis=0).astype(np.uint8) if len(ring) else kf[~mask].mean(axis=0)
+    s = max(2, h // 16)
+    y, x = int(rng.integers(h // 3, h - s)), int(rng.integers(0, w - s))
+    kf[y : y + s, x : x + s] = np.round(np.asarray(PALETTE[colour]) * 255).astype(np.uint8)
+    return kf
+
+
+@dataclass
+class GrpcOptions:
+    """Decoding options forwarded to the service (None: the server's default)."""
+
+    image_size: tuple[int, int] | None = None  # token grid of key-frames
+    max_subgoals: int = 0
+    max_new_tokens: int | None = None
+    cfg_scale: float | None = None
+    seed: int | None = None  # None: derived from the episode seed and attempt, so runs reproduce
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    timeout_s: float | None = 600.0
+    token: str | None = None
+
+
+class GrpcPlanner:
+    """Our planning service, as any user reaches it: ``PlannerClient.plan_stream`` with the camera image."""
+
+    def __init__(self, address: str, options: GrpcOptions | None = None) -> None:
+        from emu35_robot.client import PlannerClient  # imported here: it pulls in torch, which the others skip
+
+        self.name = address
+        self.options = options or GrpcOptions()
+        self.client = PlannerClient(address, token=self.options.token, timeout=self.options.timeout_s)
+
+    def plan(self, ctx: PlanContext) -> PlanResult:
+        import grpc
+
+        from emu35_robot.types import Options, Plan
+        from emu35_robot.types import Subgoal as RemoteSubgoal
+
+        o = self.options
+        seed = o.seed if o.seed is not None else ctx.seed * 64 + ctx.attempt
+        opts = Options(
+            image_size=o.image_size,
+            max_new_tokens=o.max_new_tokens,
+            cfg_scale=o.cfg_scale,
+            seed=seed,
+            logit_bias=dict(o.logit_bias),
+        )
+        h, w = ctx.image.shape[:2]
+        t0 = time.perf_counter()
+        first, plan = None, None
+        try:
+            for ev in self.client.plan_stream(ctx.instruction, [ctx.image], max_subgoals=o.max_subgoals, options=opts):
+                if isinstance(ev, RemoteSubgoal) and first is None:
+                    first = time.perf_counter() - t0
+                elif isinstance(ev, Plan):
+                    plan = ev
+        except grpc.RpcError as e:
+            return PlanResult([], time.perf_counter() - t0, first, error=f"{e.code().name}: {e.details()}")
+        dt = time.perf_counter() - t0
+        if plan is None:
+            return PlanResult([], dt, first, error="the stream ended without a finished plan")
+        sgs = []
+        for s in plan.subgoals:
+            kf = None
+            if s.image is not None:
+                kf = cv2.resize(np.asarray(s.image.convert("RGB")), (w, h), interpolation=cv2.INTER_AREA)
+            sgs.append(Subgoal(s.text.strip(), kf))
+        u = plan.usage
+        info = {"reason": u.reason, "prompt_tokens": u.prompt_tokens, "server_timings": u.timings}
+        return PlanResult(sgs, dt, first, tokens=u.generated_tokens, info=info)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+REFERENCE_PLANNERS = ("oracle", "random")
+
+
+def make_planner(name: str, image_size: int, grpc_options: GrpcOptions | None = None) -> Planner:
+    """``oracle``, ``random`` or a ``host:port`` of ``emu35-robot serve``."""
+    if name == "oracle":
+        return OraclePlanner(image_size)
+    if name == "random":
+        return RandomPlanner()
+    if ":" not in name:
+        raise ValueError(f"planner must be 'oracle', 'random' or a gRPC address host:port, got {name!r}")
+    return GrpcPlanner(name, grpc_options)
