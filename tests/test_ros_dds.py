@@ -14,10 +14,10 @@ import torch
 
 pytest.importorskip("cyclonedds", reason="DDS mode needs the `ros` extra: pip install cyclonedds")
 
-from emu35_robot import Limits, PlannerServer  # noqa: E402
-from emu35_robot.servicers import ModelInfo  # noqa: E402
-from model import Emu35, TextTokenizer, VisionTokenizer  # noqa: E402
-from model.engine import Engine  # noqa: E402
+pytest.register_assert_rewrite("ros_service")  # also loaded as a plugin below
+from ros_service import endless_options, keyframe_options  # noqa: E402
+
+pytest_plugins = ["ros_service"]  # the engine and server fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = (
@@ -30,21 +30,6 @@ LOOPBACK = (
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def engine(bundle):
-    lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(bundle.tokenizer)
-    return Engine(lm, tok, VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=2048)
-
-
-@pytest.fixture(scope="module")
-def server(engine, bundle):
-    s = PlannerServer(port=0, host="127.0.0.1", limits=Limits(), grace_s=2).start()
-    s.attach(engine, ModelInfo("tiny-random", str(bundle.model), True, "float32", 0))
-    yield s
-    s.stop(0)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +70,7 @@ def peer(dds_env, bridge, request: dict, *extra: str) -> dict:
 
 
 def test_plan_over_ros2_topics(bridge, engine, dds_env):
-    options = {"image_size": [3, 3], "seed": 1, "max_new_tokens": 300, "logit_bias": {engine.tok.boi_id: 50.0}}
+    options = keyframe_options(engine)
     out = peer(dds_env, bridge, {"id": "r1", "instruction": "stack the red block on the blue block", "max_subgoals": 2,
                          "options": options})  # fmt: skip
     assert out["types"] == {
@@ -105,8 +90,7 @@ def test_plan_over_ros2_topics(bridge, engine, dds_env):
 
 
 def test_cancel_and_bad_requests_over_ros2_topics(bridge, engine, server, dds_env):
-    endless = {"seed": 2, "cfg_scale": 1.0, "max_new_tokens": 2000,
-               "logit_bias": {engine.tok.eos_id: -100.0, engine.tok.boi_id: -100.0}}  # fmt: skip
+    endless = endless_options(engine)
     cancelled = server.metrics.requests.labels("Plan", "CANCELLED")
     before = cancelled._value.get()
     out = peer(
