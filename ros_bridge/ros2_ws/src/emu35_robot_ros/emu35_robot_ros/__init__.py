@@ -1,0 +1,1 @@
+"""rclpy front end of ros_bridge: the planner node."""
