@@ -598,7 +598,7 @@ class Session:
                         f"session context full: {state.slot} + {len(new[0])} tokens >= max_len {eng.max_len}"
                     )
             saved = (state.slot, state.next_pos.clone(), state.pending, state.grammar.fixed)
-            fin = None
+            committed = False
             try:
                 for e in eng._decode(
                     self.req,
@@ -612,20 +612,24 @@ class Session:
                     prompt_tokens,
                     graphs=False,
                 ):
-                    fin = e if isinstance(e, Finished) else fin
+                    if isinstance(e, Finished) and e.reason != "cancelled":
+                        # commit before the caller sees Finished: it may read context_tokens right away
+                        self._commit(state, saved, new, e)
+                        committed = True
                     yield e
-            finally:  # also when the caller stops iterating (GeneratorExit): the turn then counts as cancelled
-                if fin is None or fin.reason == "cancelled":
+            finally:  # cancelled, failed, or the caller stopped iterating (GeneratorExit): roll the turn back
+                if not committed:
                     state.slot, state.next_pos, state.pending, state.grammar.fixed = saved
                     state.cache.valid[:, state.slot :] = False
                     state.grammar.mode = "text"
-                else:
-                    if fin.incomplete_image:  # cut by max_new_tokens: keep the text, drop the cut image
-                        boi = len(fin.token_ids) - 1 - fin.token_ids[::-1].index(eng.tok.boi_id)
-                        cut = saved[0] + max(len(r) for r in new) + boi  # the BOI's slot
-                        state.next_pos = state.next_pos - max(0, state.slot - cut)  # image slots are valid in all rows
-                        state.slot, state.pending = min(cut, state.slot), None
-                        state.cache.valid[:, state.slot :] = False
-                        state.grammar.mode = "text"
-                    self.state = state
-                    self.turns += 1
+
+    def _commit(self, state: _DecodeState, saved: tuple, new: list, fin: Finished) -> None:
+        if fin.incomplete_image:  # cut by max_new_tokens: keep the text, drop the cut image
+            boi = len(fin.token_ids) - 1 - fin.token_ids[::-1].index(self.engine.tok.boi_id)
+            cut = saved[0] + max(len(r) for r in new) + boi  # the BOI's slot
+            state.next_pos = state.next_pos - max(0, state.slot - cut)  # image slots are valid in all rows
+            state.slot, state.pending = min(cut, state.slot), None
+            state.cache.valid[:, state.slot :] = False
+            state.grammar.mode = "text"
+        self.state = state
+        self.turns += 1
