@@ -32,18 +32,20 @@ class VQTrainConfig:
     lr: float = 3e-4
     warmup: int = 100
     beta: float = 0.25  # commitment
-    entropy_weight: float = 0.05
-    restart_every: int = 100  # restart codes whose usage (EMA) fell below restart_threshold of uniform
-    restart_threshold: float = 0.03
+    entropy_weight: float = 0.1
+    tau: float = 0.1
+    restart_every: int = 25  # restart codes whose usage (EMA) fell below restart_threshold of uniform
+    restart_threshold: float = 0.1
     log_every: int = 50
     ckpt_every: int = 500
     seed: int = 0
     bf16: bool = True
 
 
-def ibq_straight_through(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """z [B, D, h, w], codebook [N, D] -> (z_q [B, D, h, w] hard forward / soft backward, codes [B, h, w], probs)."""
-    logits = torch.einsum("bdhw,nd->bhwn", z, codebook)  # [B, h, w, N]
+def ibq_straight_through(z: Tensor, codebook: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """z [B, D, h, w], codebook [N, D] -> (z_q [B, D, h, w] hard forward / soft backward, codes [B, h, w], probs).
+    `tau` sharpens or softens the backward softmax only; the codes are the argmax of the inner products."""
+    logits = torch.einsum("bdhw,nd->bhwn", z, codebook) / tau  # [B, h, w, N]
     soft = logits.softmax(-1)
     codes = logits.argmax(-1)
     hard = F.one_hot(codes, codebook.shape[0]).to(soft.dtype)
@@ -53,9 +55,12 @@ def ibq_straight_through(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, T
 
 
 def vq_losses(vq: VisionTokenizer, x: Tensor, cfg: VQTrainConfig) -> tuple[Tensor, dict]:
-    z = vq.quant_conv(vq.encoder(x))  # [B, D, h, w]
-    E = F.normalize(vq.quantize.embedding.weight, dim=1)  # unit codes (see the module docstring)
-    z_q, codes, soft = ibq_straight_through(z, E)
+    # unit codes and unit z (cosine similarity, the release's `cosine_similarity` option): the argmax is unchanged
+    # at inference (|z| is the same for every code), and the softmax at temperature tau keeps the whole codebook
+    # in play instead of saturating on the longest vectors
+    z = F.normalize(vq.quant_conv(vq.encoder(x)), dim=1)  # [B, D, h, w]
+    E = F.normalize(vq.quantize.embedding.weight, dim=1)
+    z_q, codes, soft = ibq_straight_through(z, E, cfg.tau)
     x_rec = vq.decoder(vq.post_quant_conv(z_q))
     rec = F.l1_loss(x_rec, x) + F.mse_loss(x_rec, x)
     e_hard = E[codes].permute(0, 3, 1, 2)  # [B, D, h, w]
@@ -86,6 +91,7 @@ def restart_dead_codes(vq: VisionTokenizer, usage: Tensor, z: Tensor, threshold:
         return 0
     pool = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
     pick = torch.randint(0, len(pool), (len(dead),), generator=g).to(pool.device)
+    pool = F.normalize(pool, dim=1)
     W[dead] = F.normalize(pool[pick] + 0.01 * torch.randn_like(pool[pick]), dim=1).to(W.dtype)
     usage[dead] = 1.0 / W.shape[0]
     return len(dead)
@@ -178,14 +184,15 @@ def train_vq(
             x = x.flip(-1)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             loss, stats, codes, z = vq_losses(vq, x, cfg)
-        usage.mul_(0.99).add_(0.01 * torch.bincount(codes.flatten(), minlength=n_codes).float() / codes.numel())
-        if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + 1 < 0.8 * cfg.steps:
-            restarted += restart_dead_codes(vq, usage, z, cfg.restart_threshold, g)
-        stats["restarted"] = restarted
+        usage.mul_(0.9).add_(0.1 * torch.bincount(codes.flatten(), minlength=n_codes).float() / codes.numel())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vq.parameters(), 1.0)
         opt.step()
+        # after the update: restarting rewrites codebook rows the backward pass above still needed
+        if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + 1 < 0.8 * cfg.steps:
+            restarted += restart_dead_codes(vq, usage, z, cfg.restart_threshold, g)
+        stats["restarted"] = restarted
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             log.write(
