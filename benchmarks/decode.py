@@ -25,6 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from torch import Tensor  # noqa: E402
+
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
@@ -115,6 +117,31 @@ def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, step
     return prefill_s, med(times[warmup:]), med(fwd)
 
 
+def bytes_read_per_step(lm: Emu35, visual: slice | None) -> int:
+    """Weight bytes one decode step must read: every projection, norm and the head (only its visual slice on
+    image rows) once; not the embedding table, of which a step reads one row per token."""
+    n = 0
+    for name, t in list(lm.named_parameters()) + list(lm.named_buffers()):
+        if name.startswith("model.embed_tokens") or name == "inv_freq":
+            continue
+        rows = (visual.stop - visual.start) if (visual is not None and name == "lm_head.weight") else t.shape[0]
+        n += t[:rows].numel() * t.element_size() if t.ndim else t.element_size()
+    return n
+
+
+@torch.no_grad()
+def fp8_accuracy(lm: Emu35, ref: Tensor, ids: Tensor) -> dict:
+    """Relative logit error and top-k agreement of the quantized model against bf16 logits `ref` [T, V]."""
+    out = lm(ids).logits[0]
+    top10 = lambda x: x.topk(10, dim=-1).indices  # noqa: E731
+    overlap = (top10(out)[:, :, None] == top10(ref)[:, None, :]).any(-1).float().mean()
+    return {
+        "relative_logit_error": float((out - ref).norm() / ref.norm()),
+        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+        "top10_overlap": float(overlap),
+    }
+
+
 def time_prefill(eng: Engine, rows: int, tokens: int, reps: int = 3) -> float:
     lm, dev = eng.lm, eng.device
     cache = eng._cache(rows)
@@ -143,9 +170,10 @@ def main() -> None:
     ap.add_argument("--streams", default="1,1cfg,4cfg,8cfg", help="comma list: N (no CFG) or Ncfg (2N rows)")
     ap.add_argument(
         "--variants",
-        default="graphs,compiled,fused",
+        default="graphs,compiled,fused,fp8",
         help="eager; graphs; compiled (graphs + fused elementwise kernels); fused (compiled + fused "
-        "q/k/v and gate/up weights). fused changes the model in place, so it must come last",
+        "q/k/v and gate/up weights); fp8 (fused + float8 weights). fused and fp8 change the model in place: "
+        "keep this order",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -175,7 +203,6 @@ def main() -> None:
     init_s = time.perf_counter() - t
     elt = torch.finfo(dtype).bits // 8
     weight_bytes = sum(p.numel() for p in lm.parameters()) * elt
-    non_visual_head = (config.vocab_size - config.num_visual_tokens) * config.hidden_size * elt
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     res = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -215,15 +242,27 @@ def main() -> None:
     variants = args.variants.split(",") if dev.type == "cuda" else ["eager"]
     max_len = args.prompt + args.warmup + args.steps + 1
     for variant in variants:
+        ref = None
+        if variant == "fp8":  # bf16 logits of the same weights, to measure what FP8 costs
+            acc_ids = torch.randint(
+                0, config.vocab_size, (1, 256), device=dev, generator=torch.Generator(dev).manual_seed(1)
+            )
+            with torch.no_grad():
+                ref = lm(acc_ids).logits[0]
         eng = Engine(
             lm,
             tok,
             vq,
             max_len=max(max_len, args.prefill + 1),
             cuda_graphs=variant != "eager",
-            compile_kernels=variant in ("compiled", "fused"),
-            fuse_projections=variant == "fused",
+            compile_kernels=variant in ("compiled", "fused", "fp8"),
+            fuse_projections=variant in ("fused", "fp8"),
+            fp8=variant == "fp8",
         )
+        if ref is not None:
+            res["fp8_accuracy"] = fp8_accuracy(lm, ref, acc_ids)
+            print(f"fp8 against bf16 on the same weights: {res['fp8_accuracy']}", flush=True)
+            del ref
         for rows, cfg, label in specs:
             visual = cfg  # CFG steps are image rows: the head computes only the visual slice
             try:
@@ -238,7 +277,7 @@ def main() -> None:
                 (args.prompt + args.warmup + args.steps) // eng.graph_bucket * eng.graph_bucket + eng.graph_bucket,
             )
             kv_bytes = rows * kv_len * 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * elt
-            moved = weight_bytes - (non_visual_head if visual else 0)
+            moved = bytes_read_per_step(lm, eng.visual if visual else None)
             floor_ms = 1000 * moved / bw
             floor_kv_ms = 1000 * (moved + kv_bytes) / bw
             row = {
@@ -247,6 +286,7 @@ def main() -> None:
                 "rows": rows,
                 "ms_per_step": ms,
                 "forward_ms": fwd_ms,
+                "bytes_read": moved,
                 "floor_ms": floor_ms,
                 "floor_with_kv_ms": floor_kv_ms,
                 "x_all_weights_floor": ms / (1000 * weight_bytes / bw),

@@ -205,11 +205,16 @@ class Engine:
         graph_bucket: int = 1024,
         compile_kernels: bool = False,
         fuse_projections: bool | None = None,
+        fp8: bool = False,
     ):
         self.lm, self.tok, self.vq = lm, tok, vq
         self.device = lm.device
         if self.device.type == "cuda" if fuse_projections is None else fuse_projections:
             lm.fuse_projections()  # in place: the engine owns its model for inference
+        if fp8:  # float8 weights with per-channel scales (model/fp8.py): half the bytes per decode step
+            from .fp8 import quantize_fp8
+
+            quantize_fp8(lm)
         if compile_kernels:  # fuse each block's elementwise ops (RMSNorm, RoPE, SwiGLU) into single kernels
             from .transformer import compile_kernels as _compile
 

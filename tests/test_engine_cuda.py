@@ -49,3 +49,18 @@ def test_compiled_kernels_match_eager(bundle):
 
     for name, fn in list(transformer.KERNELS.items()):  # leave the module as other tests expect it
         transformer.KERNELS[name] = getattr(fn, "_torchdynamo_orig_callable", fn)
+
+
+def test_fp8_scaled_mm_matches_the_emulated_numbers():
+    from model.fp8 import Fp8Linear, scaled_mm_available
+
+    if not scaled_mm_available(torch.device("cuda")):
+        pytest.skip("torch._scaled_mm needs compute capability 8.9+ (Ada/Hopper)")
+    lin = torch.nn.Linear(512, 384, bias=False, device="cuda", dtype=torch.bfloat16)
+    f = Fp8Linear(lin)
+    x = torch.randn(3, 512, device="cuda", dtype=torch.bfloat16)
+    fast = f(x)
+    f.use_scaled_mm = False
+    emulated = f(x)
+    assert fast.dtype == torch.bfloat16 and fast.shape == (3, 384)
+    torch.testing.assert_close(fast.float(), emulated.float(), atol=2e-2, rtol=2e-2)
