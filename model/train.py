@@ -162,8 +162,14 @@ class Trainer:
 
     def save(self) -> None:
         model_state, opt_state = self._states()  # every rank takes part in the gather
-        if self.rank != 0:
-            return
+        if self.rank == 0:
+            self._write(model_state, opt_state)
+        if self.world > 1:  # the checkpoint exists on every rank's return (and no rank races ahead to shut down)
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _write(self, model_state: dict | None, opt_state: dict) -> None:
         tmp = self.out / "checkpoint.tmp"
         tmp.mkdir(exist_ok=True)
         if model_state is None:

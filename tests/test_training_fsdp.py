@@ -29,6 +29,7 @@ def _worker(rank: int, world: int, port: int, out: str, tok_dir: str, until: int
     seqs = [[tok.bos_id, *tok.encode(f"pick block {i % 3}"), tok.eos_id] for i in range(16)]
     tc = TrainConfig(steps=12, batch_size=2, lr=3e-3, warmup=2, log_every=3, ckpt_every=100, bf16=False)
     Trainer(lm, seqs, out, tc).fit(progress=False, until=until)
+    dist.barrier()
     dist.destroy_process_group()
 
 
