@@ -114,8 +114,8 @@ class BatchEngine:
         except StopIteration:
             self._release(m)
         except Exception as e:  # this request fails; the others go on
-            self._release(m)
             m.emit(e)
+            self._release(m)
 
     def _release(self, m: _Member) -> None:
         self.members.remove(m)
