@@ -222,6 +222,7 @@ def serve_forever(args) -> int:
         torch.set_num_threads(args.threads)
     limits = Limits(
         max_queue=args.max_queue,
+        max_batch=args.max_batch,
         max_sessions=args.max_sessions,
         max_new_tokens=args.max_new_tokens,
         max_image_bytes=args.max_image_bytes,
