@@ -78,6 +78,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get to finish on shutdown")
     p.add_argument("--max-queue", type=int, default=lim.max_queue, help="waiting requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-batch", type=int, default=lim.max_batch, help="requests decoding together (0: one at a time)")
     p.add_argument("--max-sessions", type=int, default=lim.max_sessions, help="open Explore sessions")
     p.add_argument("--max-new-tokens", type=int, default=lim.max_new_tokens, help="cap per request or turn")
     p.add_argument("--max-image-bytes", type=int, default=lim.max_image_bytes, help="per input image")

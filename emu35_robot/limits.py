@@ -24,7 +24,7 @@ class Limits:
     max_sessions: int = 4  # open Explore sessions (each holds a KV cache between turns)
     max_turns: int = 64  # commands per Explore session
     max_logit_bias: int = 256  # entries in GenerationOptions.logit_bias
-    workers: int = 1  # requests decoding at once (the engine decodes one at a time today)
+    max_batch: int = 8  # requests decoding at once in one batch (each: 2 KV-cache rows of the context); 0: alone
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ class Metrics:
         )
         self.queue_depth = Gauge("emu35_robot_queue_depth", "Requests waiting for the decoder.", registry=r)
         self.in_flight = Gauge("emu35_robot_decoding", "Requests decoding now.", registry=r)
+        self.batch_streams = Gauge("emu35_robot_batch_streams", "Requests in the last batched decode step.", registry=r)
         self.sessions = Gauge("emu35_robot_explore_sessions", "Open Explore sessions.", registry=r)
         self.first_event = Histogram(
             "emu35_robot_time_to_first_event_seconds",

@@ -108,7 +108,7 @@ class PlannerServer:
             reject = lambda method: self.metrics.requests.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
             interceptors.append(TokenAuthInterceptor(self.auth_token, reject))
         # threads: every queued or decoding request and every open session holds one while it streams
-        workers = lim.max_queue + lim.workers + lim.max_sessions + 16
+        workers = lim.max_queue + max(1, lim.max_batch) + lim.max_sessions + 16
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
             interceptors=interceptors,
@@ -222,6 +222,7 @@ def serve_forever(args) -> int:
         torch.set_num_threads(args.threads)
     limits = Limits(
         max_queue=args.max_queue,
+        max_batch=args.max_batch,
         max_sessions=args.max_sessions,
         max_new_tokens=args.max_new_tokens,
         max_image_bytes=args.max_image_bytes,

@@ -2,7 +2,8 @@
 
 Every RPC goes through `Runtime.stream` / `Runtime.unary`, which map errors to status codes (ServiceError as given,
 ValueError -> INVALID_ARGUMENT, anything else -> INTERNAL, logged) and count requests by method and code, so no request
-can take the server down. Decoding runs on the scheduler's workers; a handler only converts and streams events.
+can take the server down. Decoding runs on the scheduler's worker (Plan and Generate in its batch); a handler only
+converts and streams events.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Runtime:
 
     def __init__(self, limits: Limits, metrics: Metrics, auth_required: bool = False, tls: bool = False):
         self.limits, self.metrics = limits, metrics
-        self.scheduler = Scheduler(limits.max_queue, limits.workers, metrics)
+        self.scheduler = Scheduler(limits.max_queue, limits.max_batch, metrics)
         self.engine: Engine | None = None
         self.model: ModelInfo | None = None
         self.auth_required, self.tls = auth_required, tls
@@ -203,11 +204,19 @@ class Runtime:
         kw["logit_bias"] = dict(o.logit_bias)
         return kw
 
-    def submit(self, run: Callable[[threading.Event], Iterator], context):
+    def _cancel_event(self, context) -> threading.Event:
         cancel = threading.Event()
         if not context.add_callback(cancel.set):  # the RPC already ended
             cancel.set()
-        return self.scheduler.submit(run, cancel)
+        return cancel
+
+    def submit(self, run: Callable[[threading.Event], Iterator], context):
+        """A job that decodes alone (an Explore turn)."""
+        return self.scheduler.submit(run, self._cancel_event(context))
+
+    def submit_request(self, engine: Engine, req: GenerationRequest, context, on_event=None):
+        """A generation request that joins the running batch; `on_event(event, cancel)` sees each event first."""
+        return self.scheduler.submit_request(engine, req, self._cancel_event(context), on_event)
 
     @staticmethod
     def usage(f: Finished, reason: str | None = None, queue_s: float = 0.0) -> common_pb2.Usage:
@@ -249,19 +258,16 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
         if n_max > lim.max_subgoals:
             raise invalid(f"max_subgoals must be in [1, {lim.max_subgoals}], got {n_max}")
         req = GenerationRequest(task="vla", question=instruction, images=images, **rt.options(request.options, "vla"))
-        enough = threading.Event()
+        enough, keyframes = threading.Event(), []
 
-        def run(cancel: threading.Event):
-            n = 0
-            for e in engine.generate(req, cancel):
-                yield e
-                if isinstance(e, ImageFinished):
-                    n += 1
-                    if n >= n_max:  # stop the engine at its next step: the plan is complete
-                        enough.set()
-                        cancel.set()
+        def on_event(e, cancel: threading.Event) -> None:
+            if isinstance(e, ImageFinished):
+                keyframes.append(e.index)
+                if len(keyframes) >= n_max:  # stop the request at its next step: the plan is complete
+                    enough.set()
+                    cancel.set()
 
-        job = rt.submit(run, context)
+        job = rt.submit_request(engine, req, context, on_event)
         raw, done, global_cot = "", [], ""
         for e in rt.events(job, context):
             if isinstance(e, TextDelta):
@@ -321,7 +327,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         if task == "t2i" and images:
             raise invalid("images: TASK_T2I takes no images; use TASK_X2I to condition on images")
         req = GenerationRequest(task=task, question=prompt, images=images, **rt.options(request.options, task))
-        job = rt.submit(lambda cancel: engine.generate(req, cancel), context)
+        job = rt.submit_request(engine, req, context)
         raw, texts, n = "", [], 0
         for e in rt.events(job, context):
             if isinstance(e, TextDelta):
@@ -449,7 +455,7 @@ class ServiceServicer(service_pb2_grpc.ServiceServicer):
         rt = self.rt
         engine, m, lim = rt.ready_engine(), rt.model, rt.limits
         limits = service_pb2.Limits(
-            **{k: v for k, v in lim.to_dict().items() if k != "workers"},
+            **{k: v for k, v in lim.to_dict().items() if k != "max_batch"},
             context_tokens=engine.max_len,
             max_grid_side=MAX_GRID_SIDE,
         )

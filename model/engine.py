@@ -191,9 +191,21 @@ class _DecodeState:
     pending: tuple[int, bool] | None = None  # (token, valid for the unconditional row)
 
 
+@dataclass
+class StepRequest:
+    """What one request needs from a decode step: ids/pos/valid [B, 1] of its rows, written at cache slot `slot`;
+    `visual`: only the visual-token slice of the logits is wanted."""
+
+    ids: Tensor
+    pos: Tensor
+    valid: Tensor
+    slot: int
+    visual: bool
+
+
 # ---- the engine -----------------------------------------------------------------------------------------------------
 class Engine:
-    """Decode requests on one model. One request at a time (a lock); continuous batching is the service's job."""
+    """Decode requests on one model. One request at a time (a lock); `model.batching.BatchEngine` batches them."""
 
     def __init__(
         self,
@@ -408,6 +420,23 @@ class Engine:
         """Prefill `new` (per row: (token, valid) pairs appended after the cache's `state.slot` filled slots; rows are
         left-padded with invalid slots) and decode up to `max_new` tokens. Leaves `state` ready for another turn: the
         last sampled token is not in the cache yet (`state.pending`)."""
+        core = self._decode_steps(req, cancel, image_sampling, cfg, state, new, max_new, t_start, prompt_tokens)
+        logits = None
+        while True:
+            try:
+                item = core.send(logits)
+            except StopIteration:
+                return
+            logits = None
+            if isinstance(item, StepRequest):
+                logits = self._step(state.cache, item.ids, item.pos, item.valid, item.slot, item.visual, graphs)
+            else:
+                yield item
+
+    def _decode_steps(self, req, cancel, image_sampling, cfg, state, new, max_new, t_start, prompt_tokens):
+        """`_decode` as a coroutine: yields events, and a `StepRequest` wherever it needs the next decode step's logits,
+        which the driver sends back: `Engine._decode` runs the step alone, `BatchEngine` in one forward with the
+        steps of every other running request."""
         tok, lm, dev = self.tok, self.lm, self.device
         grammar, gen, cache = state.grammar, state.gen, state.cache
         B, L, S = len(new), max(len(r) for r in new), state.slot
@@ -503,7 +532,7 @@ class Engine:
             valid_t = torch.tensor([[True], [u_valid]][:B], device=dev)
             ids_t = torch.full((B, 1), t, dtype=torch.long, device=dev)
             visual_logits = grammar.mode == "rows"
-            logits = self._step(cache, ids_t, next_pos[:, None], valid_t, L + step, visual_logits, graphs)
+            logits = yield StepRequest(ids_t, next_pos[:, None], valid_t, L + step, visual_logits)
             next_pos = next_pos + valid_t[:, 0].long()
 
         if text_pending:

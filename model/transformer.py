@@ -205,7 +205,12 @@ class Attention(nn.Module):
             sin,
         )  # [B, H, T, D], [B, K, T, D]
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
-        if cache is not None:
+        if cache is not None and cache_pos.dim() == 2:  # per-row slots [B, T]: each row writes its own slots
+            rows = torch.arange(B, device=x.device)[:, None].expand(B, T)
+            cache.k[layer][rows, :, cache_pos] = k.transpose(1, 2)  # [B, T, K, D]
+            cache.v[layer][rows, :, cache_pos] = v.transpose(1, 2)
+            k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
+        elif cache is not None:
             cache.k[layer].index_copy_(2, cache_pos, k)
             cache.v[layer].index_copy_(2, cache_pos, v)
             k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]  # [B, K, S, D]
@@ -337,7 +342,8 @@ class Emu35(nn.Module):
 
         input_ids [B, T]. position_ids [B, T] (RoPE positions; default: the slot indices). attention_mask [B, T] bool:
         False marks padding tokens, which no later token attends to. With `cache`, the T tokens are written at slots
-        `cache_pos` [T] (default: the next T slots) and attend to every valid slot before them. `logits_to_keep=n`
+        `cache_pos` [T] (default: the next T slots), or at per-row slots `cache_pos` [B, T] (rows of a continuous batch
+        at different lengths), and attend to every valid slot before them. `logits_to_keep=n`
         computes the head for the last n positions only; `vocab_slice` computes it for part of the vocabulary only.
         """
         B, T = input_ids.shape
@@ -351,10 +357,17 @@ class Emu35(nn.Module):
             kv_len = kv_len or cache.length
         if position_ids is None:
             base = cache_pos if cache is not None else torch.arange(T, device=dev)
-            position_ids = base[None].expand(B, T)
+            position_ids = base.expand(B, T)
 
         mask = None  # [B, 1, T, S] bool, True = may attend
-        if cache is not None:
+        if cache is not None and cache_pos.dim() == 2:
+            rows = torch.arange(B, device=dev)[:, None].expand(B, T)
+            cache.valid[rows, cache_pos] = True if attention_mask is None else attention_mask
+            slots = torch.arange(kv_len, device=dev)
+            causal = slots <= cache_pos[..., None]  # [B, T, S]
+            mask = (cache.valid[:, None, :kv_len] & causal) | (slots == cache_pos[..., None])
+            mask = mask[:, None]
+        elif cache is not None:
             cache.valid[:, cache_pos] = True if attention_mask is None else attention_mask
             slots = torch.arange(kv_len, device=dev)
             causal = slots[None, :] <= cache_pos[:, None]  # [T, S]

@@ -21,7 +21,9 @@ from emu35_robot.types import ImageProgress, Plan, Subgoal
 from model import Emu35, TextTokenizer, VisionTokenizer
 from model.engine import Engine
 
-LIMITS = Limits(max_queue=1, max_image_bytes=300_000, max_image_pixels=512 * 512, max_images=2, max_sessions=2)
+# max_batch=1: one request decodes, the next waits (the queue tests need a full batch); batching: test_batched_plans
+LIMITS = Limits(max_queue=1, max_image_bytes=300_000, max_image_pixels=512 * 512, max_images=2, max_sessions=2,
+                max_batch=1)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -351,5 +353,30 @@ def test_tls_and_token(engine, bundle, cert):
         with PlannerClient(target, retries=0, timeout=5) as c, pytest.raises(grpc.RpcError):
             c.info()
         assert requests_count(s, "GetInfo", "UNAUTHENTICATED") == 2
+    finally:
+        s.stop(0)
+
+
+def test_concurrent_plans_share_a_batch_and_match_solo_results(engine, bundle):
+    """Two Plan calls at once on a server with --max-batch 2 decode in the same batch (the batch reaches 2 streams)
+    and each gets the plan it gets alone."""
+    s = PlannerServer(port=0, host="127.0.0.1", limits=Limits(max_batch=2), grace_s=5).start()
+    s.attach(engine, info(bundle))
+    try:
+        with PlannerClient(f"127.0.0.1:{s.port}", timeout=60) as c:
+            opts = [force_images(engine, size=(4, 4), max_new_tokens=200), endless(engine, max_new_tokens=300)]
+            plans = lambda i: c.plan("go", [scene(seed=i)], max_subgoals=2, options=opts[i])
+            alone = [plans(0), plans(1)]
+            assert s.runtime.scheduler.batch.peak == 1
+            out = [None, None]
+            threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, plans(i))) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        assert s.runtime.scheduler.batch.peak == 2
+        key = lambda p: ([(g.text, g.codes.tolist()) for g in p.subgoals], p.trailing_text, p.usage.reason)
+        assert [key(p) for p in out] == [key(p) for p in alone]
+        assert len(alone[0].subgoals) == 2 and alone[1].usage.generated_tokens == 300
     finally:
         s.stop(0)

@@ -224,3 +224,22 @@ def test_fused_projections_give_the_same_logits():
         torch.testing.assert_close(m(ids).logits, ref, atol=1e-5, rtol=1e-5)
         cache = m.allocate_cache(2, 8)
         torch.testing.assert_close(m(ids, cache=cache).logits, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_per_row_cache_slots_equal_separate_rows():
+    """Rows at different lengths in one cache (continuous batching): each decode row writes its own slot."""
+    m = tiny(seed=5)
+    a, b = torch.randint(0, 300, (1, 9)), torch.randint(0, 300, (1, 4))
+    with torch.no_grad():
+        cache = m.allocate_cache(2, 16)
+        for row, ids in ((0, a), (1, b)):  # prefill each row alone, into a view of its cache row
+            view = type(cache)(cache.k[:, row : row + 1], cache.v[:, row : row + 1], cache.valid[row : row + 1])
+            m(ids, cache=view, cache_pos=torch.arange(ids.shape[1]), kv_len=ids.shape[1])
+        nxt = torch.tensor([[5], [6]])
+        for step in range(3):
+            slots = torch.tensor([[9 + step], [4 + step]])
+            out = m(nxt, position_ids=slots, cache=cache, cache_pos=slots, kv_len=16).logits
+            a, b = torch.cat([a, nxt[:1]], 1), torch.cat([b, nxt[1:]], 1)
+            torch.testing.assert_close(out[0, -1], m(a).logits[0, -1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out[1, -1], m(b).logits[0, -1], atol=1e-5, rtol=1e-5)
+            nxt = out[:, -1].argmax(-1, keepdim=True)

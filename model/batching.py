@@ -1,0 +1,164 @@
+"""Continuous batching: requests join a running batch at the next decode step and leave it the step they finish.
+
+`BatchEngine` owns one KV cache of 2 * max_streams rows; a request holds one pair of rows (row 0 conditional, row 1
+unconditional with CFG; the second row stays unused without CFG) for as long as it decodes. Its prompt is prefilled
+alone, into a view of its own rows (the same forward `Engine.generate` runs), and from then on one forward per step
+serves every running request: the rows are at different lengths, so each row writes its own cache slot
+(`cache_pos` [B, 1]) with its own RoPE position and valid-slot mask. Sampling, CFG, logit bias, the image grammar and
+the seeded generator stay per request: the per-request logic is `Engine._decode_steps` itself, a coroutine that asks
+for each step's logits, so a request decodes the same tokens whether it runs alone or in a batch (up to the last bit
+of the float arithmetic, which may differ between batch sizes).
+
+The forward spans rows [0, highest occupied row]: free pairs are taken lowest first, and rows of free or cancelled
+pairs inside that span run a dummy token at slot 0 that no request reads (a pair's valid mask is cleared when it is
+taken, and its prefill rewrites slot 0). The step runs eagerly (no CUDA graphs yet).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .engine import Engine, GenerationRequest, StepRequest, _DecodeState
+from .prompts import task_prompt, unconditional_prompt
+from .sequence import image_string
+from .transformer import KVCache
+
+
+@dataclass
+class _Member:
+    rows: slice
+    pair: int
+    core: object  # the request's `Engine._decode_steps` coroutine
+    cancel: threading.Event
+    emit: Callable[[object], None]  # events, then an exception if the request failed
+    done: Callable[[], None]
+    need: StepRequest | None = None
+    logits: torch.Tensor | None = None
+
+
+class BatchEngine:
+    """Decode up to `max_streams` requests at once on `engine`'s model. Not thread-safe: one thread calls `add` and
+    `step` (the service's decoding worker)."""
+
+    def __init__(self, engine: Engine, max_streams: int = 8):
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        self.engine, self.max_streams = engine, max_streams
+        self.cache = engine.lm.allocate_cache(2 * max_streams, engine.max_len)
+        self.free = list(range(max_streams))
+        self.members: list[_Member] = []
+        self.steps = 0  # batched decode steps run
+        self.peak = 0  # most requests in one step
+        self.last = 0  # requests in the last step
+
+    @property
+    def active(self) -> int:
+        return len(self.members)
+
+    def has_room(self) -> bool:
+        return bool(self.free)
+
+    @torch.no_grad()
+    def add(
+        self,
+        req: GenerationRequest,
+        emit: Callable[[object], None],
+        done: Callable[[], None] = lambda: None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Prefill `req` into a free pair of rows; it decodes from the next `step()` on. Its events go to `emit`, and
+        `done()` is called once it has left the batch. A bad request raises ValueError here and holds nothing."""
+        if not self.free:
+            raise RuntimeError("the batch is full")
+        eng, tok = self.engine, self.engine.tok
+        t_start = time.perf_counter()
+        image_sampling, cfg, size, max_new = eng._resolve(req)
+        ref_codes = eng.encode_images(req.images, req.input_image_area or eng.lm.config.image_area)
+        strings = [image_string(tok, c) for c in ref_codes]
+        cond = tok.encode(task_prompt(req.task, req.question, strings))
+        rows = [cond, tok.encode(unconditional_prompt(strings))] if cfg != 1.0 else [cond]
+        if max(len(r) for r in rows) >= eng.max_len:
+            raise ValueError(f"prompt of {max(map(len, rows))} tokens does not fit the engine's max_len {eng.max_len}")
+        pair = self.free.pop(0)
+        span = slice(2 * pair, 2 * pair + len(rows))
+        view = KVCache(self.cache.k[:, span], self.cache.v[:, span], self.cache.valid[span])
+        view.reset()
+        state = _DecodeState(
+            grammar=eng._grammar(size, ref_codes),
+            gen=eng._generator(req.seed),
+            cache=view,
+            next_pos=torch.zeros(len(rows), dtype=torch.long, device=eng.device),
+        )
+        cancel = cancel if cancel is not None else threading.Event()
+        new = [[(t, True) for t in r] for r in rows]
+        core = eng._decode_steps(req, cancel, image_sampling, cfg, state, new, max_new, t_start, len(cond))
+        m = _Member(span, pair, core, cancel, emit, done)
+        self.members.append(m)
+        self._advance(m)  # the prefill and the first token
+
+    def _advance(self, m: _Member) -> None:
+        """Run the request's own logic until it needs the next step (or finishes)."""
+        try:
+            while True:
+                item = m.core.send(m.logits)
+                m.logits = None
+                if isinstance(item, StepRequest):
+                    m.need = item
+                    return
+                m.emit(item)
+        except StopIteration:
+            self._release(m)
+        except Exception as e:  # this request fails; the others go on
+            m.emit(e)
+            self._release(m)
+
+    def _release(self, m: _Member) -> None:
+        self.members.remove(m)
+        self.free.append(m.pair)
+        self.free.sort()
+        m.need = None
+        m.done()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One decode step: one forward over the rows of every running request, then each request samples."""
+        eng, dev = self.engine, self.engine.device
+        # a cancelled request skips the forward: it sees its cancel Event before it would read the logits
+        live = [m for m in self.members if m.need is not None and not m.cancel.is_set()]
+        self.last = len(live)
+        if live:
+            self.steps += 1
+            self.peak = max(self.peak, len(live))
+            hi = max(m.rows.stop for m in live)
+            ids = torch.full((hi, 1), eng.tok.pad_id, dtype=torch.long, device=dev)
+            pos = torch.zeros(hi, 1, dtype=torch.long, device=dev)
+            valid = torch.zeros(hi, 1, dtype=torch.bool, device=dev)
+            slot = torch.zeros(hi, 1, dtype=torch.long, device=dev)
+            for m in live:
+                n = m.need
+                ids[m.rows], pos[m.rows], valid[m.rows], slot[m.rows] = n.ids, n.pos, n.valid, n.slot
+            visual = all(m.need.visual for m in live)
+            top = max(m.need.slot for m in live)
+            kv_len = min(eng.max_len, (top // eng.graph_bucket + 1) * eng.graph_bucket)  # as Engine._step
+            view = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.valid[:hi])
+            logits = eng.lm(
+                ids,
+                position_ids=pos,
+                cache=view,
+                cache_pos=slot,
+                attention_mask=valid,
+                kv_len=kv_len,
+                vocab_slice=eng.visual if visual else None,
+            ).logits[:, -1]
+            for m in live:
+                lg = logits[m.rows]
+                m.logits = lg[:, eng.visual] if m.need.visual and not visual else lg
+        for m in list(self.members):
+            if m.need is not None:
+                m.need = None
+                self._advance(m)
