@@ -16,9 +16,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from model import Emu35, TextTokenizer, VisionTokenizer, parse_stream, write_random_bundle
+from model.prompts import task_prompt
 from model.sequence import ImageSegment, image_string
-
-VLA_PROMPT = "<|extra_203|>You are a helpful assistant for vla task. USER: {question}<|IMAGE|> ASSISTANT: <|extra_100|>"
 
 
 def scene_image(size: int = 128, seed: int = 0) -> Image.Image:
@@ -58,7 +57,7 @@ def run_demo(out: str | Path, checkpoint: str | Path | None = None, new_tokens: 
     print(f"[3/6] encoded the scene {scene.size} into {tuple(codes.shape)} visual codes")
 
     question = "stack the red block on the blue block"
-    prompt = VLA_PROMPT.format(question=question).replace("<|IMAGE|>", image_string(tok, codes.numpy()))
+    prompt = task_prompt("vla", question, [image_string(tok, codes.numpy())])
     ids = torch.tensor([tok.encode(prompt)])
     print(f"[4/6] vla prompt: {ids.shape[1]} tokens")
 

@@ -121,8 +121,6 @@ class ImageGrammar:
         self.mode = "text"  # text | size | rows
         self.header, self.h, self.w, self.k = "", 0, 0, 0
         self.rows_done = 0
-        self.text_mask: Tensor | None = None
-        self.size_masks: dict[str, Tensor] = {}
 
     def in_image(self) -> bool:
         return self.mode != "text"

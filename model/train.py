@@ -68,6 +68,22 @@ def collate(seqs: Sequence[Sequence[int]], pad_id: int, max_len: int) -> Tensor:
     return out
 
 
+def replace_dir(new: Path, dst: Path) -> None:
+    """Put a freshly written checkpoint directory in place; the previous one is removed only once the new one is
+    there, so an interruption leaves one complete checkpoint (dst, or dst.old)."""
+    import shutil
+
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        dst.rename(old)
+        new.rename(dst)
+        shutil.rmtree(old)
+    else:
+        new.rename(dst)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -186,15 +202,7 @@ class Trainer:
             "config": asdict(self.cfg),
         }
         (tmp / "trainer.json").write_text(json.dumps(meta, default=list))
-        if self.ckpt_dir.exists():
-            old = self.out / "checkpoint.old"
-            self.ckpt_dir.rename(old)
-            tmp.rename(self.ckpt_dir)
-            import shutil
-
-            shutil.rmtree(old)
-        else:
-            tmp.rename(self.ckpt_dir)
+        replace_dir(tmp, self.ckpt_dir)
 
     def try_resume(self, load_fn=None) -> bool:
         """Restore from out_dir/checkpoint if present (weights through `load_fn(path)` or the HF layout)."""

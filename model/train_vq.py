@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .train import replace_dir
 from .vision_tokenizer import VisionTokenizer
 
 
@@ -104,9 +105,18 @@ def normalize_codebook(vq: VisionTokenizer) -> None:
     W.copy_(F.normalize(W.float(), dim=1).to(W.dtype))
 
 
-def to_tensor(frames: np.ndarray) -> Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def to_tensor(frames: np.ndarray | Tensor) -> Tensor:
+    """uint8 [N, H, W, 3] (numpy or torch, any device) -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def encode_frames(vq: VisionTokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    """uint8 [N, H, W, 3] (H, W multiples of 16) -> codes [N, H/16, W/16], in batches."""
+    dev = vq.quant_conv.weight.device
+    return np.concatenate(
+        [vq.encode(to_tensor(frames[i : i + batch]).to(dev)).cpu().numpy() for i in range(0, len(frames), batch)]
+    )
 
 
 @torch.no_grad()
@@ -126,12 +136,7 @@ def psnr(vq: VisionTokenizer, frames: np.ndarray, batch: int = 64) -> float:
 
 @torch.no_grad()
 def codes_in_use(vq: VisionTokenizer, frames: np.ndarray) -> int:
-    dev = vq.quant_conv.weight.device
-    return int(
-        torch.cat([vq.encode(to_tensor(frames[i : i + 64]).to(dev)).flatten() for i in range(0, len(frames), 64)])
-        .unique()
-        .numel()
-    )
+    return len(np.unique(encode_frames(vq, frames)))
 
 
 def train_vq(
@@ -179,7 +184,7 @@ def train_vq(
         for grp in opt.param_groups:
             grp["lr"] = lr
         idx = torch.randint(0, len(frames), (cfg.batch_size,), generator=g)
-        x = frames_dev[idx.to(dev)].permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
+        x = to_tensor(frames_dev[idx.to(dev)])  # [B, 3, H, W] in [-1, 1]
         if torch.rand((), generator=g) < 0.5:  # left-right flip: more scenes from the same frames
             x = x.flip(-1)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
@@ -211,11 +216,7 @@ def train_vq(
             vq.save_pretrained(tmp / "vision_tokenizer")
             torch.save({"optimizer": opt.state_dict(), "generator": g.get_state()}, tmp / "optimizer.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}))
-            if ck.exists():
-                import shutil
-
-                shutil.rmtree(ck)
-            tmp.rename(ck)
+            replace_dir(tmp, ck)
     log.close()
     if bar is not None:
         bar.close()

@@ -8,27 +8,16 @@ start is a sequence, so the model also learns to re-plan from a half-done scene 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from model.prompts import task_prompt, unconditional_prompt
 from model.sequence import image_string
 from model.text_tokenizer import TextTokenizer
+from model.train_vq import encode_frames
 from model.vision_tokenizer import VisionTokenizer
 
 from .collect import EpisodeRecord
 
 EOS = "<|extra_204|>"
-
-
-@torch.no_grad()
-def encode_frames(vq: VisionTokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
-    """uint8 [N, H, W, 3] (H, W multiples of 16) -> codes [N, H/16, W/16]."""
-    dev = vq.quant_conv.weight.device
-    out = []
-    for i in range(0, len(frames), batch):
-        x = torch.from_numpy(frames[i : i + batch]).permute(0, 3, 1, 2).float().to(dev) / 127.5 - 1.0
-        out.append(vq.encode(x).cpu().numpy())
-    return np.concatenate(out)
 
 
 def keyframe_per_subgoal(rec: EpisodeRecord) -> list[int] | None:
