@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .backend import Backend, make_backend, quat_yaw
-from .scene import CAMERAS, EE_HIGH, EE_HOME, EE_LOW, MAX_BLOCKS, CameraModel, camera_model
+from .scene import CAMERAS, EE_HIGH, EE_HOME, EE_LOW, MAX_BLOCKS, CameraModel, CameraSpec, camera_model
 from .tasks import FAMILIES, TaskInstance, WorldState, check_call, parse_subgoal
 
 MAX_DPOS = 0.04  # metres per control step at action magnitude 1
@@ -118,7 +118,10 @@ class TabletopEnv(gym.Env):
         """The commanded end-effector pose (actions integrate onto it)."""
         return self._target.copy(), self._yaw
 
-    def render_camera(self, camera: str = "front", width: int | None = None, height: int | None = None) -> np.ndarray:
+    def render_camera(
+        self, camera: str | CameraSpec = "front", width: int | None = None, height: int | None = None
+    ) -> np.ndarray:
+        """A named camera of ``scene.CAMERAS``, or any world-frame ``CameraSpec`` (e.g. ``scene.orbit_camera``)."""
         return self.backend.render(camera, width or self.width, height or self.height)
 
     def camera_model(self, camera: str = "front", width: int | None = None, height: int | None = None) -> CameraModel:

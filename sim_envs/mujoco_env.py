@@ -20,6 +20,7 @@ from .scene import (  # noqa: E402
     TABLE_CENTER,
     TABLE_HALF,
     TABLE_RGBA,
+    CameraSpec,
     SceneSpec,
     block_rgba,
     look_at_rotation,
@@ -73,6 +74,7 @@ def build_mjcf() -> str:
     {zones}
     {blocks}
     {_camera_xml("front")}
+    <camera name="free" pos="1 0 1" xyaxes="0 1 0 -1 0 1" fovy="50"/>
     <body name="hand_target" mocap="true" pos="{EE_HOME[0]} {EE_HOME[1]} {EE_HOME[2]}"/>
     <body name="hand" pos="{EE_HOME[0]} {EE_HOME[1]} {EE_HOME[2]}" gravcomp="1">
       <freejoint name="hand"/>
@@ -171,12 +173,24 @@ class MujocoBackend:
         a = self._hand_q
         return d.qpos[a : a + 3].copy(), quat_yaw(d.qpos[a + 3 : a + 7]), float(d.qpos[self._finger_q].sum())
 
-    def render(self, camera: str, width: int, height: int) -> np.ndarray:
+    def render(self, camera: str | CameraSpec, width: int, height: int) -> np.ndarray:
         r = self._renderers.get((width, height))
         if r is None:
             r = self._renderers[(width, height)] = mujoco.Renderer(self.model, height, width)
+        if isinstance(camera, CameraSpec):  # any world-frame look-at camera: move the spare "free" camera there
+            self._place_free_camera(camera)
+            camera = "free"
         r.update_scene(self.data, camera=camera)
         return r.render()
+
+    def _place_free_camera(self, spec: CameraSpec) -> None:
+        m, i = self.model, self.model.camera("free").id
+        R = look_at_rotation(spec.eye, spec.target, spec.up)
+        R_mj = R * np.array([1.0, -1.0, -1.0])  # MuJoCo cameras: x right, y up, looking along -z
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, R_mj.flatten())
+        m.cam_pos[i], m.cam_quat[i], m.cam_fovy[i] = spec.eye, quat, spec.fovy_deg
+        mujoco.mj_camlight(m, self.data)
 
     def close(self) -> None:
         for r in self._renderers.values():

@@ -16,6 +16,7 @@ from .scene import (
     TABLE_CENTER,
     TABLE_HALF,
     TABLE_RGBA,
+    CameraSpec,
     SceneSpec,
     block_rgba,
     world_camera_pose,
@@ -150,8 +151,8 @@ class PybulletBackend:
         opening = sum(self.p.getJointState(self.robot, j)[0] for j in FINGERS)
         return np.array([pos[0], pos[1], pos[2] + GRASP_OFFSET]), yaw, float(opening)
 
-    def render(self, camera: str, width: int, height: int) -> np.ndarray:
-        spec = CAMERAS[camera]
+    def render(self, camera: str | CameraSpec, width: int, height: int) -> np.ndarray:
+        spec = camera if isinstance(camera, CameraSpec) else CAMERAS[camera]
         ee, yaw, _ = self.ee_state() if spec.on_ee else (None, 0.0, 0.0)
         eye, target, up = world_camera_pose(spec, ee, yaw)
         view = self.p.computeViewMatrix(eye.tolist(), target.tolist(), up.tolist())

@@ -144,6 +144,21 @@ def yaw_matrix(yaw: float) -> np.ndarray:
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
 
 
+def orbit_camera(azimuth_deg: float, elevation_deg: float, distance: float, fovy_deg: float = 50.0) -> CameraSpec:
+    """A camera on a sphere around the workspace centre, looking at it (the explore task moves one).
+
+    Azimuth 0 is the front camera's side (+x), positive turns towards +y; elevation is above the table plane.
+    """
+    az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
+    target = np.array([ORBIT_TARGET[0], ORBIT_TARGET[1], 0.0])
+    eye = target + distance * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    name = f"orbit({azimuth_deg:g},{elevation_deg:g},{distance:g})"
+    return CameraSpec(name, tuple(eye.tolist()), tuple(target.tolist()), (0.0, 0.0, 1.0), fovy_deg)
+
+
+ORBIT_TARGET = (-0.05, 0.0)  # the front camera's target
+
+
 def camera_model(spec: CameraSpec, width: int, height: int, ee_pos=None, ee_yaw: float = 0.0) -> CameraModel:
     R = look_at_rotation(spec.eye, spec.target, spec.up)
     t = np.asarray(spec.eye, dtype=float)

@@ -80,3 +80,29 @@ def test_instruction_templates_vary():
     texts = {env.reset(seed=s)[1]["instruction"].split(" the ")[0] for s in range(30)}
     assert len(texts) >= 3
     env.close()
+
+
+@pytest.mark.parametrize("engine", sim_envs.ENGINES)
+def test_orbit_camera_renders_any_view_and_narration_names_what_it_sees(engine):
+    from sim_envs.explore import START, ExploreView, apply_command, narrate, visible_objects
+    from sim_envs.scene import CAMERAS, orbit_camera
+
+    env = gym.make(sim_envs.env_id("PlaceInZone", engine), image_size=IMAGE, image_obs=False)
+    env.reset(seed=3)
+    u = env.unwrapped
+    front = CAMERAS["front"]
+    d = np.subtract(front.eye, front.target)
+    same = orbit_camera(0.0, np.degrees(np.arctan2(d[2], d[0])), float(np.linalg.norm(d)))
+    assert np.abs(u.render_camera(same).astype(int) - u.render_camera("front")).mean() < 0.5  # the front camera
+    view = ExploreView(**START)
+    left = apply_command(apply_command(view, "orbit left"), "orbit left")
+    assert left.azimuth == -60 and apply_command(left, "orbit left") is not None
+    assert apply_command(apply_command(left, "orbit left"), "orbit left") is None  # beyond the range
+    assert not np.array_equal(u.render_camera(left.camera()), u.render_camera(view.camera()))
+    blocks, zones = visible_objects(env, view, IMAGE)
+    assert sorted(blocks) == sorted(b.colour for b in u.task.scene.blocks)
+    text = narrate(env, view, IMAGE)
+    assert text.startswith("From the front:") and all(c in text for c in blocks + zones)
+    with pytest.raises(ValueError, match="unknown explore command"):
+        apply_command(view, "fly")
+    env.close()
