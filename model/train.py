@@ -1,9 +1,11 @@
 """Train or fine-tune the Emu3.5 decoder by next-token loss over interleaved text-and-image sequences.
 
-Visual tokens weigh 0.5 against text 1.0 (the release's recipe); padding weighs 0. bf16 autocast on GPU, gradient
-accumulation, cosine schedule with warm-up, checkpoints that resume exactly (weights, optimizer, step, RNG, data
-order), a JSONL loss log and a loss-curve PNG. Works for a fresh small model, for the full model with LoRA
-(model/lora.py), and under FSDP (`torch.distributed`, launched with torchrun).
+Visual tokens weigh 0.5 against text 1.0 (the release's recipe); padding weighs 0, and so does a sequence's prompt
+when `loss_from` says where its answer starts (supervised fine-tuning: a small model trained on its prompts too
+learns to predict the scene from the instruction's words, and then ignores the camera image it is given). bf16
+autocast on GPU, gradient accumulation, cosine schedule with warm-up, checkpoints that resume exactly (weights,
+optimizer, step, RNG, data order), a JSONL loss log and a loss-curve PNG. Works for a fresh small model, for the full
+model with LoRA (model/lora.py), and under FSDP (`torch.distributed`, launched with torchrun).
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ def collate(seqs: Sequence[Sequence[int]], pad_id: int, max_len: int) -> Tensor:
     return out
 
 
+def mask_prompts(weights: Tensor, loss_from: Sequence[int]) -> Tensor:
+    """Zero the weight of predicting each row's first `loss_from[i]` tokens. weights [B, T]."""
+    pos = torch.arange(weights.shape[1], device=weights.device)[None]
+    start = torch.as_tensor(list(loss_from), device=weights.device)[:, None]
+    return weights * (pos >= start)
+
+
 def replace_dir(new: Path, dst: Path) -> None:
     """Put a freshly written checkpoint directory in place; the previous one is removed only once the new one is
     there, so an interruption leaves one complete checkpoint (dst, or dst.old)."""
@@ -125,8 +134,13 @@ class Trainer:
         cfg: TrainConfig,
         params=None,
         save_fn=None,
+        loss_from: Sequence[int] | None = None,
     ):
+        """`loss_from[i]`: tokens of sequence i that are prompt (no loss); None trains on every token."""
         self.lm, self.seqs, self.out, self.cfg = lm, sequences, Path(out_dir), cfg
+        if loss_from is not None and len(loss_from) != len(sequences):
+            raise ValueError(f"loss_from has {len(loss_from)} entries for {len(sequences)} sequences")
+        self.loss_from = loss_from
         self.out.mkdir(parents=True, exist_ok=True)
         c = lm.config
         self.visual = (c.visual_token_start, c.visual_token_start + c.num_visual_tokens)
@@ -147,14 +161,15 @@ class Trainer:
         self.rng = random.Random(cfg.seed)
 
     # ---- data order: a shuffled permutation per epoch, kept in the checkpoint so a resume sees the same batches
-    def _next_batch(self) -> list[Sequence[int]]:
+    def _next_batch(self) -> list[int]:
+        """Indices of this rank's sequences in the next global batch."""
         batch = []
         while len(batch) < self.cfg.batch_size * self.world:
             if self.cursor >= len(self.order):
                 self.order = list(range(len(self.seqs)))
                 self.rng.shuffle(self.order)
                 self.cursor = 0
-            batch.append(self.seqs[self.order[self.cursor]])
+            batch.append(self.order[self.cursor])
             self.cursor += 1
         return batch[self.rank :: self.world]
 
@@ -264,8 +279,11 @@ class Trainer:
                     g["lr"] = lr
                 total = 0.0
                 for _ in range(cfg.grad_accum):
-                    ids = collate(self._next_batch(), self.pad_id, cfg.max_len).to(dev)
+                    idx = self._next_batch()
+                    ids = collate([self.seqs[i] for i in idx], self.pad_id, cfg.max_len).to(dev)
                     w = token_weights(ids, *self.visual, self.pad_id, cfg.visual_weight)
+                    if self.loss_from is not None:
+                        w = mask_prompts(w, [self.loss_from[i] for i in idx])
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
                         loss = lm_loss(lm, ids, w) / cfg.grad_accum
                     loss.backward()

@@ -9,7 +9,7 @@ import torch
 from model import Emu35
 from model.lora import apply_lora, load_lora, merge_lora, save_lora
 from model.random_checkpoint import config_for_tokenizer, random_emu35, write_tokenizer
-from model.train import TrainConfig, Trainer, lm_loss, token_weights
+from model.train import TrainConfig, Trainer, lm_loss, mask_prompts, token_weights
 from model.train_vq import VQTrainConfig, ibq_straight_through, psnr, train_vq
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
 
@@ -49,6 +49,11 @@ def test_token_weights(tiny):
         ids, cfg.visual_token_start, cfg.visual_token_start + cfg.num_visual_tokens, cfg.pad_token_id, 0.5
     )
     assert w.tolist() == [[1.0, 1.0, 0.5, 0.0]]
+
+
+def test_prompt_tokens_carry_no_loss():
+    w = torch.ones(2, 5)
+    assert mask_prompts(w, [2, 0]).tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
 
 
 def test_weighted_loss_matches_manual(tiny):

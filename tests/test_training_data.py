@@ -1,4 +1,4 @@
-"""Demonstrations -> vla sequences: collection resumes, and every sequence has the official layout."""
+"""Demonstrations -> vla and explore sequences: collection resumes, and every sequence has the official layout."""
 
 import json
 
@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from emu35_robot.training.collect import collect, load
-from emu35_robot.training.sequences import encode_frames, episode_texts, keyframe_per_subgoal, unconditional_text
+from emu35_robot.training.collect import collect, collect_explore, load, load_explore
+from emu35_robot.training.sequences import (
+    encode_frames,
+    encode_pairs,
+    episode_texts,
+    explore_sequences,
+    explore_text,
+    keyframe_per_subgoal,
+    unconditional_text,
+)
 from model import ImageSegment, TextSegment, parse_stream
+from model.prompts import task_prompt
+from model.sequence import image_string
 from model.text_tokenizer import TextTokenizer, byte_level_ranks, vision_token_list
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
 
@@ -44,8 +54,9 @@ def test_vla_sequences_have_the_official_layout(data):
     codes = encode_frames(vq, frames)
     texts = episode_texts(rec, codes, tok)
     assert len(texts) == len(rec.subgoals)  # one sequence per starting subgoal
-    for k, text in enumerate(texts):
-        segs = parse_stream(tok, tok.encode(text))
+    for k, (prompt, answer) in enumerate(texts):
+        assert prompt.startswith("<|extra_203|>") and prompt.endswith("<|extra_100|>")
+        segs = parse_stream(tok, tok.encode(prompt + answer))
         images = [s for s in segs if isinstance(s, ImageSegment)]
         words = [s.text for s in segs if isinstance(s, TextSegment)]
         assert all(s.complete and s.codes.shape == (4, 4) for s in images)
@@ -55,6 +66,35 @@ def test_vla_sequences_have_the_official_layout(data):
         assert words[-1] == "<|extra_204|>"
         np.testing.assert_array_equal(images[-1].codes, codes[kf[-1]])  # the last key-frame closes every plan
     # CFG's unconditional stream: the unconditional prompt with the first view, then only the key-frames
-    u = parse_stream(tok, tok.encode(unconditional_text(rec, codes, tok)))
+    u = parse_stream(tok, tok.encode("".join(unconditional_text(rec, codes, tok))))
     assert [s.text for s in u if isinstance(s, TextSegment)][0] == "<|extra_203|>You are a helpful assistant. USER: "
     assert sum(isinstance(s, ImageSegment) for s in u) == 1 + len(rec.subgoals)
+
+    # the loss starts where the answer does: the prompt is encoded alone, exactly as the engine encodes it
+    (ids, start), *_ = encode_pairs(texts[:1], tok)
+    assert ids[:start] == tok.encode(texts[0][0]) and ids[start:] == tok.encode(texts[0][1])
+
+
+def test_explore_sequences_continue_like_a_session(tmp_path):
+    assert collect_explore(tmp_path, ENVS[:1], range(2), size=64, turns=3, progress=False) == 2
+    assert collect_explore(tmp_path, ENVS[:1], range(2), size=64, turns=3, progress=False) == 0  # resumes
+    (rec, frames), _ = load_explore(tmp_path)
+    assert frames.shape == (4, 64, 64, 3) and len(rec.commands) == 3 and len(rec.narrations) == 4
+    assert not np.array_equal(frames[0], frames[1])  # the camera moved
+    assert all(n.startswith("From ") and n.endswith(".") for n in rec.narrations)
+    tok = TextTokenizer(byte_level_ranks(), vision_token_list(64))
+    torch.manual_seed(0)
+    vq = VisionTokenizer(tiny_vision_config(n_embed=64, resolution=64))
+    codes = encode_frames(vq, frames)
+    prompt, answer = explore_text(rec, codes, tok)
+    question = prompt.split("USER: ")[1].split("<|image start|>")[0]
+    assert prompt == task_prompt("explore", question, [image_string(tok, codes[0])])
+    turns = answer.split("<|extra_204|>")
+    assert turns[0] == rec.narrations[0] and turns[-1] == ""
+    for i, command in enumerate(rec.commands, start=1):
+        assert turns[i].startswith(f" USER: {command} ASSISTANT: <|extra_100|>{rec.narrations[i]}")
+    images = [s for s in parse_stream(tok, tok.encode(prompt + answer)) if isinstance(s, ImageSegment)]
+    assert len(images) == 4 and all(s.complete for s in images)
+    np.testing.assert_array_equal(images[-1].codes, codes[-1])
+    seqs = explore_sequences(load_explore(tmp_path), tok, vq)
+    assert len(seqs) == 4 and all(0 < start < len(ids) for ids, start in seqs)  # conversation + unconditional row

@@ -13,18 +13,36 @@ def add_parser(sub) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--seeds", default="0:150", help="START:STOP per env id (held-out evaluation uses seeds >= 10000)")
     c.add_argument("--envs", default="all", help="comma list of env ids, or all")
+    c.add_argument("--explore-seeds", default="0:60", help="START:STOP per env id for explore episodes (or none)")
+    c.add_argument("--turns", type=int, default=4, help="camera commands per explore episode")
     for name, default_steps, default_batch in (("vq", 6000, 64), ("lm", 4000, 32)):
         p = ts.add_parser(name, help=f"train the {'IBQ vision tokenizer' if name == 'vq' else 'decoder'}; resumes")
-        p.add_argument("--data", required=True)
+        p.add_argument("--data", required=True, help="collection dir, or several separated by commas")
         p.add_argument("--run", required=True)
         p.add_argument("--steps", type=int, default=default_steps)
         p.add_argument("--batch", type=int, default=default_batch)
         p.add_argument("--device", default="cuda")
         p.add_argument("--until", type=int, default=None, help="stop after this step (time-boxed slices)")
+        if name == "vq":
+            p.add_argument("--init", default=None, help="fine-tune this vision_tokenizer dir instead of afresh")
+    a = ts.add_parser("all", help="vq -> lm -> package in one go; each stage resumes or is skipped when done")
+    a.add_argument("--data", required=True, help="collection dir, or several separated by commas")
+    a.add_argument("--vq-init", default=None, help="fine-tune this vision_tokenizer dir instead of starting afresh")
+    a.add_argument("--run", required=True)
+    a.add_argument("--out", required=True, help="bundle directory to write")
+    a.add_argument("--vq-steps", type=int, default=6000)
+    a.add_argument("--vq-batch", type=int, default=64)
+    a.add_argument("--lm-steps", type=int, default=4000)
+    a.add_argument("--lm-batch", type=int, default=32)
+    a.add_argument("--device", default="cuda")
     k = ts.add_parser("package", help="write the trained run as a bundle in the official layouts")
     k.add_argument("--run", required=True)
     k.add_argument("--out", required=True)
     t.set_defaults(func=run)
+
+
+def _data(args: argparse.Namespace) -> list[Path]:
+    return [Path(d) for d in args.data.split(",") if d]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,16 +51,27 @@ def run(args: argparse.Namespace) -> int:
     if args.train_command == "collect":
         import sim_envs
 
-        from .collect import collect
+        from .collect import collect, collect_explore
 
         start, stop = (int(x) for x in args.seeds.split(":"))
         envs = list(sim_envs.ENV_IDS) if args.envs == "all" else args.envs.split(",")
         print(f"added {collect(args.out, envs, range(start, stop))} episodes to {args.out}")
+        if args.explore_seeds != "none":
+            start, stop = (int(x) for x in args.explore_seeds.split(":"))
+            n = collect_explore(args.out, envs, range(start, stop), turns=args.turns)
+            print(f"added {n} explore episodes to {args.out}")
     elif args.train_command == "vq":
-        print(pipeline.stage_vq(Path(args.data), Path(args.run), args.steps, args.batch, args.device, args.until))
+        init = Path(args.init) if args.init else None
+        print(pipeline.stage_vq(_data(args), Path(args.run), args.steps, args.batch, args.device, args.until, init))
     elif args.train_command == "lm":
-        hist = pipeline.stage_lm(Path(args.data), Path(args.run), args.steps, args.batch, args.device, args.until)
+        hist = pipeline.stage_lm(_data(args), Path(args.run), args.steps, args.batch, args.device, args.until)
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}")
+    elif args.train_command == "all":
+        data, run_dir, init = _data(args), Path(args.run), Path(args.vq_init) if args.vq_init else None
+        print(pipeline.stage_vq(data, run_dir, args.vq_steps, args.vq_batch, args.device, init=init), flush=True)
+        hist = pipeline.stage_lm(data, run_dir, args.lm_steps, args.lm_batch, args.device)
+        print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}", flush=True)
+        print(f"wrote {pipeline.package(run_dir, Path(args.out))}")
     else:
         print(f"wrote {pipeline.package(Path(args.run), Path(args.out))}")
     return 0

@@ -3,7 +3,8 @@
 One compressed `.npz` per episode plus one line in `episodes.jsonl`, both written as each episode ends, so an
 interrupted collection keeps its episodes and a re-run skips them. Only the frames a vla sequence needs are
 rendered (the view before the plan and the front view at each subgoal boundary), which keeps collection at a few
-episodes per second per core.
+episodes per second per core. `collect_explore` records the explore format the same way: a seeded scene, a seeded
+walk of camera commands, each view and its narration (`explore.jsonl`).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def record(env, seed: int, size: int, max_steps: int = 1500) -> tuple[dict, np.n
     return meta, np.stack(frames)
 
 
-def done_keys(out: Path) -> set[str]:
-    path = out / "episodes.jsonl"
+def done_keys(out: Path, index_name: str = "episodes.jsonl") -> set[str]:
+    path = out / index_name
     keys = set()
     if path.exists():
         for line in path.read_text().splitlines():
@@ -74,40 +75,108 @@ def done_keys(out: Path) -> set[str]:
 
 def collect(out: str | Path, env_ids: list[str], seeds: range, size: int = 128, progress: bool = True) -> int:
     """Record every (env id, seed) not recorded yet; returns how many episodes were added."""
+    out = Path(out)
+    have = done_keys(out)
+    todo = [(e, s) for e in env_ids for s in seeds if f"{e}/{s}" not in have]
+
+    def one(env, env_id, seed):
+        meta, frames = record(env, seed, size)
+        name = f"frames/{env_id.split('/')[-1]}_{seed:06d}.npz"
+        return EpisodeRecord(key=f"{env_id}/{seed}", env_id=env_id, seed=seed, file=name, **meta).__dict__, frames
+
+    return _run(out, "episodes.jsonl", todo, size, progress, one)
+
+
+@dataclass
+class ExploreRecord:
+    key: str  # "<env id>/<seed>"
+    env_id: str
+    engine: str
+    seed: int
+    commands: list[str]  # commands[i] moves the camera from view i to view i + 1
+    narrations: list[str]  # one per view, the start view's included
+    views: list[list[float]]  # (azimuth, elevation, distance) per view
+    file: str  # npz with frames [1 + turns, H, W, 3] uint8
+
+
+def record_explore(env, seed: int, size: int, turns: int) -> tuple[dict, np.ndarray]:
+    """A seeded scene and a seeded camera walk over it: views, commands and narrations."""
+    from sim_envs.explore import narrate, random_walk
+
+    u = env.unwrapped
+    env.reset(seed=seed)
+    start, steps = random_walk(np.random.default_rng([seed, 7]), turns)
+    views = [start] + [v for _, v in steps]
+    frames = np.stack([u.render_camera(v.camera(), size, size) for v in views])
+    meta = {
+        "engine": u.engine,
+        "commands": [c for c, _ in steps],
+        "narrations": [narrate(env, v, size) for v in views],
+        "views": [[v.azimuth, v.elevation, v.distance] for v in views],
+    }
+    return meta, frames
+
+
+def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, progress: bool, one) -> int:
+    """Record each (env id, seed) with ``one(env, env_id, seed) -> (record dict, frames)``, appending as it goes."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids, sets headless GL)
 
-    out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
-    have = done_keys(out)
-    todo = [(e, s) for e in env_ids for s in seeds if f"{e}/{s}" not in have]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="collect", unit="episode")
+        bar = tqdm(total=len(todo), desc=f"collect {index_name}", unit="episode")
     envs: dict[str, object] = {}
-    added = 0
-    with open(out / "episodes.jsonl", "a") as index:
+    with open(out / index_name, "a") as index:
         for env_id, seed in todo:
             if env_id not in envs:
                 envs[env_id] = gym.make(env_id, image_size=size, image_obs=False)
-            meta, frames = record(envs[env_id], seed, size)
-            name = f"{env_id.split('/')[-1]}_{seed:06d}.npz"
-            np.savez_compressed(out / "frames" / name, frames=frames)
-            rec = EpisodeRecord(key=f"{env_id}/{seed}", env_id=env_id, seed=seed, file=f"frames/{name}", **meta)
-            index.write(json.dumps(rec.__dict__) + "\n")
+            rec, frames = one(envs[env_id], env_id, seed)
+            np.savez_compressed(out / rec["file"], frames=frames)
+            index.write(json.dumps(rec) + "\n")
             index.flush()
             os.fsync(index.fileno())
-            added += 1
             if bar is not None:
                 bar.update(1)
     for env in envs.values():
         env.close()
     if bar is not None:
         bar.close()
-    return added
+    return len(todo)
+
+
+def collect_explore(
+    out: str | Path, env_ids: list[str], seeds: range, size: int = 128, turns: int = 4, progress: bool = True
+) -> int:
+    """Explore-format episodes (a view, a camera command, the next view with its narration, ...) into
+    ``explore.jsonl``; resumes like `collect`."""
+    out = Path(out)
+    have = done_keys(out, "explore.jsonl")
+    todo = [(e, s) for e in env_ids for s in seeds if f"{e}/{s}" not in have]
+
+    def one(env, env_id, seed):
+        meta, frames = record_explore(env, seed, size, turns)
+        name = f"frames/explore_{env_id.split('/')[-1]}_{seed:06d}.npz"
+        return ExploreRecord(key=f"{env_id}/{seed}", env_id=env_id, seed=seed, file=name, **meta).__dict__, frames
+
+    return _run(out, "explore.jsonl", todo, size, progress, one)
+
+
+def load_explore(data_dir: str | Path) -> list[tuple[ExploreRecord, np.ndarray]]:
+    data_dir = Path(data_dir)
+    path = data_dir / "explore.jsonl"
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rec = ExploreRecord(**json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            break
+        with np.load(data_dir / rec.file) as z:
+            out.append((rec, z["frames"]))
+    return out
 
 
 def load(data_dir: str | Path, successful_only: bool = True) -> list[tuple[EpisodeRecord, np.ndarray]]:

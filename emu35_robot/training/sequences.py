@@ -3,6 +3,10 @@
 For an episode with subgoals s_0..s_{n-1} and true key-frames f_1..f_n (f_0 is the view before acting), start k
 gives: the vla prompt with instruction + view f_k, then `s_k <image f_{k+1}> s_{k+1} <image f_{k+2}> ... EOS`. Every
 start is a sequence, so the model also learns to re-plan from a half-done scene (closed-loop evaluation needs it).
+
+Explore episodes become one multi-turn conversation, written exactly as `model.engine.Session` continues one: the
+explore prompt with the start view, its narration, EOS, then per command
+` USER: {command} ASSISTANT: <|extra_100|>` + the new view's narration + the new view + EOS.
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ from model.text_tokenizer import TextTokenizer
 from model.train_vq import encode_frames
 from model.vision_tokenizer import VisionTokenizer
 
-from .collect import EpisodeRecord
+from .collect import EpisodeRecord, ExploreRecord
 
 EOS = "<|extra_204|>"
+EXPLORE_QUESTIONS = (
+    "Explore this tabletop.",
+    "Look around the table.",
+    "Walk around this scene and tell me what you see.",
+)
 
 
 def keyframe_per_subgoal(rec: EpisodeRecord) -> list[int] | None:
@@ -30,7 +39,10 @@ def keyframe_per_subgoal(rec: EpisodeRecord) -> list[int] | None:
     return [last[k] for k in range(len(rec.subgoals))]
 
 
-def episode_texts(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> list[str]:
+Pair = tuple[str, str]  # (prompt, answer): the loss covers the answer only
+
+
+def episode_texts(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> list[Pair]:
     kf = keyframe_per_subgoal(rec)
     if kf is None:
         return []
@@ -39,27 +51,62 @@ def episode_texts(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> 
     for k in range(len(rec.subgoals)):
         view = 0 if k == 0 else kf[k - 1]
         answer = "".join(rec.subgoals[i] + images[kf[i]] for i in range(k, len(rec.subgoals)))
-        out.append(task_prompt("vla", rec.instruction, [images[view]]) + answer + EOS)
+        out.append((task_prompt("vla", rec.instruction, [images[view]]), answer + EOS))
     return out
 
 
-def unconditional_text(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> str:
+def unconditional_text(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> Pair | None:
     """What CFG's unconditional stream sees (spec §7): the unconditional prompt with the first view, then only the
     generated images, never text. One per episode, so the model learns that distribution too and CFG can use it."""
     kf = keyframe_per_subgoal(rec)
     if kf is None:
-        return ""
-    return unconditional_prompt([image_string(tok, codes[0])]) + "".join(image_string(tok, codes[i]) for i in kf) + EOS
+        return None
+    return unconditional_prompt([image_string(tok, codes[0])]), "".join(image_string(tok, codes[i]) for i in kf) + EOS
+
+
+def encode_pairs(pairs: list[Pair], tok: TextTokenizer) -> list[tuple[list[int], int]]:
+    """(ids, loss_from) per pair. Prompt and answer are encoded apart, as the engine does at inference."""
+    out = []
+    for prompt, answer in pairs:
+        p = tok.encode(prompt)
+        out.append((p + tok.encode(answer), len(p)))
+    return out
 
 
 def vla_sequences(
     episodes: list[tuple[EpisodeRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer
-) -> list[list[int]]:
-    seqs = []
+) -> list[tuple[list[int], int]]:
+    pairs = []
     for rec, frames in episodes:
         codes = encode_frames(vq, frames)
         texts = episode_texts(rec, codes, tok)
         if texts:
             texts.append(unconditional_text(rec, codes, tok))
-        seqs += [tok.encode(t) for t in texts]
-    return seqs
+        pairs += texts
+    return encode_pairs(pairs, tok)
+
+
+def explore_text(rec: ExploreRecord, codes: np.ndarray, tok: TextTokenizer) -> Pair:
+    """The whole conversation; the loss covers everything after the first prompt (user turns included: they are
+    a few bytes, and the model then also knows which commands exist)."""
+    images = [image_string(tok, c) for c in codes]
+    question = EXPLORE_QUESTIONS[rec.seed % len(EXPLORE_QUESTIONS)]
+    answer = rec.narrations[0] + EOS
+    for i, command in enumerate(rec.commands, start=1):
+        answer += f" USER: {command} ASSISTANT: <|extra_100|>" + rec.narrations[i] + images[i] + EOS
+    return task_prompt("explore", question, [images[0]]), answer
+
+
+def explore_unconditional_text(codes: np.ndarray, tok: TextTokenizer) -> Pair:
+    """CFG's unconditional row of a session: its prompt with the start view, then only the generated views."""
+    return unconditional_prompt([image_string(tok, codes[0])]), "".join(image_string(tok, c) for c in codes[1:])
+
+
+def explore_sequences(
+    episodes: list[tuple[ExploreRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer
+) -> list[tuple[list[int], int]]:
+    pairs = []
+    for rec, frames in episodes:
+        codes = encode_frames(vq, frames)
+        pairs += [explore_text(rec, codes, tok), explore_unconditional_text(codes, tok)]
+    return encode_pairs(pairs, tok)
