@@ -26,9 +26,18 @@ def _model_info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .mini import mini_available
+
+    if args.checkpoint is None and not mini_available():
+        from .demo_roundtrip import run_roundtrip
+
+        print("emu35-robot demo: no trained model shipped yet: the model round trip on a tiny random checkpoint")
+        run_roundtrip(args.out, new_tokens=args.new_tokens, seed=args.seed)
+        return 0
     from .demo import run_demo
 
-    run_demo(args.out, checkpoint=args.checkpoint, new_tokens=args.new_tokens, seed=args.seed)
+    ckpt = args.checkpoint
+    run_demo(args.out, checkpoint=ckpt, task=args.task, engine=args.engine, seed=args.seed, device=args.device)
     return 0
 
 
@@ -64,7 +73,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     from .limits import Limits
 
     lim = Limits()
-    p.add_argument("--model", default=None, help="bundle dir (model/, tokenizer/, vision_tokenizer/) or model dir")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="bundle dir (model/, tokenizer/, vision_tokenizer/) or model dir; default: the shipped Emu3.5-mini "
+        "(a tiny random checkpoint until it ships); 'random': the tiny random checkpoint",
+    )
     p.add_argument("--tokenizer", default=None, help="tokenizer dir, when --model is a model dir")
     p.add_argument("--vision-tokenizer", default=None, help="vision tokenizer dir, when --model is a model dir")
     p.add_argument("--host", default="[::]")
@@ -112,11 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--device-memory-gib", type=float, default=None, help="device memory when it cannot be read")
     info.set_defaults(func=_model_info)
 
-    d = sub.add_parser("demo", help="end-to-end round trip: checkpoint files -> tokenizers -> model -> decoding")
+    d = sub.add_parser(
+        "demo", help="the shipped Emu3.5-mini plans a MuJoCo episode over gRPC; the key-frame executor runs it"
+    )
     d.add_argument("--out", default="emu35_demo", help="output directory")
-    d.add_argument("--checkpoint", default=None, help="bundle dir with model/, tokenizer/, vision_tokenizer/")
-    d.add_argument("--new-tokens", type=int, default=24)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--checkpoint", default=None, help="trained bundle dir (default: the shipped Emu3.5-mini)")
+    d.add_argument("--task", default="Stack", help="task family: PlaceInZone, Stack, Tower, SortByColour, ClearTable")
+    d.add_argument("--engine", default="mujoco", choices=["mujoco", "pybullet"])
+    d.add_argument("--seed", type=int, default=10000, help="scene seed (training used seeds below 10000)")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--new-tokens", type=int, default=24, help="round trip only (no trained model): tokens to sample")
     d.set_defaults(func=_demo)
 
     s = sub.add_parser("serve", help="run the gRPC planning service")

@@ -1,8 +1,11 @@
-"""`emu35-robot demo`: the whole model path on a CPU, from files in the official layouts to decoded images.
+"""`emu35-robot demo`: the shipped Emu3.5-mini plans a simulated episode through the gRPC service, and the key-frame
+executor carries the plan out.
 
-Until the embedded Emu3.5-mini exists this runs on a tiny *random* checkpoint written in the official layouts, so the
-generated tokens are noise; what it shows is that every stage (loading, tokenizing, image encoding, prompt layout,
-cached decoding, stream parsing, image decoding) works end to end and agrees with itself.
+Every part is the real one a user runs: the service on a loopback port with the shipped bundle (official layouts),
+the Python client streaming a Plan for the camera image, the MuJoCo env, the key-frame executor (which reads only
+the predicted images, never the subgoal text) and the evaluation harness's episode loop, video and metrics.
+Writes plan_strip.png (the camera view, then each subgoal's key-frame beside the view the robot reached),
+videos/*.mp4 (or .gif) and demo.json.
 """
 
 from __future__ import annotations
@@ -12,90 +15,94 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from model import Emu35, TextTokenizer, VisionTokenizer, parse_stream, write_random_bundle
-from model.prompts import task_prompt
-from model.sequence import ImageSegment, image_string
+from .contact_sheet import contact_sheet
+from .mini import IMAGE_SIZE
 
 
-def scene_image(size: int = 128, seed: int = 0) -> Image.Image:
-    """A table seen from the front with three coloured blocks: a stand-in camera frame."""
-    rng = np.random.default_rng(seed)
-    im = Image.new("RGB", (size, size), (200, 180, 150))
-    d = ImageDraw.Draw(im)
-    d.rectangle([0, 0, size, size // 3], fill=(120, 140, 170))
-    for color in [(220, 40, 40), (40, 80, 220), (40, 180, 60)]:
-        x, y = rng.integers(8, size - 28), rng.integers(size // 3 + 4, size - 28)
-        d.rectangle([int(x), int(y), int(x) + 20, int(y) + 20], fill=color, outline=(30, 30, 30))
-    return im
+class _Recorder:
+    """A planner that remembers what it was asked and what it answered (for the plan strip)."""
+
+    def __init__(self, planner) -> None:
+        self.planner, self.calls = planner, []
+
+    def plan(self, ctx):
+        result = self.planner.plan(ctx)
+        self.calls.append((ctx, result))
+        return result
 
 
-def run_demo(out: str | Path, checkpoint: str | Path | None = None, new_tokens: int = 24, seed: int = 0) -> dict:
+def plan_strip(view: np.ndarray, result, record: dict, instruction: str) -> Image.Image:
+    """The camera view, then per subgoal: predicted key-frame over the frame actually reached."""
+    reached = {s["index"]: s for s in record["subgoals"] if s["plan"] == 0}
+    images, captions = [Image.fromarray(view)], ["camera view"]
+    for i, sg in enumerate(result.subgoals):
+        kf = sg.keyframe if sg.keyframe is not None else np.zeros_like(view)
+        images.append(Image.fromarray(kf))
+        r = reached.get(i)
+        verdict = "not attempted" if r is None else ("done" if r["success"] else f"failed: {r['message']}")
+        captions.append(f"{sg.text} [{verdict}]")
+    return contact_sheet(images, captions, title=f"Emu3.5-mini plan: {instruction}", tile=192)
+
+
+def run_demo(
+    out: str | Path,
+    checkpoint: str | Path | None = None,
+    task: str = "Stack",
+    engine: str = "mujoco",
+    seed: int = 10000,
+    device: str = "cpu",
+) -> dict:
+    from evaluation.episode import EpisodeSpec, EvalConfig, run_episode
+    from evaluation.planners import GrpcOptions, GrpcPlanner
+
+    from .server import PlannerServer
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(checkpoint) if checkpoint else out / "random_checkpoint"
-    if checkpoint is None:
-        print(f"[1/6] writing a tiny random checkpoint in the official layouts to {root}")
-        write_random_bundle(root, seed=seed)
     t0 = time.perf_counter()
-    lm = Emu35.from_pretrained(root / "model", dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(root / "tokenizer")
-    vq = VisionTokenizer.from_pretrained(root / "vision_tokenizer")
-    n_params = sum(p.numel() for p in lm.parameters())
-    print(
-        f"[2/6] loaded model ({n_params:,} params), tokenizer ({tok.vocab_size} ids), vision tokenizer "
-        f"({vq.config.n_embed} codes) in {time.perf_counter() - t0:.2f}s"
-    )
-
-    scene = scene_image(seed=seed)
-    scene.save(out / "scene.png")
-    codes = vq.encode_pil(scene, lm.config.image_area)[0]  # [h, w]
-    recon = vq.decode_pil(codes)[0]
-    recon.save(out / "scene_reconstruction.png")
-    print(f"[3/6] encoded the scene {scene.size} into {tuple(codes.shape)} visual codes")
-
-    question = "stack the red block on the blue block"
-    prompt = task_prompt("vla", question, [image_string(tok, codes.numpy())])
-    ids = torch.tensor([tok.encode(prompt)])
-    print(f"[4/6] vla prompt: {ids.shape[1]} tokens")
-
-    g = torch.Generator().manual_seed(seed)
-    cache = lm.allocate_cache(1, ids.shape[1] + new_tokens)
-    t1 = time.perf_counter()
-    with torch.no_grad():
-        logits = lm(ids, cache=cache, logits_to_keep=1).logits[:, -1]
-        generated = []
-        for _ in range(new_tokens):
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=g)  # [1, 1]
-            generated.append(int(nxt))
-            logits = lm(nxt, cache=cache).logits[:, -1]
-        dt = time.perf_counter() - t1
-        full = lm(torch.cat([ids, torch.tensor([generated])], 1)).logits[0, -1]
-    agree = torch.allclose(full, logits[0], atol=1e-4)
-    print(
-        f"[5/6] sampled {new_tokens} tokens with the KV cache at {new_tokens / dt:.0f} tok/s; "
-        f"cached == full recomputation: {agree}"
-    )
-
-    segments = parse_stream(tok, ids[0].tolist() + generated)
-    images = [s for s in segments if isinstance(s, ImageSegment)]
-    same = bool(images and images[0].complete and np.array_equal(images[0].codes, codes.numpy()))
+    server = PlannerServer(port=0, host="127.0.0.1", grace_s=2).start()
+    try:
+        server.load(checkpoint, device=device, max_len=4096)
+        info = server.runtime.model
+        address = f"127.0.0.1:{server.port}"
+        print(f"[1/3] serving {info.name} ({info.parameters:,} parameters, {device}) on {address}", flush=True)
+        planner = _Recorder(GrpcPlanner(address, GrpcOptions(timeout_s=300)))
+        spec = EpisodeSpec(task, engine, "emu35-mini", seed)
+        cfg = EvalConfig(executor="keyframe", replans=1, image_size=IMAGE_SIZE)
+        print(f"[2/3] {task} on {engine}, seed {seed}: plan over gRPC, then the key-frame executor", flush=True)
+        record = run_episode(spec, cfg, planner, out)
+        planner.planner.close()
+    finally:
+        server.stop(0)
+    ctx, first = planner.calls[0]
+    strip = plan_strip(ctx.image, first, record, ctx.instruction)
+    strip.save(out / "plan_strip.png")
     summary = {
-        "checkpoint": str(root),
-        "random_weights": checkpoint is None,
-        "question": question,
-        "prompt_tokens": ids.shape[1],
-        "generated_ids": generated,
-        "generated_text": tok.decode(generated),
-        "image_codes_shape": list(codes.shape),
-        "prompt_image_parsed_back": same,
-        "cached_equals_full": bool(agree),
-        "tokens_per_s": new_tokens / dt,
+        "model": info.name,
+        "checkpoint": info.checkpoint,
+        "task": task,
+        "engine": engine,
+        "seed": seed,
+        "instruction": record["instruction"],
+        "success": record["success"],
+        "plans": [p["texts"] for p in record["plans"]],
+        "subgoals": [{k: s[k] for k in ("text", "success", "message")} for s in record["subgoals"]],
+        "placement_agreement": record["placement_agreement"],
+        "plan_latency_s": record["plan_latency_s"],
+        "tokens_generated": record["tokens_generated"],
+        "video": record["video"],
+        "plan_strip": "plan_strip.png",
+        "wall_s": time.perf_counter() - t0,
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    print(f"[6/6] parsed the stream back: {len(segments)} segments, prompt image intact: {same}; wrote {out}/")
-    if not (agree and same):
-        raise RuntimeError("demo self-check failed: see demo.json")
+    for i, s in enumerate(record["subgoals"]):
+        print(f"      {i + 1}. {s['text']!r}: {'done' if s['success'] else 'failed: ' + s['message']}")
+    verdict = "SUCCESS" if record["success"] else "did not succeed"
+    print(
+        f"[3/3] {verdict}: {record['instruction']!r} in {summary['wall_s']:.0f}s "
+        f"(plan {record['plan_latency_s']:.1f}s, {record['tokens_generated']} tokens); "
+        f"wrote {out / 'plan_strip.png'}, {out / str(record['video'])}, {out / 'demo.json'}"
+    )
     return summary

@@ -55,9 +55,15 @@ def resolve_checkpoint(
     model: str | Path | None, tokenizer: str | Path | None = None, vision_tokenizer: str | Path | None = None
 ) -> tuple[Path, Path, Path, bool]:
     """-> (model dir, tokenizer dir, vision tokenizer dir, random weights?). `model` is a bundle (model/, tokenizer/,
-    vision_tokenizer/) or a model dir with the other two given; None writes/uses the tiny random bundle."""
-    random_weights = model is None
+    vision_tokenizer/) or a model dir with the other two given; None is the shipped Emu3.5-mini when the package has
+    it and the tiny random bundle otherwise; "random" is always the tiny random bundle (written once to the cache),
+    for trying the service without any trained weights."""
+    from .mini import MINI_BUNDLE, mini_available
+
     if model is None:
+        model = MINI_BUNDLE if mini_available() else "random"
+    random_weights = str(model) == "random"
+    if random_weights:
         root = default_cache_dir() / "random-bundle"
         if not (root / "model" / "config.json").is_file():
             write_random_bundle(root, seed=0)
@@ -156,8 +162,8 @@ class PlannerServer:
         model_dir, tok_dir, vq_dir, random_weights = resolve_checkpoint(model, tokenizer, vision_tokenizer)
         if random_weights:
             log.warning(
-                "NO --model GIVEN: serving a TINY RANDOM checkpoint from %s. Its plans are noise; it exists to try the "
-                "service end to end. Pass --model /path/to/Emu3.5 for a real model.",
+                "serving a TINY RANDOM checkpoint from %s. Its plans are noise; it exists to try the service end to "
+                "end. Pass --model /path/to/a/bundle for a trained model.",
                 model_dir.parent,
             )
         dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
@@ -242,9 +248,9 @@ def serve_forever(args) -> int:
     print(f"emu35-robot: listening on {args.host}:{server.port}", file=sys.stderr, flush=True)
     if server.metrics_bound_port is not None:
         print(f"emu35-robot: metrics on :{server.metrics_bound_port}/metrics", file=sys.stderr, flush=True)
-    if args.model is None:
+    if resolve_checkpoint(args.model, args.tokenizer, args.vision_tokenizer)[3]:
         print(
-            "emu35-robot: WARNING: no --model given: serving a TINY RANDOM checkpoint "
+            "emu35-robot: WARNING: serving a TINY RANDOM checkpoint "
             f"(cached in {default_cache_dir() / 'random-bundle'}); outputs are noise.",
             file=sys.stderr,
             flush=True,

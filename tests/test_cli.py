@@ -33,3 +33,15 @@ def test_demo_round_trip(tmp_path):
     assert summary["cached_equals_full"] and summary["prompt_image_parsed_back"]
     assert len(summary["generated_ids"]) == 8
     assert (tmp_path / "scene.png").is_file() and (tmp_path / "scene_reconstruction.png").is_file()
+
+
+def test_demo_episode_with_a_given_checkpoint(bundle, tmp_path):
+    """The trained-model demo path (service on loopback, gRPC plan, MuJoCo, key-frame executor), on the tiny random
+    bundle: its plans are noise, so only the outputs' presence and structure are checked here."""
+    r = run("demo", "--checkpoint", str(bundle.root), "--out", str(tmp_path), "--task", "PlaceInZone")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "demo.json").read_text())
+    assert s["task"] == "PlaceInZone" and s["engine"] == "mujoco" and s["seed"] == 10000
+    assert s["instruction"] and isinstance(s["success"], bool) and s["plans"]
+    assert (tmp_path / "plan_strip.png").is_file() and (tmp_path / s["video"]).is_file()
+    assert "[3/3]" in r.stdout
