@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -65,8 +66,8 @@ def collate(seqs: Sequence[Sequence[int]], pad_id: int, max_len: int) -> Tensor:
     T = min(max_len, max(len(s) for s in seqs))
     out = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
-        s = list(s)[:T]
-        out[i, : len(s)] = torch.tensor(s)
+        s = s[:T]  # a list or a 1-D integer array
+        out[i, : len(s)] = torch.as_tensor(np.asarray(s), dtype=torch.long)
     return out
 
 

@@ -98,3 +98,36 @@ def test_explore_sequences_continue_like_a_session(tmp_path):
     np.testing.assert_array_equal(images[-1].codes, codes[-1])
     seqs = explore_sequences(load_explore(tmp_path), tok, vq)
     assert len(seqs) == 4 and all(0 < start < len(ids) for ids, start in seqs)  # conversation + unconditional row
+
+
+def test_augmentation_recolours_images_and_words_together(data):
+    from emu35_robot.training.augment import augment_episode, recolour, recolour_text
+    from sim_envs.keyframe_vision import find_blobs
+
+    rec, frames = load(data)[0]
+    perm = {"red": "blue", "blue": "red", "green": "yellow", "yellow": "green", "cyan": "magenta", "magenta": "cyan"}
+    assert (
+        recolour_text("put the red block on the cyan zone; reduce", perm)
+        == "put the blue block on the magenta zone; reduce"
+    )
+    before, after = find_blobs(frames[0]), find_blobs(recolour(frames[:1], perm)[0])
+    assert before and {perm[c] for c in before} == set(after)
+    for c, b in before.items():  # same place, new colour
+        assert np.allclose(b.centroid, after[perm[c]].centroid, atol=0.5)
+    table = frames[0][-1, 0]  # a table pixel (bottom-left corner) is untouched
+    assert np.abs(recolour(frames[:1], perm)[0][-1, 0].astype(int) - table).max() <= 2
+    rng = np.random.default_rng(1)
+    xs = sorted(b.centroid[0] for b in before.values())
+    mirrored_xs = sorted(frames.shape[2] - 1 - x for x in xs)
+    kinds = set()
+    for _ in range(8):
+        r2, f2 = augment_episode(rec, frames, rng)
+        assert f2.shape == frames.shape and r2.keyframe_subgoals == rec.keyframe_subgoals
+        words = lambda s: [w for w in s.split() if w not in perm]
+        assert words(r2.instruction) == words(rec.instruction)  # only colour words change
+        assert [words(s) for s in r2.subgoals] == [words(s) for s in rec.subgoals]
+        got = sorted(b.centroid[0] for b in find_blobs(f2[0]).values())
+        kinds.add(
+            "mirrored" if np.allclose(got, mirrored_xs, atol=0.5) else "kept" if np.allclose(got, xs, atol=0.5) else "?"
+        )
+    assert kinds == {"mirrored", "kept"}  # both occur, and nothing else does

@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
         p.add_argument("--batch", type=int, default=default_batch)
         p.add_argument("--device", default="cuda")
         p.add_argument("--until", type=int, default=None, help="stop after this step (time-boxed slices)")
+        if name == "lm":
+            p.add_argument("--augment", type=int, default=3, help="recoloured/mirrored copies of each training episode")
         if name == "vq":
             p.add_argument("--init", default=None, help="fine-tune this vision_tokenizer dir instead of afresh")
     a = ts.add_parser("all", help="vq -> lm -> package in one go; each stage resumes or is skipped when done")
@@ -34,6 +36,7 @@ def add_parser(sub) -> None:
     a.add_argument("--vq-batch", type=int, default=64)
     a.add_argument("--lm-steps", type=int, default=4000)
     a.add_argument("--lm-batch", type=int, default=32)
+    a.add_argument("--augment", type=int, default=3, help="recoloured/mirrored copies of each training episode")
     a.add_argument("--device", default="cuda")
     k = ts.add_parser("package", help="write the trained run as a bundle in the official layouts")
     k.add_argument("--run", required=True)
@@ -64,12 +67,14 @@ def run(args: argparse.Namespace) -> int:
         init = Path(args.init) if args.init else None
         print(pipeline.stage_vq(_data(args), Path(args.run), args.steps, args.batch, args.device, args.until, init))
     elif args.train_command == "lm":
-        hist = pipeline.stage_lm(_data(args), Path(args.run), args.steps, args.batch, args.device, args.until)
+        hist = pipeline.stage_lm(
+            _data(args), Path(args.run), args.steps, args.batch, args.device, args.until, args.augment
+        )
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}")
     elif args.train_command == "all":
         data, run_dir, init = _data(args), Path(args.run), Path(args.vq_init) if args.vq_init else None
         print(pipeline.stage_vq(data, run_dir, args.vq_steps, args.vq_batch, args.device, init=init), flush=True)
-        hist = pipeline.stage_lm(data, run_dir, args.lm_steps, args.lm_batch, args.device)
+        hist = pipeline.stage_lm(data, run_dir, args.lm_steps, args.lm_batch, args.device, augment=args.augment)
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}", flush=True)
         print(f"wrote {pipeline.package(run_dir, Path(args.out))}")
     else:

@@ -23,6 +23,7 @@ from model.train_vq import VQTrainConfig, psnr, train_vq
 from model.transformer import Emu35
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
 
+from .augment import augment_episode, augment_explore
 from .collect import load, load_explore
 from .sequences import explore_sequences, vla_sequences
 
@@ -118,26 +119,59 @@ def held_out_loss(lm: Emu35, seqs: list, batch: int = 16, limit: int = 512) -> f
     return total / max(weight, 1e-9)
 
 
-def stage_lm(data: Data, run: Path, steps: int, batch: int, device: str, until: int | None = None) -> list[dict]:
+def save_sequences(path: Path, seqs: dict[str, list[tuple[list[int], int]]]) -> None:
+    """Token sequences as flat int32 arrays + offsets + loss starts (a JSON of 100k sequences is a gigabyte)."""
+    arrays = {}
+    for split_name, items in seqs.items():
+        lengths = np.array([len(ids) for ids, _ in items], dtype=np.int64)
+        arrays[f"{split_name}_ids"] = np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in items])
+        arrays[f"{split_name}_offsets"] = np.concatenate([[0], np.cumsum(lengths)])
+        arrays[f"{split_name}_loss_from"] = np.array([n for _, n in items], dtype=np.int64)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_sequences(path: Path) -> dict[str, list[tuple[np.ndarray, int]]]:
+    z = np.load(path)
+    out = {}
+    for split_name in ("train", "held_out"):
+        ids, off, start = z[f"{split_name}_ids"], z[f"{split_name}_offsets"], z[f"{split_name}_loss_from"]
+        out[split_name] = [(ids[off[i] : off[i + 1]], int(start[i])) for i in range(len(start))]
+    return out
+
+
+def build_sequences(data: Data, tok: TextTokenizer, vq: VisionTokenizer, augment: int, seed: int = 0) -> dict:
+    """Held-out episodes as recorded; training episodes as recorded plus `augment` recoloured/mirrored copies."""
+    train, held, e_train, e_held = episodes(data)
+    rng = np.random.default_rng(seed)
+    seqs = {
+        "train": vla_sequences(train, tok, vq) + explore_sequences(e_train, tok, vq),
+        "held_out": vla_sequences(held, tok, vq) + explore_sequences(e_held, tok, vq),
+    }
+    for _ in range(augment):
+        seqs["train"] += vla_sequences([augment_episode(r, f, rng) for r, f in train], tok, vq)
+        seqs["train"] += explore_sequences([augment_explore(r, f, rng) for r, f in e_train], tok, vq)
+    return seqs
+
+
+def stage_lm(
+    data: Data, run: Path, steps: int, batch: int, device: str, until: int | None = None, augment: int = 3
+) -> list[dict]:
     tok = TextTokenizer(byte_level_ranks(), vision_token_list(N_CODES))
     tok.save_pretrained(run / "tokenizer")
     vq = VisionTokenizer.from_pretrained(run / "vq" / "vision_tokenizer", device=device)
-    seq_file = run / "sequences.json"
-    if seq_file.exists():
-        seqs = json.loads(seq_file.read_text())
-    else:
+    seq_file = run / "sequences.npz"
+    if not seq_file.exists():
         t = time.perf_counter()
-        train, held, e_train, e_held = episodes(data)
-        seqs = {
-            "train": vla_sequences(train, tok, vq) + explore_sequences(e_train, tok, vq),
-            "held_out": vla_sequences(held, tok, vq) + explore_sequences(e_held, tok, vq),
-        }
-        seq_file.write_text(json.dumps(seqs))
-        print(
-            f"sequences: {len(seqs['train'])} train, {len(seqs['held_out'])} held out, "
-            f"max {max(len(s) for s, _ in seqs['train'])} tokens, {time.perf_counter() - t:.0f}s",
-            flush=True,
-        )
+        save_sequences(seq_file, build_sequences(data, tok, vq, augment))
+        print(f"sequences built in {time.perf_counter() - t:.0f}s", flush=True)
+    seqs = load_sequences(seq_file)
+    print(
+        f"sequences: {len(seqs['train'])} train, {len(seqs['held_out'])} held out, "
+        f"max {max(len(s) for s, _ in seqs['train'])} tokens",
+        flush=True,
+    )
     config = config_for_tokenizer(tok, **LM_SHAPE)
     torch.manual_seed(0)
     lm = Emu35(config)
