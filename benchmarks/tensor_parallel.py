@@ -175,6 +175,7 @@ def main(argv=None) -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     if world > 1:
+        dist.barrier()  # leaving one at a time can abort a peer in gloo's teardown
         dist.destroy_process_group()
 
 

@@ -57,40 +57,39 @@ def _worker(rank: int, world: int, port: int, ckpt: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    try:
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, 290, (2, 9), generator=g)
-        valid = torch.ones(2, 9, dtype=torch.bool)
-        valid[1, :3] = False  # row 1 left-padded
-        steps = torch.randint(0, 290, (2, 4), generator=g)
-        ref = tiny()
-        with torch.no_grad():
-            full_ref = ref(ids).logits
-            dec_ref, _ = decode(ref, ids, valid, steps)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 290, (2, 9), generator=g)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, :3] = False  # row 1 left-padded
+    steps = torch.randint(0, 290, (2, 4), generator=g)
+    ref = tiny()
+    with torch.no_grad():
+        full_ref = ref(ids).logits
+        dec_ref, _ = decode(ref, ids, valid, steps)
 
-        shard = shard_emu35(tiny(), rank, world)
-        a = shard.model.layers[0].self_attn
-        assert (a.n_head, a.n_kv, a.q_proj.weight.shape[0], a.o_proj.weight.shape[1]) == (2, 1, 64, 64)
-        assert shard.model.layers[0].mlp.down_proj.weight.shape == (64, 48)
-        with torch.no_grad():
-            torch.testing.assert_close(shard(ids).logits, full_ref, **TOL)
-            dec, cache = decode(shard, ids, valid, steps)
-            assert cache.k.shape == (3, 2, 1, 13, 32)  # only this rank's kv head
-            torch.testing.assert_close(dec, dec_ref, **TOL)
+    shard = shard_emu35(tiny(), rank, world)
+    a = shard.model.layers[0].self_attn
+    assert (a.n_head, a.n_kv, a.q_proj.weight.shape[0], a.o_proj.weight.shape[1]) == (2, 1, 64, 64)
+    assert shard.model.layers[0].mlp.down_proj.weight.shape == (64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(shard(ids).logits, full_ref, **TOL)
+        dec, cache = decode(shard, ids, valid, steps)
+        assert cache.k.shape == (3, 2, 1, 13, 32)  # only this rank's kv head
+        torch.testing.assert_close(dec, dec_ref, **TOL)
 
-            shard.fuse_projections()  # fuse the shards
-            torch.testing.assert_close(decode(shard, ids, valid, steps)[0], dec_ref, **TOL)
-            fused = tiny()
-            fused.fuse_projections()
-            shard_emu35(fused, rank, world)  # shard the fused model
-            torch.testing.assert_close(decode(fused, ids, valid, steps)[0], dec_ref, **TOL)
+        shard.fuse_projections()  # fuse the shards
+        torch.testing.assert_close(decode(shard, ids, valid, steps)[0], dec_ref, **TOL)
+        fused = tiny()
+        fused.fuse_projections()
+        shard_emu35(fused, rank, world)  # shard the fused model
+        torch.testing.assert_close(decode(fused, ids, valid, steps)[0], dec_ref, **TOL)
 
-            loaded = load_emu35_shard(ckpt, rank, world, dtype=torch.float32)  # only this rank's slices
-            own = shard_emu35(tiny(), rank, world).state_dict()
-            assert all(torch.equal(v, own[k]) for k, v in loaded.state_dict().items())
-            torch.testing.assert_close(loaded(ids).logits, full_ref, **TOL)
-    finally:
-        dist.destroy_process_group()
+        loaded = load_emu35_shard(ckpt, rank, world, dtype=torch.float32)  # only this rank's slices
+        own = shard_emu35(tiny(), rank, world).state_dict()
+        assert all(torch.equal(v, own[k]) for k, v in loaded.state_dict().items())
+        torch.testing.assert_close(loaded(ids).logits, full_ref, **TOL)
+    dist.barrier()  # a rank that leaves first can abort the other in gloo's teardown
+    dist.destroy_process_group()
 
 
 def _port() -> int:
