@@ -14,6 +14,7 @@ Shapes: B batch, T new tokens, S cache slots, H query heads, K kv heads, D head_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,8 +147,18 @@ class KVCache:
     length: int = 0
 
     @classmethod
-    def allocate(cls, config: Emu35Config, batch_size: int, max_len: int, device=None, dtype=torch.bfloat16):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+    def allocate(
+        cls,
+        config: Emu35Config,
+        batch_size: int,
+        max_len: int,
+        device=None,
+        dtype=torch.bfloat16,
+        num_kv_heads: int | None = None,
+    ):
+        """`num_kv_heads`: the kv heads this process holds (a tensor-parallel shard holds K / world_size)."""
+        K = num_kv_heads or config.num_key_value_heads
+        shape = (config.num_hidden_layers, batch_size, K, max_len, config.head_dim)
         return cls(
             k=torch.zeros(shape, device=device, dtype=dtype),
             v=torch.zeros(shape, device=device, dtype=dtype),
@@ -164,6 +175,8 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """`n_head`/`n_kv` are the heads this module holds: all of them, or a tensor-parallel shard's (shard_emu35)."""
+
     def __init__(self, config: Emu35Config):
         super().__init__()
         C, H, K, D = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -254,6 +267,8 @@ class Block(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
+        # Tensor parallelism (model/tensor_parallel.py): sums the partial outputs of o_proj and down_proj over ranks.
+        self.reduce: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, x: Tensor, delta: Tensor | None, *args) -> tuple[Tensor, Tensor]:
         """Returns the residual stream *before* adding this block's MLP output, and that output: the next block (or
@@ -263,8 +278,12 @@ class Block(nn.Module):
             h = n1(x)
         else:
             x, h = KERNELS["add_rms_norm"](x, delta, n1.weight, n1.eps)
-        x, h = KERNELS["add_rms_norm"](x, self.self_attn(h, *args), n2.weight, n2.eps)
-        return x, self.mlp(h)
+        a = self.self_attn(h, *args)
+        if self.reduce is not None:
+            a = self.reduce(a)
+        x, h = KERNELS["add_rms_norm"](x, a, n2.weight, n2.eps)
+        m = self.mlp(h)
+        return x, m if self.reduce is None else self.reduce(m)
 
 
 class Decoder(nn.Module):
@@ -325,7 +344,9 @@ class Emu35(nn.Module):
                 m.gate_proj = m.up_proj = None
 
     def allocate_cache(self, batch_size: int, max_len: int) -> KVCache:
-        return KVCache.allocate(self.config, batch_size, max_len, device=self.device, dtype=self.dtype)
+        """Room for this model's own kv heads (a tensor-parallel shard's cache holds only its K / world_size)."""
+        K = self.model.layers[0].self_attn.n_kv
+        return KVCache.allocate(self.config, batch_size, max_len, self.device, self.dtype, num_kv_heads=K)
 
     def forward(
         self,
@@ -378,7 +399,8 @@ class Emu35(nn.Module):
             mask = (attention_mask[:, None, :] & causal[None]) | torch.eye(T, dtype=torch.bool, device=dev)[None]
             mask = mask[:, None]
         if mask is not None:  # grouped-query layout once for all layers (see Attention): [B, 1, G*T, S]
-            G, S = self.config.num_attention_heads // self.config.num_key_value_heads, mask.shape[-1]
+            attn = self.model.layers[0].self_attn
+            G, S = attn.n_head // attn.n_kv, mask.shape[-1]
             mask = mask.expand(B, 1, T, S)[:, :, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
 
         if self.inv_freq is None or self.inv_freq.device != dev:

@@ -1,0 +1,183 @@
+"""Decode speed with tensor parallelism (model/tensor_parallel.py) against one GPU, at the 34B shape.
+
+    torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out r.json     # 2 GPUs, NCCL
+    torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --tiny           # CPU smoke run, gloo, tiny config
+
+Each rank builds its own shard directly on its GPU (meta-device model, `shard_emu35` on meta, then random normal(0,
+0.02) weights): the full 34B is never built on one device. Replicated weights (embeddings, norms, head) get the same
+seed on every rank and sharded ones a per-rank seed, so every rank computes the same logits and samples the same
+tokens. The step timed is benchmarks/decode.py's: one CFG stream (2 rows), image rows (visual-slice head), one engine
+decode step (a CUDA-graph replay with the two all-reduces per block inside it, then CFG combination and sampling).
+
+Then, with --single (default), rank 0 frees its shard and times the same step on the full model alone on its GPU
+(68 GB of bf16 weights at the 34B shape: needs an 80 GB+ GPU) while the other ranks wait. Rank 0 prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from decode import bytes_read_per_step, copy_bandwidth, sync, time_steps  # noqa: E402
+
+from model.config import Emu35Config, emu35_34b_config  # noqa: E402
+from model.engine import Engine  # noqa: E402
+from model.random_checkpoint import config_for_tokenizer, official_size_ranks, tiny_ranks  # noqa: E402
+from model.tensor_parallel import shard_dim, shard_emu35  # noqa: E402
+from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
+from model.transformer import Emu35  # noqa: E402
+from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny config on CPU with gloo (the same code path)")
+    ap.add_argument(
+        "--variant",
+        choices=["eager", "graphs", "fused"],
+        default=None,
+        help="eager; graphs (CUDA graphs); fused (graphs + compiled elementwise kernels + fused q/k/v "
+        "and gate/up weights, decode.py's best bf16 variant). Default: fused on GPU, eager on CPU",
+    )
+    ap.add_argument("--prompt", type=int, default=1024)
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument(
+        "--single",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the unsharded model on rank 0's device alone",
+    )
+    ap.add_argument("--out", default=None, help="rank 0 writes the JSON here too")
+    return ap.parse_args(argv)
+
+
+def random_shard(config: Emu35Config, rank: int, world: int, device, dtype) -> Emu35:
+    """This rank's shard, built on `device` without ever holding the full model."""
+    with torch.device("meta"):
+        lm = Emu35(config)
+    shard_emu35(lm, rank, world)
+    lm = lm.to_empty(device=device).to(dtype)
+    with torch.no_grad():
+        for i, (name, p) in enumerate(lm.named_parameters()):
+            g = torch.Generator(device).manual_seed(1000 * i + (rank if shard_dim(name) is not None else 0))
+            p.fill_(1.0) if name.endswith("norm.weight") else p.normal_(0.0, 0.02, generator=g)
+            p.requires_grad_(False)
+    lm.inv_freq = None
+    return lm.eval()
+
+
+def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict:
+    t = time.perf_counter()
+    lm = random_shard(config, rank, world, device, dtype)
+    sync(device)
+    init_s = time.perf_counter() - t
+    eng = Engine(
+        lm,
+        tok,
+        vq,
+        max_len=args.prompt + args.warmup + args.steps + 1,
+        cuda_graphs=args.variant != "eager",
+        compile_kernels=args.variant == "fused",
+        fuse_projections=args.variant == "fused",
+    )
+    torch.manual_seed(0)  # the same prompt and tokens on every rank
+    prefill_s, ms, fwd_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, visual=True)
+    moved = bytes_read_per_step(lm, eng.visual)
+    res = {
+        "world_size": world,
+        "init_s": init_s,
+        "params_per_rank": sum(p.numel() for p in lm.parameters()),
+        "bytes_read_per_rank": moved,
+        "ms_per_step": ms,
+        "forward_ms": fwd_ms,
+        "prefill_prompt_s": prefill_s,
+        "all_reduces_per_step": 2 * config.num_hidden_layers if world > 1 else 0,
+    }
+    del eng, lm
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.tiny
+    args.variant = args.variant or ("fused" if cuda else "eager")
+    if args.variant != "eager" and not cuda:
+        raise SystemExit(f"--variant {args.variant} needs CUDA")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if args.tiny:
+        tok = TextTokenizer(tiny_ranks(), vision_token_list(1024))
+        config = config_for_tokenizer(tok, num_attention_heads=8, num_key_value_heads=2, head_dim=32)
+        args.prompt, args.warmup, args.steps = min(args.prompt, 32), min(args.warmup, 2), min(args.steps, 4)
+    else:
+        tok = TextTokenizer(official_size_ranks(), vision_token_list(131072))  # official ids and vocabulary
+        config = emu35_34b_config()
+    config.max_position_embeddings = max(config.max_position_embeddings, args.prompt + args.warmup + args.steps + 1)
+    vq = VisionTokenizer(tiny_vision_config())  # no images are encoded; only its factor is read
+
+    bw = copy_bandwidth(device) if cuda else None  # the floor means little on a CPU smoke run
+    out = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "variant": args.variant,
+        "rows": 2,
+        "what": "one CFG image-row decode step (2 rows, visual-slice head), median ms",
+        "prompt": args.prompt,
+        "shape": {
+            k: getattr(config, k)
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "intermediate_size",
+                "vocab_size",
+            )
+        },
+        "copy_bandwidth_Bps_rank0": bw,
+    }
+    tp = measure(config, tok, vq, rank, world, device, dtype, args)
+    tp["floor_ms"] = 1000 * tp["bytes_read_per_rank"] / bw if bw else None
+    out["tensor_parallel"] = tp
+    if world > 1:
+        dist.barrier()
+    if args.single and world > 1:
+        if rank == 0:
+            one = measure(config, tok, vq, 0, 1, device, dtype, args)
+            one["floor_ms"] = 1000 * one["bytes_read_per_rank"] / bw if bw else None
+            out["single"] = one
+            out["speedup"] = one["ms_per_step"] / tp["ms_per_step"]
+        dist.barrier()
+    if rank == 0:
+        print(json.dumps(out, indent=2), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    if world > 1:
+        dist.barrier()  # leaving one at a time can abort a peer in gloo's teardown
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Tensor parallelism: two CPU processes (gloo), each holding half of every block, give the unsharded logits."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from model import Emu35Config
+from model.checkpoint import save_emu35
+from model.random_checkpoint import random_emu35
+from model.tensor_parallel import check_divisible, shard_emu35
+
+CFG = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    boi_token_id=290,
+    eoi_token_id=291,
+    img_token_id=292,
+    eol_token_id=293,
+    eof_token_id=294,
+    bos_token_id=295,
+    eos_token_id=296,
+    pad_token_id=297,
+)
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def tiny(**kw):
+    return random_emu35(Emu35Config(**dict(CFG, **kw)), seed=1, std=0.1)
+
+
+def decode(lm, ids, valid, steps):
+    """Engine-style: left-padded prefill with per-row positions, then one token per step; logits of every step."""
+    B, L = ids.shape
+    cache = lm.allocate_cache(B, L + steps.shape[1])
+    pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+    out = [lm(ids, position_ids=pos, cache=cache, attention_mask=valid, logits_to_keep=1).logits[:, -1]]
+    nxt = pos[:, -1:] + 1
+    for t in range(steps.shape[1]):
+        ones = torch.ones(B, 1, dtype=torch.bool)
+        out.append(lm(steps[:, t : t + 1], position_ids=nxt + t, cache=cache, attention_mask=ones).logits[:, -1])
+    return torch.stack(out, 1), cache
+
+
+def _worker(rank: int, world: int, port: int, ckpt: str) -> None:
+    import torch.distributed as dist
+
+    from model.tensor_parallel import load_emu35_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 290, (2, 9), generator=g)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, :3] = False  # row 1 left-padded
+    steps = torch.randint(0, 290, (2, 4), generator=g)
+    ref = tiny()
+    with torch.no_grad():
+        full_ref = ref(ids).logits
+        dec_ref, _ = decode(ref, ids, valid, steps)
+
+    shard = shard_emu35(tiny(), rank, world)
+    a = shard.model.layers[0].self_attn
+    assert (a.n_head, a.n_kv, a.q_proj.weight.shape[0], a.o_proj.weight.shape[1]) == (2, 1, 64, 64)
+    assert shard.model.layers[0].mlp.down_proj.weight.shape == (64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(shard(ids).logits, full_ref, **TOL)
+        dec, cache = decode(shard, ids, valid, steps)
+        assert cache.k.shape == (3, 2, 1, 13, 32)  # only this rank's kv head
+        torch.testing.assert_close(dec, dec_ref, **TOL)
+
+        shard.fuse_projections()  # fuse the shards
+        torch.testing.assert_close(decode(shard, ids, valid, steps)[0], dec_ref, **TOL)
+        fused = tiny()
+        fused.fuse_projections()
+        shard_emu35(fused, rank, world)  # shard the fused model
+        torch.testing.assert_close(decode(fused, ids, valid, steps)[0], dec_ref, **TOL)
+
+        loaded = load_emu35_shard(ckpt, rank, world, dtype=torch.float32)  # only this rank's slices
+        own = shard_emu35(tiny(), rank, world).state_dict()
+        assert all(torch.equal(v, own[k]) for k, v in loaded.state_dict().items())
+        torch.testing.assert_close(loaded(ids).logits, full_ref, **TOL)
+    dist.barrier()  # a rank that leaves first can abort the other in gloo's teardown
+    dist.destroy_process_group()
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_equal_unsharded_forward_and_cached_decoding(tmp_path):
+    save_emu35(tiny(), tmp_path, max_shard_bytes=60_000)
+    mp.spawn(_worker, args=(2, _port(), str(tmp_path)), nprocs=2)
+
+
+@pytest.mark.parametrize(
+    "kw, world, field",
+    [
+        (dict(), 3, "num_attention_heads"),
+        (dict(num_attention_heads=8, num_key_value_heads=2), 4, "num_key_value_heads"),
+        (dict(intermediate_size=97), 2, "intermediate_size"),
+    ],
+)
+def test_indivisible_shapes_are_named(kw, world, field):
+    m = tiny(**kw)
+    with pytest.raises(ValueError, match=f"needs {field} .* divisible by {world}"):
+        shard_emu35(m, 0, world)
+    assert m.model.layers[0].self_attn.n_head == m.config.num_attention_heads  # untouched
+    check_divisible(m.config, 1)
