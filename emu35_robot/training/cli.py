@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -38,6 +39,11 @@ def add_parser(sub) -> None:
     a.add_argument("--lm-batch", type=int, default=32)
     a.add_argument("--augment", type=int, default=3, help="recoloured/mirrored copies of each training episode")
     a.add_argument("--device", default="cuda")
+    cd = ts.add_parser("card", help="write BUNDLE/MODEL_CARD.md from the run's records and an evaluation report")
+    cd.add_argument("--run", required=True)
+    cd.add_argument("--bundle", required=True)
+    cd.add_argument("--eval", default=None, help="output dir of `emu35-robot eval --planner oracle,HOST:PORT`")
+    cd.add_argument("--planner", default=None, help="the mini planner's name in that report (default: not oracle)")
     k = ts.add_parser("package", help="write the trained run as a bundle in the official layouts")
     k.add_argument("--run", required=True)
     k.add_argument("--out", required=True)
@@ -77,6 +83,17 @@ def run(args: argparse.Namespace) -> int:
         hist = pipeline.stage_lm(data, run_dir, args.lm_steps, args.lm_batch, args.device, augment=args.augment)
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}", flush=True)
         print(f"wrote {pipeline.package(run_dir, Path(args.out))}")
+    elif args.train_command == "card":
+        from .card import model_card
+
+        report, planner = None, ""
+        if args.eval:
+            report = json.loads((Path(args.eval) / "report.json").read_text())
+            names = sorted({r["planner"] for r in report["rows"]} - {"oracle", "random"})
+            planner = args.planner or (names[0] if names else "")
+        text = model_card(Path(args.run), Path(args.bundle), report, planner)
+        (Path(args.bundle) / "MODEL_CARD.md").write_text(text)
+        print(text)
     else:
         print(f"wrote {pipeline.package(Path(args.run), Path(args.out))}")
     return 0

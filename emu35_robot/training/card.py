@@ -1,0 +1,89 @@
+"""The model card of a trained bundle, written from what the run recorded (never typed by hand).
+
+Sources: `run/vq/vq_result.json` (held-out PSNR), `run/lm/lm_result.json` and `run/lm/loss.jsonl` (losses,
+throughput), the bundle's files (sizes, config) and, when given, an evaluation report (`emu35-robot eval ...
+--planner oracle,HOST:PORT`, its `report.json`) for the target table: per task family and engine, the mini
+planner's success against the oracle's (target: at least 80 % of it) and the key-frame placement agreement
+(target: at least 90 %).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SUCCESS_RATIO = 0.8
+PLACEMENT = 0.9
+
+
+def targets_table(report: dict, planner: str, oracle: str = "oracle") -> tuple[str, bool]:
+    """Markdown rows (task, engine, mini, oracle, ratio, placement) and whether every target is met."""
+    rows = {(r["task"], r["engine"], r["planner"]): r for r in report["rows"]}
+    cells = sorted({(t, e) for t, e, _ in rows})
+    lines = [
+        "| task | engine | mini success | oracle success | mini / oracle | placement agreement |",
+        "|---|---|---|---|---|---|",
+    ]
+    ok = bool(cells)
+    for task, engine in cells:
+        m, o = rows.get((task, engine, planner)), rows.get((task, engine, oracle))
+        if m is None or o is None:
+            ok = False
+            lines.append(f"| {task} | {engine} | {'-' if m is None else m['successes']} | "
+                         f"{'-' if o is None else o['successes']} | missing | - |")  # fmt: skip
+            continue
+        ratio = m["success_rate"] / o["success_rate"] if o["success_rate"] else 0.0
+        place = (m.get("placement_agreement") or {}).get("mean")
+        ok &= ratio >= SUCCESS_RATIO and place is not None and place >= PLACEMENT
+        lines.append(
+            f"| {task} | {engine} | {m['successes']}/{m['episodes']} | {o['successes']}/{o['episodes']} | "
+            f"{ratio:.2f} {'ok' if ratio >= SUCCESS_RATIO else 'below 0.8'} | "
+            f"{'-' if place is None else f'{place:.2f}'} |"
+        )
+    return "\n".join(lines), ok
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str = "") -> str:
+    vq, lm = _json(run / "vq" / "vq_result.json"), _json(run / "lm" / "lm_result.json")
+    log = [json.loads(x) for x in (run / "lm" / "loss.jsonl").read_text().splitlines()] if (
+        run / "lm" / "loss.jsonl"
+    ).is_file() else []  # fmt: skip
+    cfg = _json(bundle / "model" / "config.json")
+    sizes = {d: sum(p.stat().st_size for p in (bundle / d).rglob("*") if p.is_file()) for d in
+             ("model", "tokenizer", "vision_tokenizer")}  # fmt: skip
+    mb = lambda n: f"{n / 2**20:.1f} MiB"
+    out = [
+        "# Emu3.5-mini",
+        "",
+        "The Emu3.5 architecture and sequence format at a small size, trained by `emu35-robot train` on our "
+        "simulator's expert demonstrations (vla) and camera walks (explore). Official file layouts.",
+        "",
+        "| part | size | facts |",
+        "|---|---|---|",
+        f"| decoder (`model/`) | {mb(sizes['model'])} | {cfg.get('num_hidden_layers')} layers, hidden "
+        f"{cfg.get('hidden_size')}, {cfg.get('num_attention_heads')} heads ({cfg.get('num_key_value_heads')} KV), "
+        f"vocabulary {cfg.get('vocab_size')}, image area {cfg.get('image_area')} px |",
+        f"| vision tokenizer (`vision_tokenizer/`) | {mb(sizes['vision_tokenizer'])} | held-out PSNR "
+        f"{vq.get('psnr', float('nan')):.2f} dB, {vq.get('codes_used_held_out')} codes in use on held-out frames |",
+        f"| tokenizer (`tokenizer/`) | {mb(sizes['tokenizer'])} | byte-level ranks + specials + visual tokens |",
+        "",
+        f"Decoder training: {lm.get('steps')} steps; answer loss {lm.get('train_loss', float('nan')):.3f} (train), "
+        f"{lm.get('held_out_loss', float('nan')):.3f} (held-out episodes)"
+        + (f"; {log[-1].get('tokens_per_s', 0):,.0f} tokens/s." if log else "."),
+    ]
+    if report is not None:
+        table, ok = targets_table(report, planner)
+        out += [
+            "",
+            "## Evaluation (held-out seeds, key-frame executor)",
+            "",
+            table,
+            "",
+            f"Targets (success >= {SUCCESS_RATIO:.0%} of the oracle's on every row, placement agreement >= "
+            f"{PLACEMENT:.0%}): {'met' if ok else 'NOT met'}.",
+        ]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,44 @@
+"""The model card is written from the run's records and an evaluation report, and judges the issue's targets."""
+
+import json
+
+from emu35_robot.training.card import model_card, targets_table
+
+
+def row(task, engine, planner, successes, episodes, placement=None):
+    r = {"task": task, "engine": engine, "planner": planner, "episodes": episodes, "successes": successes,
+         "success_rate": successes / episodes}  # fmt: skip
+    if placement is not None:
+        r["placement_agreement"] = {"mean": placement, "ci": [placement, placement], "n": episodes}
+    return r
+
+
+def test_targets_need_80_percent_of_the_oracle_on_every_row_and_90_percent_placement():
+    good = {"rows": [row("Stack", "mujoco", "oracle", 10, 10), row("Stack", "mujoco", "mini", 8, 10, 0.95)]}
+    table, ok = targets_table(good, "mini")
+    assert ok and "| Stack | mujoco | 8/10 | 10/10 | 0.80 ok | 0.95 |" in table
+    low = {
+        "rows": good["rows"]
+        + [row("Tower", "pybullet", "oracle", 10, 10), row("Tower", "pybullet", "mini", 7, 10, 0.95)]
+    }
+    assert not targets_table(low, "mini")[1]
+    blurry = {"rows": [row("Stack", "mujoco", "oracle", 10, 10), row("Stack", "mujoco", "mini", 10, 10, 0.85)]}
+    assert not targets_table(blurry, "mini")[1]
+    missing = {"rows": [row("Stack", "mujoco", "mini", 10, 10, 0.95)]}
+    table, ok = targets_table(missing, "mini")
+    assert not ok and "missing" in table
+
+
+def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
+    run = tmp_path / "run"
+    (run / "vq").mkdir(parents=True)
+    (run / "lm").mkdir()
+    (run / "vq" / "vq_result.json").write_text(json.dumps({"psnr": 28.5, "codes_used_held_out": 1000}))
+    (run / "lm" / "lm_result.json").write_text(json.dumps({"steps": 40, "train_loss": 0.1, "held_out_loss": 0.2}))
+    (run / "lm" / "loss.jsonl").write_text(json.dumps({"step": 40, "loss": 0.1, "tokens_per_s": 1234.0}) + "\n")
+    report = {"rows": [row("Stack", "mujoco", "oracle", 4, 4), row("Stack", "mujoco", "mini", 4, 4, 1.0)]}
+    text = model_card(run, bundle.root, report, "mini")
+    cfg = json.loads((bundle.model / "config.json").read_text())
+    assert f"{cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}" in text
+    assert "held-out PSNR 28.50 dB" in text and "0.100 (train), 0.200 (held-out" in text and "1,234 tokens/s" in text
+    assert "| Stack | mujoco | 4/4 | 4/4 | 1.00 ok | 1.00 |" in text and "): met." in text
