@@ -131,3 +131,28 @@ def test_augmentation_recolours_images_and_words_together(data):
             "mirrored" if np.allclose(got, mirrored_xs, atol=0.5) else "kept" if np.allclose(got, xs, atol=0.5) else "?"
         )
     assert kinds == {"mirrored", "kept"}  # both occur, and nothing else does
+
+
+def test_probe_scores_free_running_plans_against_recorded_keyframes(data, bundle):
+    from emu35_robot.training.probe import blob_agreement, probe
+    from model import Emu35
+    from model.engine import Engine
+
+    rec, frames = load(data)[0]
+    from sim_envs.keyframe_vision import find_blobs
+
+    n = len(find_blobs(frames[-1]))
+    assert n > 0 and blob_agreement(frames[-1], frames[-1], 1.0) == (n, n)  # a key-frame agrees with itself
+    assert blob_agreement(None, frames[-1], 1.0) == (0, n)  # a missing key-frame agrees with nothing
+    moved = np.roll(frames[-1], 8, axis=1)  # every block 8 px to the right
+    assert blob_agreement(moved, frames[-1], 3.0)[0] < n
+    engine = Engine(
+        Emu35.from_pretrained(bundle.model, dtype=torch.float32),
+        TextTokenizer.from_pretrained(bundle.tokenizer),
+        VisionTokenizer.from_pretrained(bundle.vision_tokenizer),
+        max_len=2048,
+    )
+    r = probe(engine, load(data)[:2], n=2, greedy=True)  # a random model: noise, scored as such
+    assert r["episodes"] == 2 and len(r["per_episode"]) == 2
+    assert 0.0 <= r["placement_agreement"] < 1.0 and r["texts_exact"] == 0.0
+    assert all(e["total"] > 0 for e in r["per_episode"])  # the recorded key-frames show blocks

@@ -75,6 +75,12 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
         f"{lm.get('held_out_loss', float('nan')):.3f} (held-out episodes)"
         + (f"; {log[-1].get('tokens_per_s', 0):,.0f} tokens/s." if log else "."),
     ]
+    for mode, p in (lm.get("probe") or {}).items():
+        out.append(
+            f"Free-running probe ({mode}, {p['episodes']} held-out episodes, no simulator): subgoal texts exact "
+            f"{p['texts_exact']:.0%}, key-frame blocks within {p['tol_px']:g} px of the recorded key-frame's "
+            f"{p['placement_agreement']:.0%}, every block right {p['all_blocks_agree']:.0%}."
+        )
     if report is not None:
         table, ok = targets_table(report, planner)
         out += [

@@ -39,6 +39,12 @@ def add_parser(sub) -> None:
     a.add_argument("--lm-batch", type=int, default=32)
     a.add_argument("--augment", type=int, default=3, help="recoloured/mirrored copies of each training episode")
     a.add_argument("--device", default="cuda")
+    pr = ts.add_parser("probe", help="free-running plans on recorded episodes, scored against their key-frames")
+    pr.add_argument("--bundle", required=True)
+    pr.add_argument("--data", required=True, help="collection dir(s); the held-out split is probed")
+    pr.add_argument("--n", type=int, default=32)
+    pr.add_argument("--greedy", action="store_true")
+    pr.add_argument("--device", default="cpu")
     cd = ts.add_parser("card", help="write BUNDLE/MODEL_CARD.md from the run's records and an evaluation report")
     cd.add_argument("--run", required=True)
     cd.add_argument("--bundle", required=True)
@@ -83,6 +89,24 @@ def run(args: argparse.Namespace) -> int:
         hist = pipeline.stage_lm(data, run_dir, args.lm_steps, args.lm_batch, args.device, augment=args.augment)
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}", flush=True)
         print(f"wrote {pipeline.package(run_dir, Path(args.out))}")
+    elif args.train_command == "probe":
+        import torch
+
+        from model import Emu35, TextTokenizer, VisionTokenizer
+        from model.engine import Engine
+
+        from .probe import probe
+
+        b, dev = Path(args.bundle), args.device
+        dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+        engine = Engine(
+            Emu35.from_pretrained(b / "model", dtype=dtype, device=dev),
+            TextTokenizer.from_pretrained(b / "tokenizer"),
+            VisionTokenizer.from_pretrained(b / "vision_tokenizer", device=dev),
+            max_len=4096,
+        )
+        result = probe(engine, pipeline.episodes(_data(args))[1], args.n, greedy=args.greedy)
+        print(json.dumps({k: v for k, v in result.items() if k != "per_episode"}, indent=2))
     elif args.train_command == "card":
         from .card import model_card
 

@@ -119,6 +119,20 @@ def held_out_loss(lm: Emu35, seqs: list, batch: int = 16, limit: int = 512) -> f
     return total / max(weight, 1e-9)
 
 
+def probe_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, data: Data, n: int = 32) -> dict:
+    """Free-running plans on held-out episodes, scored against their recorded key-frames (see probe.py)."""
+    from model.engine import Engine
+
+    from .probe import probe
+
+    held = episodes(data)[1]
+    engine = Engine(lm.eval(), tok, vq, max_len=4096)
+    out = {"sampled": probe(engine, held, n), "greedy": probe(engine, held, n, greedy=True)}
+    for r in out.values():
+        r.pop("per_episode")
+    return out
+
+
 def save_sequences(path: Path, seqs: dict[str, list[tuple[list[int], int]]]) -> None:
     """Token sequences as flat int32 arrays + offsets + loss starts (a JSON of 100k sequences is a gigabyte)."""
     arrays = {}
@@ -185,6 +199,7 @@ def stage_lm(
     hist = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train]).fit(until=until)
     if hist and hist[-1]["step"] == steps:
         result = {"steps": steps, "train_loss": hist[-1]["loss"], "held_out_loss": held_out_loss(lm, seqs["held_out"])}
+        result["probe"] = probe_held_out(lm, tok, vq, data)
         (run / "lm" / "lm_result.json").write_text(json.dumps(result, indent=2))
         print(result, flush=True)
     return hist
