@@ -4,7 +4,7 @@ executor carries the plan out.
 Every part is the real one a user runs: the service on a loopback port with the shipped bundle (official layouts),
 the Python client streaming a Plan for the camera image, the MuJoCo env, the key-frame executor (which reads only
 the predicted images, never the subgoal text) and the evaluation harness's episode loop, video and metrics.
-Writes plan_strip.png (the camera view, then each subgoal's key-frame beside the view the robot reached),
+Writes plan_strip.png (the camera view, then each subgoal's key-frame captioned with what the executor did),
 videos/*.mp4 (or .gif) and demo.json.
 """
 
@@ -34,7 +34,7 @@ class _Recorder:
 
 
 def plan_strip(view: np.ndarray, result, record: dict, instruction: str) -> Image.Image:
-    """The camera view, then per subgoal: predicted key-frame over the frame actually reached."""
+    """The camera view, then per subgoal of the first plan: its key-frame, captioned with the outcome."""
     reached = {s["index"]: s for s in record["subgoals"] if s["plan"] == 0}
     images, captions = [Image.fromarray(view)], ["camera view"]
     for i, sg in enumerate(result.subgoals):
