@@ -1,39 +1,21 @@
 """Tensor parallelism: two CPU processes (gloo), each holding half of every block, give the unsharded logits."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny import free_port
+from tiny import tiny as tiny_lm
 
-from model import Emu35Config
 from model.checkpoint import save_emu35
-from model.random_checkpoint import random_emu35
 from model.tensor_parallel import check_divisible, shard_emu35
 
-CFG = dict(
-    vocab_size=300,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-    boi_token_id=290,
-    eoi_token_id=291,
-    img_token_id=292,
-    eol_token_id=293,
-    eof_token_id=294,
-    bos_token_id=295,
-    eos_token_id=296,
-    pad_token_id=297,
-)
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 def tiny(**kw):
-    return random_emu35(Emu35Config(**dict(CFG, **kw)), seed=1, std=0.1)
+    return tiny_lm(seed=1, **kw)
 
 
 def decode(lm, ids, valid, steps):
@@ -92,15 +74,9 @@ def _worker(rank: int, world: int, port: int, ckpt: str) -> None:
     dist.destroy_process_group()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_equal_unsharded_forward_and_cached_decoding(tmp_path):
     save_emu35(tiny(), tmp_path, max_shard_bytes=60_000)
-    mp.spawn(_worker, args=(2, _port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,11 @@
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny import free_port
 
 from model import Emu35
 from model.random_checkpoint import config_for_tokenizer, random_emu35, write_tokenizer
@@ -33,19 +33,13 @@ def _worker(rank: int, world: int, port: int, out: str, tok_dir: str, until: int
     dist.destroy_process_group()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fsdp_two_ranks_train_checkpoint_and_resume(tmp_path):
     tok_dir = tmp_path / "tok"
     write_tokenizer(tok_dir, 16)
     out = tmp_path / "run"
-    mp.spawn(_worker, args=(2, _port(), str(out), str(tok_dir), 6), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(out), str(tok_dir), 6), nprocs=2)
     assert json.loads((out / "checkpoint" / "trainer.json").read_text())["step"] == 6
-    mp.spawn(_worker, args=(2, _port(), str(out), str(tok_dir), 12), nprocs=2)  # resumes at 6
+    mp.spawn(_worker, args=(2, free_port(), str(out), str(tok_dir), 12), nprocs=2)  # resumes at 6
     hist = [json.loads(x) for x in (out / "loss.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [3, 6, 9, 12]
     assert hist[-1]["loss"] < hist[0]["loss"]

@@ -5,32 +5,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny import tiny
 
-from model import CheckpointError, Emu35, Emu35Config
+from model import CheckpointError, Emu35
 from model.checkpoint import INDEX_NAME, save_emu35
-from model.random_checkpoint import random_emu35
-
-CFG = dict(
-    vocab_size=300,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-    boi_token_id=290,
-    eoi_token_id=291,
-    img_token_id=292,
-    eol_token_id=293,
-    eof_token_id=294,
-    bos_token_id=295,
-    eos_token_id=296,
-    pad_token_id=297,
-)
-
-
-def tiny(seed=0, **kw) -> Emu35:
-    return random_emu35(Emu35Config(**dict(CFG, **kw)), seed=seed, std=0.1)
 
 
 def to_qwen3(model: Emu35):

@@ -1,0 +1,35 @@
+"""Shared by several test modules: the tiny decoder config they build models from, and a free loopback port."""
+
+import socket
+
+from model import Emu35, Emu35Config
+from model.random_checkpoint import random_emu35
+
+CFG = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    boi_token_id=290,
+    eoi_token_id=291,
+    img_token_id=292,
+    eol_token_id=293,
+    eof_token_id=294,
+    bos_token_id=295,
+    eos_token_id=296,
+    pad_token_id=297,
+)
+
+
+def tiny(seed=0, **kw) -> Emu35:
+    """A random tiny decoder (CFG, with fields overridden by kw)."""
+    return random_emu35(Emu35Config(**dict(CFG, **kw)), seed=seed, std=0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
