@@ -23,8 +23,8 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from model import Emu35, TextTokenizer, VisionTokenizer, write_random_bundle
-from model.engine import Engine, GenerationRequest
+from model import write_random_bundle
+from model.engine import Engine, GenerationRequest, load_engine
 
 from . import proto
 from .auth import TokenAuthInterceptor
@@ -166,20 +166,13 @@ class PlannerServer:
                 "end. Pass --model /path/to/a/bundle for a trained model.",
                 model_dir.parent,
             )
-        dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        lm = Emu35.from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device)
-        engine = Engine(
-            lm,
-            TextTokenizer.from_pretrained(tok_dir),
-            VisionTokenizer.from_pretrained(vq_dir, device=device),
-            max_len=max_len,
-        )
+        engine = load_engine(model_dir, tok_dir, vq_dir, device, dtype and getattr(torch, dtype), max_len)
         info = ModelInfo(
             name=(model_dir.parent.name if model_dir.name == "model" else model_dir.name),
             checkpoint=str(model_dir),
             random_weights=random_weights,
-            dtype=dtype,
-            parameters=sum(p.numel() for p in lm.parameters()),
+            dtype=str(next(engine.lm.parameters()).dtype).removeprefix("torch."),
+            parameters=sum(p.numel() for p in engine.lm.parameters()),
         )
         return self.attach(engine, info, warmup)
 

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -556,6 +557,24 @@ class Engine:
                 "ms_per_token": 1000 * decode_s / max(1, len(generated)),
             },
         )
+
+
+def load_engine(
+    model_dir: str | Path,
+    tokenizer_dir: str | Path,
+    vision_tokenizer_dir: str | Path,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    max_len: int = 8192,
+) -> Engine:
+    """An engine on the three official-layout parts: bf16 on CUDA and float32 elsewhere unless `dtype` says."""
+    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    return Engine(
+        Emu35.from_pretrained(model_dir, dtype=dtype, device=device),
+        TextTokenizer.from_pretrained(tokenizer_dir),
+        VisionTokenizer.from_pretrained(vision_tokenizer_dir, device=device),
+        max_len=max_len,
+    )
 
 
 class Session:

@@ -90,21 +90,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}", flush=True)
         print(f"wrote {pipeline.package(run_dir, Path(args.out))}")
     elif args.train_command == "probe":
-        import torch
-
-        from model import Emu35, TextTokenizer, VisionTokenizer
-        from model.engine import Engine
+        from model.engine import load_engine
 
         from .probe import probe
 
-        b, dev = Path(args.bundle), args.device
-        dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
-        engine = Engine(
-            Emu35.from_pretrained(b / "model", dtype=dtype, device=dev),
-            TextTokenizer.from_pretrained(b / "tokenizer"),
-            VisionTokenizer.from_pretrained(b / "vision_tokenizer", device=dev),
-            max_len=4096,
-        )
+        b = Path(args.bundle)
+        engine = load_engine(b / "model", b / "tokenizer", b / "vision_tokenizer", args.device, max_len=4096)
         result = probe(engine, pipeline.episodes(_data(args))[1], args.n, greedy=args.greedy)
         print(json.dumps({k: v for k, v in result.items() if k != "per_episode"}, indent=2))
     elif args.train_command == "card":
