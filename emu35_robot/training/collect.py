@@ -61,15 +61,23 @@ def record(env, seed: int, size: int, max_steps: int = 1500) -> tuple[dict, np.n
     return meta, np.stack(frames)
 
 
+def _index(path: Path):
+    """The JSON records of an index file, in order, up to a torn last line from an interrupted run."""
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            return
+
+
 def done_keys(out: Path, index_name: str = "episodes.jsonl") -> set[str]:
-    path = out / index_name
     keys = set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                keys.add(json.loads(line)["key"])
-            except (json.JSONDecodeError, KeyError):
-                break  # a torn last line from an interrupted run
+    for rec in _index(out / index_name):
+        if "key" not in rec:
+            break
+        keys.add(rec["key"])
     return keys
 
 
@@ -165,30 +173,25 @@ def collect_explore(
     return _run(out, "explore.jsonl", todo, size, progress, one)
 
 
-def load_explore(data_dir: str | Path) -> list[tuple[ExploreRecord, np.ndarray]]:
-    data_dir = Path(data_dir)
-    path = data_dir / "explore.jsonl"
+def _load(data_dir: Path, index_name: str, record_type, keep=lambda rec: True) -> list:
     out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for d in _index(data_dir / index_name):
         try:
-            rec = ExploreRecord(**json.loads(line))
-        except (json.JSONDecodeError, TypeError):
+            rec = record_type(**d)
+        except TypeError:  # a record cut off where the JSON still parsed
             break
-        with np.load(data_dir / rec.file) as z:
-            out.append((rec, z["frames"]))
+        if keep(rec):
+            with np.load(data_dir / rec.file) as z:
+                out.append((rec, z["frames"]))
     return out
+
+
+def load_explore(data_dir: str | Path) -> list[tuple[ExploreRecord, np.ndarray]]:
+    return _load(Path(data_dir), "explore.jsonl", ExploreRecord)
 
 
 def load(data_dir: str | Path, successful_only: bool = True) -> list[tuple[EpisodeRecord, np.ndarray]]:
     data_dir = Path(data_dir)
-    out = []
-    for line in (data_dir / "episodes.jsonl").read_text().splitlines():
-        try:
-            rec = EpisodeRecord(**json.loads(line))
-        except (json.JSONDecodeError, TypeError):
-            break
-        if successful_only and not rec.success:
-            continue
-        with np.load(data_dir / rec.file) as z:
-            out.append((rec, z["frames"]))
-    return out
+    if not (data_dir / "episodes.jsonl").exists():
+        raise FileNotFoundError(f"{data_dir}: no episodes.jsonl (record demonstrations with `train collect`)")
+    return _load(data_dir, "episodes.jsonl", EpisodeRecord, lambda rec: rec.success or not successful_only)
