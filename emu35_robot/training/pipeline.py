@@ -18,7 +18,7 @@ import torch
 from model.checkpoint import save_emu35
 from model.random_checkpoint import config_for_tokenizer
 from model.text_tokenizer import TextTokenizer, byte_level_ranks, vision_token_list
-from model.train import TrainConfig, Trainer, collate, mask_prompts, token_weights
+from model.train import TrainConfig, Trainer, collate, lm_loss, mask_prompts, token_weights
 from model.train_vq import VQTrainConfig, psnr, train_vq
 from model.transformer import Emu35
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
@@ -112,20 +112,18 @@ def held_out_loss(lm: Emu35, seqs: list, batch: int = 16, limit: int = 512) -> f
         w = token_weights(ids, c.visual_token_start, c.visual_token_start + c.num_visual_tokens, c.pad_token_id, 0.5)
         w = mask_prompts(w, [n for _, n in chunk])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lm.device.type == "cuda"):
-            logits = lm(ids[:, :-1]).logits.float()
-        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
-        total += float((ce * w[:, 1:].flatten()).sum())
+            mean = lm_loss(lm, ids, w)  # weighted mean over this chunk's answer tokens
+        total += float(mean) * float(w[:, 1:].sum())
         weight += float(w[:, 1:].sum())
     return total / max(weight, 1e-9)
 
 
-def probe_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, data: Data, n: int = 32) -> dict:
-    """Free-running plans on held-out episodes, scored against their recorded key-frames (see probe.py)."""
+def probe_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, held: list, n: int = 32) -> dict:
+    """Free-running plans on held-out vla episodes, scored against their recorded key-frames (see probe.py)."""
     from model.engine import Engine
 
     from .probe import probe
 
-    held = episodes(data)[1]
     engine = Engine(lm.eval(), tok, vq, max_len=4096)
     out = {"sampled": probe(engine, held, n), "greedy": probe(engine, held, n, greedy=True)}
     for r in out.values():
@@ -155,9 +153,12 @@ def load_sequences(path: Path) -> dict[str, list[tuple[np.ndarray, int]]]:
     return out
 
 
-def build_sequences(data: Data, tok: TextTokenizer, vq: VisionTokenizer, augment: int, seed: int = 0) -> dict:
-    """Held-out episodes as recorded; training episodes as recorded plus `augment` recoloured/mirrored copies."""
-    train, held, e_train, e_held = episodes(data)
+def build_sequences(
+    split_episodes: tuple, tok: TextTokenizer, vq: VisionTokenizer, augment: int, seed: int = 0
+) -> dict:
+    """From `episodes(data)`: held-out episodes as recorded; training episodes as recorded plus `augment`
+    recoloured/mirrored copies."""
+    train, held, e_train, e_held = split_episodes
     rng = np.random.default_rng(seed)
     seqs = {
         "train": vla_sequences(train, tok, vq) + explore_sequences(e_train, tok, vq),
@@ -176,9 +177,11 @@ def stage_lm(
     tok.save_pretrained(run / "tokenizer")
     vq = VisionTokenizer.from_pretrained(run / "vq" / "vision_tokenizer", device=device)
     seq_file = run / "sequences.npz"
+    split_episodes = None  # read from disk once, and only when needed (building sequences, probing)
     if not seq_file.exists():
         t = time.perf_counter()
-        save_sequences(seq_file, build_sequences(data, tok, vq, augment))
+        split_episodes = episodes(data)
+        save_sequences(seq_file, build_sequences(split_episodes, tok, vq, augment))
         print(f"sequences built in {time.perf_counter() - t:.0f}s", flush=True)
     seqs = load_sequences(seq_file)
     print(
@@ -199,7 +202,7 @@ def stage_lm(
     hist = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train]).fit(until=until)
     if hist and hist[-1]["step"] == steps:
         result = {"steps": steps, "train_loss": hist[-1]["loss"], "held_out_loss": held_out_loss(lm, seqs["held_out"])}
-        result["probe"] = probe_held_out(lm, tok, vq, data)
+        result["probe"] = probe_held_out(lm, tok, vq, (split_episodes or episodes(data))[1])
         (run / "lm" / "lm_result.json").write_text(json.dumps(result, indent=2))
         print(result, flush=True)
     return hist
