@@ -21,18 +21,6 @@ from .contact_sheet import contact_sheet
 from .mini import IMAGE_SIZE
 
 
-class _Recorder:
-    """A planner that remembers what it was asked and what it answered (for the plan strip)."""
-
-    def __init__(self, planner) -> None:
-        self.planner, self.calls = planner, []
-
-    def plan(self, ctx):
-        result = self.planner.plan(ctx)
-        self.calls.append((ctx, result))
-        return result
-
-
 def plan_strip(view: np.ndarray, result, record: dict, instruction: str) -> Image.Image:
     """The camera view, then per subgoal of the first plan: its key-frame, captioned with the outcome."""
     reached = {s["index"]: s for s in record["subgoals"] if s["plan"] == 0}
@@ -55,7 +43,7 @@ def run_demo(
     device: str = "cpu",
 ) -> dict:
     from evaluation.episode import EpisodeSpec, EvalConfig, run_episode
-    from evaluation.planners import GrpcOptions, GrpcPlanner
+    from evaluation.planners import GrpcOptions, GrpcPlanner, RecordingPlanner
 
     from .server import PlannerServer
 
@@ -68,7 +56,7 @@ def run_demo(
         info = server.runtime.model
         address = f"127.0.0.1:{server.port}"
         print(f"[1/3] serving {info.name} ({info.parameters:,} parameters, {device}) on {address}", flush=True)
-        planner = _Recorder(GrpcPlanner(address, GrpcOptions(timeout_s=300)))
+        planner = RecordingPlanner(GrpcPlanner(address, GrpcOptions(timeout_s=300)))
         spec = EpisodeSpec(task, engine, "emu35-mini", seed)
         cfg = EvalConfig(executor="keyframe", replans=1, image_size=IMAGE_SIZE)
         print(f"[2/3] {task} on {engine}, seed {seed}: plan over gRPC, then the key-frame executor", flush=True)

@@ -201,6 +201,19 @@ class GrpcPlanner:
         self.client.close()
 
 
+class RecordingPlanner:
+    """Wraps a planner and keeps every (context, result) it saw, e.g. to draw the first plan afterwards."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+        self.calls: list[tuple[PlanContext, PlanResult]] = []
+
+    def plan(self, ctx: PlanContext) -> PlanResult:
+        result = self.planner.plan(ctx)
+        self.calls.append((ctx, result))
+        return result
+
+
 REFERENCE_PLANNERS = ("oracle", "random")
 
 

@@ -53,21 +53,13 @@ def test_default_model_is_the_mini(server):
 
 def test_plan_for_a_held_out_seed_has_the_right_structure_and_succeeds(server, tmp_path):
     from evaluation.episode import EpisodeSpec, EvalConfig, run_episode
-    from evaluation.planners import GrpcOptions, GrpcPlanner
+    from evaluation.planners import GrpcOptions, GrpcPlanner, RecordingPlanner
     from sim_envs.tasks import parse_subgoal
 
-    class Keep:
-        def __init__(self, p):
-            self.p, self.results = p, []
-
-        def plan(self, ctx):
-            self.results.append(self.p.plan(ctx))
-            return self.results[-1]
-
-    planner = Keep(GrpcPlanner(f"127.0.0.1:{server.port}", GrpcOptions(timeout_s=300)))
+    planner = RecordingPlanner(GrpcPlanner(f"127.0.0.1:{server.port}", GrpcOptions(timeout_s=300)))
     cfg = EvalConfig(executor="keyframe", replans=1, image_size=IMAGE_SIZE, video=False)
     record = run_episode(EpisodeSpec(TASK, ENGINE, "mini", SEED), cfg, planner, tmp_path)
-    plan = planner.results[0]
+    plan = planner.calls[0][1]
     assert not plan.error and len(plan.subgoals) == len(record["canonical_subgoals"])
     for sg in plan.subgoals:
         assert parse_subgoal(sg.text) is not None, sg.text  # the subgoal grammar the suite uses
