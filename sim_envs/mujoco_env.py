@@ -33,10 +33,15 @@ FINGER_OPEN = 0.035  # per finger: 7 cm between the pads when open
 PARK_Z = -0.5  # unused blocks rest on the floor, far off camera
 
 
+def _mujoco_camera_axes(spec: CameraSpec) -> np.ndarray:
+    """Columns x, y, z of a MuJoCo camera frame for `spec`: x right, y up, looking along -z."""
+    return look_at_rotation(spec.eye, spec.target, spec.up) * np.array([1.0, -1.0, -1.0])
+
+
 def _camera_xml(name: str) -> str:
     spec = CAMERAS[name]
-    R = look_at_rotation(spec.eye, spec.target, spec.up)
-    x, y = R[:, 0], -R[:, 1]  # MuJoCo cameras: x right, y up, looking along -z
+    R = _mujoco_camera_axes(spec)
+    x, y = R[:, 0], R[:, 1]
     xy = " ".join(f"{v:.6f}" for v in (*x, *y))
     pos = " ".join(f"{v:.6f}" for v in spec.eye)
     return f'<camera name="{name}" pos="{pos}" xyaxes="{xy}" fovy="{spec.fovy_deg}"/>'
@@ -185,10 +190,8 @@ class MujocoBackend:
 
     def _place_free_camera(self, spec: CameraSpec) -> None:
         m, i = self.model, self.model.camera("free").id
-        R = look_at_rotation(spec.eye, spec.target, spec.up)
-        R_mj = R * np.array([1.0, -1.0, -1.0])  # MuJoCo cameras: x right, y up, looking along -z
         quat = np.zeros(4)
-        mujoco.mju_mat2Quat(quat, R_mj.flatten())
+        mujoco.mju_mat2Quat(quat, _mujoco_camera_axes(spec).flatten())
         m.cam_pos[i], m.cam_quat[i], m.cam_fovy[i] = spec.eye, quat, spec.fovy_deg
         mujoco.mj_camlight(m, self.data)
 
