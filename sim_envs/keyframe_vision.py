@@ -34,11 +34,15 @@ class Blob:
     area: int
 
 
+def hue_distance(hue: np.ndarray, colour: str) -> np.ndarray:
+    """Distance of OpenCV hues (0..180, wrapping) from a palette colour's hue."""
+    d = np.abs(hue.astype(np.int16) - PALETTE_HUES[colour])
+    return np.minimum(d, 180 - d)
+
+
 def colour_mask(image: np.ndarray, colour: str) -> np.ndarray:
     hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV)
-    h = hsv[..., 0].astype(np.int16)
-    d = np.abs(h - PALETTE_HUES[colour])
-    d = np.minimum(d, 180 - d)
+    d = hue_distance(hsv[..., 0], colour)
     return ((d <= HUE_TOL) & (hsv[..., 1] >= MIN_SATURATION) & (hsv[..., 2] >= MIN_VALUE)).astype(np.uint8)
 
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from sim_envs.keyframe_vision import PALETTE_HUES
+from sim_envs.keyframe_vision import PALETTE_HUES, hue_distance
 
 from .collect import EpisodeRecord, ExploreRecord
 
@@ -35,8 +35,7 @@ def recolour(frames: np.ndarray, perm: dict[str, str]) -> np.ndarray:
         new_h = h.copy()
         coloured = hsv[..., 1] >= MIN_SATURATION
         for src, dst in perm.items():
-            d = np.abs(h - PALETTE_HUES[src])
-            near = coloured & (np.minimum(d, 180 - d) <= HUE_TOL)
+            near = coloured & (hue_distance(h, src) <= HUE_TOL)
             new_h[near] = (h[near] + PALETTE_HUES[dst] - PALETTE_HUES[src]) % 180
         hsv[..., 0] = new_h.astype(np.uint8)
         out[i] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
