@@ -36,8 +36,9 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     from .demo import run_demo
 
-    ckpt = args.checkpoint
-    run_demo(args.out, checkpoint=ckpt, task=args.task, engine=args.engine, seed=args.seed, device=args.device)
+    run_demo(
+        args.out, checkpoint=args.checkpoint, task=args.task, engine=args.engine, seed=args.seed, device=args.device
+    )
     return 0
 
 

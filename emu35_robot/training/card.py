@@ -49,12 +49,11 @@ def _json(path: Path) -> dict:
 
 def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str = "") -> str:
     vq, lm = _json(run / "vq" / "vq_result.json"), _json(run / "lm" / "lm_result.json")
-    log = [json.loads(x) for x in (run / "lm" / "loss.jsonl").read_text().splitlines()] if (
-        run / "lm" / "loss.jsonl"
-    ).is_file() else []  # fmt: skip
+    loss_log = run / "lm" / "loss.jsonl"
+    log = [json.loads(x) for x in loss_log.read_text().splitlines()] if loss_log.is_file() else []
     cfg = _json(bundle / "model" / "config.json")
-    sizes = {d: sum(p.stat().st_size for p in (bundle / d).rglob("*") if p.is_file()) for d in
-             ("model", "tokenizer", "vision_tokenizer")}  # fmt: skip
+    parts = ("model", "tokenizer", "vision_tokenizer")
+    sizes = {d: sum(p.stat().st_size for p in (bundle / d).rglob("*") if p.is_file()) for d in parts}
     mb = lambda n: f"{n / 2**20:.1f} MiB"
     out = [
         "# Emu3.5-mini",
