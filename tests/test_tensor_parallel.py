@@ -1,11 +1,8 @@
 """Tensor parallelism: two CPU processes (gloo), each holding half of every block, give the unsharded logits."""
 
-import os
-
 import pytest
 import torch
 import torch.multiprocessing as mp
-from tiny import free_port
 from tiny import tiny as tiny_lm
 
 from model.checkpoint import save_emu35
@@ -31,13 +28,14 @@ def decode(lm, ids, valid, steps):
     return torch.stack(out, 1), cache
 
 
-def _worker(rank: int, world: int, port: int, ckpt: str) -> None:
+def _worker(rank: int, world: int, store: str, ckpt: str) -> None:
     import torch.distributed as dist
 
     from model.tensor_parallel import load_emu35_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file store, not TCP: rank 0 hosting a TCPStore could exit while rank 1 still talked to it, and the store's
+    # server thread then aborted rank 0 in teardown (SIGABRT, seen in CI). A file also needs no free port.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 290, (2, 9), generator=g)
@@ -75,8 +73,8 @@ def _worker(rank: int, world: int, port: int, ckpt: str) -> None:
 
 
 def test_two_ranks_equal_unsharded_forward_and_cached_decoding(tmp_path):
-    save_emu35(tiny(), tmp_path, max_shard_bytes=60_000)
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    save_emu35(tiny(), tmp_path / "ckpt", max_shard_bytes=60_000)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "ckpt")), nprocs=2)
 
 
 @pytest.mark.parametrize(

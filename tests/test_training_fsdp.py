@@ -1,12 +1,10 @@
 """FSDP on a tiny config: two CPU processes (gloo) train a sharded model, checkpoint, and resume."""
 
 import json
-import os
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from tiny import free_port
 
 from model import Emu35
 from model.random_checkpoint import config_for_tokenizer, random_emu35, write_tokenizer
@@ -15,11 +13,11 @@ from model.train import TrainConfig, Trainer, fsdp_shard
 pytest.importorskip("torch.distributed.fsdp")
 
 
-def _worker(rank: int, world: int, port: int, out: str, tok_dir: str, until: int) -> None:
+def _worker(rank: int, world: int, store: str, out: str, tok_dir: str, until: int) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file store: no TCPStore server thread on rank 0 to outlive (see test_tensor_parallel), no free port needed
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     from model.text_tokenizer import TextTokenizer
 
@@ -37,9 +35,9 @@ def test_fsdp_two_ranks_train_checkpoint_and_resume(tmp_path):
     tok_dir = tmp_path / "tok"
     write_tokenizer(tok_dir, 16)
     out = tmp_path / "run"
-    mp.spawn(_worker, args=(2, free_port(), str(out), str(tok_dir), 6), nprocs=2)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store6"), str(out), str(tok_dir), 6), nprocs=2)
     assert json.loads((out / "checkpoint" / "trainer.json").read_text())["step"] == 6
-    mp.spawn(_worker, args=(2, free_port(), str(out), str(tok_dir), 12), nprocs=2)  # resumes at 6
+    mp.spawn(_worker, args=(2, str(tmp_path / "store12"), str(out), str(tok_dir), 12), nprocs=2)  # resumes at 6
     hist = [json.loads(x) for x in (out / "loss.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [3, 6, 9, 12]
     assert hist[-1]["loss"] < hist[0]["loss"]

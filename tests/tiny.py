@@ -1,6 +1,4 @@
-"""Shared by several test modules: the tiny decoder config they build models from, and a free loopback port."""
-
-import socket
+"""Shared by several test modules: the tiny decoder config they build models from."""
 
 from model import Emu35, Emu35Config
 from model.random_checkpoint import random_emu35
@@ -27,9 +25,3 @@ CFG = dict(
 def tiny(seed=0, **kw) -> Emu35:
     """A random tiny decoder (CFG, with fields overridden by kw)."""
     return random_emu35(Emu35Config(**dict(CFG, **kw)), seed=seed, std=0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
