@@ -89,6 +89,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auth-token", default=None, help="require 'authorization: Bearer <token>' (or $EMU35_ROBOT_TOKEN)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split every block over N ranks, one GPU each from --device on (NCCL; gloo on cpu)",
+    )
     p.add_argument("--max-len", type=int, default=8192, help="context tokens per request or Explore session")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get to finish on shutdown")

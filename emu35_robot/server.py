@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from model import write_random_bundle
 from model.engine import Engine, GenerationRequest, load_engine
+from model.info import inspect_checkpoint
 
 from . import proto
 from .auth import TokenAuthInterceptor
@@ -157,8 +158,11 @@ class PlannerServer:
         dtype: str | None = None,
         max_len: int = 8192,
         warmup: bool = True,
+        tensor_parallel: int = 1,
     ) -> PlannerServer:
-        """Load the checkpoint, warm the engine up with one short request, then report SERVING."""
+        """Load the checkpoint, warm the engine up with one short request, then report SERVING. `tensor_parallel` N > 1
+        spawns N - 1 more ranks (one GPU each from `device` on: cuda:0 and cuda:1 for N = 2) that each hold 1/N of
+        every block (model/tp_engine.py); this process is rank 0 and serves."""
         model_dir, tok_dir, vq_dir, random_weights = resolve_checkpoint(model, tokenizer, vision_tokenizer)
         if random_weights:
             log.warning(
@@ -166,13 +170,20 @@ class PlannerServer:
                 "end. Pass --model /path/to/a/bundle for a trained model.",
                 model_dir.parent,
             )
-        engine = load_engine(model_dir, tok_dir, vq_dir, device, dtype and getattr(torch, dtype), max_len)
+        torch_dtype = dtype and getattr(torch, dtype)
+        if tensor_parallel > 1:
+            from model.tp_engine import start_tensor_parallel
+
+            engine = start_tensor_parallel(model_dir, tok_dir, vq_dir, tensor_parallel, device, torch_dtype, max_len)
+            log.info("tensor parallel: rank 0 of %d on %s", tensor_parallel, engine.device)
+        else:
+            engine = load_engine(model_dir, tok_dir, vq_dir, device, torch_dtype, max_len)
         info = ModelInfo(
             name=(model_dir.parent.name if model_dir.name == "model" else model_dir.name),
             checkpoint=str(model_dir),
             random_weights=random_weights,
             dtype=str(next(engine.lm.parameters()).dtype).removeprefix("torch."),
-            parameters=sum(p.numel() for p in engine.lm.parameters()),
+            parameters=inspect_checkpoint(model_dir).num_parameters,  # all of them, also when this rank holds a part
         )
         return self.attach(engine, info, warmup)
 
@@ -196,6 +207,9 @@ class PlannerServer:
         self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
         self.runtime.scheduler.close()
+        mirror = getattr(self.runtime.engine, "mirror", None)
+        if mirror is not None:  # the other tensor-parallel ranks
+            mirror.close()
         self.metrics.close()
         self._stopped.set()
         log.info("stopped")
@@ -248,7 +262,14 @@ def serve_forever(args) -> int:
             file=sys.stderr,
             flush=True,
         )
-    server.load(args.model, args.tokenizer, args.vision_tokenizer, device=args.device, max_len=args.max_len)
+    server.load(
+        args.model,
+        args.tokenizer,
+        args.vision_tokenizer,
+        device=args.device,
+        max_len=args.max_len,
+        tensor_parallel=args.tensor_parallel,
+    )
     print("emu35-robot: SERVING", file=sys.stderr, flush=True)
     server.wait()
     return 0

@@ -26,7 +26,6 @@ import torch
 from .engine import Engine, GenerationRequest, StepRequest, _DecodeState
 from .prompts import task_prompt, unconditional_prompt
 from .sequence import image_string
-from .transformer import KVCache
 
 
 @dataclass
@@ -49,7 +48,7 @@ class BatchEngine:
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         self.engine, self.max_streams = engine, max_streams
-        self.cache = engine.lm.allocate_cache(2 * max_streams, engine.max_len)
+        self.cache = engine.new_cache(2 * max_streams)
         self.free = list(range(max_streams))
         self.members: list[_Member] = []
         self.steps = 0  # batched decode steps run
@@ -86,7 +85,7 @@ class BatchEngine:
             raise ValueError(f"prompt of {max(map(len, rows))} tokens does not fit the engine's max_len {eng.max_len}")
         pair = self.free.pop(0)
         span = slice(2 * pair, 2 * pair + len(rows))
-        view = KVCache(self.cache.k[:, span], self.cache.v[:, span], self.cache.valid[span])
+        view = self.cache.rows(span.start, span.stop)
         view.reset()
         state = _DecodeState(
             grammar=eng._grammar(size, ref_codes),
@@ -145,16 +144,7 @@ class BatchEngine:
             visual = all(m.need.visual for m in live)
             top = max(m.need.slot for m in live)
             kv_len = min(eng.max_len, (top // eng.graph_bucket + 1) * eng.graph_bucket)  # as Engine._step
-            view = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.valid[:hi])
-            logits = eng.lm(
-                ids,
-                position_ids=pos,
-                cache=view,
-                cache_pos=slot,
-                attention_mask=valid,
-                kv_len=kv_len,
-                vocab_slice=eng.visual if visual else None,
-            ).logits[:, -1]
+            logits = eng.forward(self.cache.rows(0, hi), ids, pos, slot, valid, kv_len, visual=visual)[:, -1]
             for m in live:
                 lg = logits[m.rows]
                 m.logits = lg[:, eng.visual] if m.need.visual and not visual else lg

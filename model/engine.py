@@ -13,6 +13,7 @@ costs one graph launch; during image rows the head computes only the visual-toke
 from __future__ import annotations
 
 import codecs
+import contextlib
 import math
 import threading
 import time
@@ -29,7 +30,7 @@ from .prompts import TASKS, task_prompt, unconditional_prompt
 from .sampling import IMAGE_SAMPLING, T2I_IMAGE_SAMPLING, TEXT_SAMPLING, SamplingParams, cfg_combine, sample
 from .sequence import image_string
 from .text_tokenizer import TextTokenizer
-from .transformer import Emu35
+from .transformer import Emu35, KVCache
 from .vision_tokenizer import VisionTokenizer
 
 # Named aspect ratios as token grids (h, w) at image_area 1024^2 (spec §7); other areas scale them.
@@ -241,6 +242,7 @@ class Engine:
                 f"model config (vocab {c.vocab_size}, visual start {c.visual_token_start})"
             )
         self._lock = threading.Lock()
+        self.mirror = None  # rank 0 of a tensor-parallel group: sends each model call to the other ranks (tp_engine)
         self._caches: dict[int, object] = {}
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None
@@ -287,21 +289,63 @@ class Engine:
     def encode_images(self, images: list[Image.Image], image_area: int) -> list[np.ndarray]:
         return [c.cpu().numpy() for c in self.vq.encode_pil(list(images), image_area)] if images else []
 
-    # ---- one forward ----------------------------------------------------------------------------------------
+    # ---- model calls: every one goes through new_cache, forward or _step (what a tensor-parallel leader mirrors) --
+    def new_cache(self, B: int) -> KVCache:
+        """A KV cache of B rows and max_len slots (on a tensor-parallel leader, every rank allocates its part)."""
+        cache = self.lm.allocate_cache(B, self.max_len)
+        if self.mirror is not None:
+            self.mirror.alloc(cache)
+        return cache
+
     def _cache(self, B: int):
         if B not in self._caches:
-            self._caches[B] = self.lm.allocate_cache(B, self.max_len)
+            self._caches[B] = self.new_cache(B)
         cache = self._caches[B]
         cache.reset()
         return cache
+
+    def _mirrored(self, op: str, cache, ids, pos, valid, kv_len, **kw):
+        if self.mirror is None:
+            return contextlib.nullcontext()
+        return self.mirror.call(op, cache, ids, pos, valid, kv_len, **kw)
+
+    def forward(
+        self,
+        cache: KVCache,
+        ids: Tensor,
+        pos: Tensor,
+        cache_pos: Tensor,
+        valid: Tensor,
+        kv_len: int,
+        logits_to_keep: int = 0,
+        visual: bool = False,
+    ) -> Tensor:
+        """An eager forward of ids/pos/valid [B, T] written at `cache_pos` ([T], or [B, T] per row) -> float logits
+        [B, T', V'] (T' = logits_to_keep or T; V' = the visual slice when `visual`)."""
+        kw = dict(cache_pos=cache_pos, logits_to_keep=logits_to_keep, visual=visual)
+        with self._mirrored("forward", cache, ids, pos, valid, kv_len, **kw):
+            return self.lm(
+                ids,
+                position_ids=pos,
+                cache=cache,
+                cache_pos=cache_pos,
+                attention_mask=valid,
+                kv_len=kv_len,
+                logits_to_keep=logits_to_keep,
+                vocab_slice=self.visual if visual else None,
+            ).logits
 
     def _step(
         self, cache, ids: Tensor, pos: Tensor, valid: Tensor, slot: int, visual_head: bool, graphs: bool = True
     ) -> Tensor:
         """One decode step: ids/pos/valid [B, 1] -> logits [B, V'] (V' = visual slice when visual_head). Captured graphs
         are bound to the engine's own caches, so a session's cache (graphs=False) runs eagerly."""
-        vs = self.visual if visual_head else None
         kv_len = min(self.max_len, (slot // self.graph_bucket + 1) * self.graph_bucket)
+        with self._mirrored("step", cache, ids, pos, valid, kv_len, slot=slot, visual=visual_head, graphs=graphs):
+            return self._run_step(cache, ids, pos, valid, slot, visual_head, graphs, kv_len)
+
+    def _run_step(self, cache, ids, pos, valid, slot, visual_head, graphs, kv_len) -> Tensor:
+        vs = self.visual if visual_head else None
         if not self.cuda_graphs or not graphs:
             slot_t = torch.tensor([slot], device=self.device)
             return self.lm(
@@ -436,7 +480,7 @@ class Engine:
         """`_decode` as a coroutine: yields events, and a `StepRequest` wherever it needs the next decode step's logits,
         which the driver sends back: `Engine._decode` runs the step alone, `BatchEngine` in one forward with the
         steps of every other running request."""
-        tok, lm, dev = self.tok, self.lm, self.device
+        tok, dev = self.tok, self.device
         grammar, gen, cache = state.grammar, state.gen, state.cache
         B, L, S = len(new), max(len(r) for r in new), state.slot
         use_cfg = B == 2
@@ -451,15 +495,8 @@ class Engine:
                 valid[b, L - len(r) :] = torch.tensor([v for _, v in r])
         pos = (state.next_pos.cpu()[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
         t0 = time.perf_counter()
-        logits = lm(
-            ids.to(dev),
-            position_ids=pos.to(dev),
-            cache=cache,
-            cache_pos=torch.arange(S, S + L, device=dev),
-            attention_mask=valid.to(dev),
-            kv_len=S + L,
-            logits_to_keep=1,
-        ).logits[:, -1]  # [B, V]
+        slots = torch.arange(S, S + L, device=dev)
+        logits = self.forward(cache, ids.to(dev), pos.to(dev), slots, valid.to(dev), S + L, logits_to_keep=1)[:, -1]
         next_pos = state.next_pos + valid.sum(1).to(dev)
         t_prefill = time.perf_counter() - t0
         L = S + L  # the first decode step writes slot L
@@ -629,7 +666,7 @@ class Session:
                 state = _DecodeState(
                     grammar=eng._grammar(self.size, ref_codes),
                     gen=eng._generator(self.req.seed),
-                    cache=eng.lm.allocate_cache(B, eng.max_len),
+                    cache=eng.new_cache(B),
                     next_pos=torch.zeros(B, dtype=torch.long, device=eng.device),
                 )
                 new = [[(t, True) for t in r] for r in rows]

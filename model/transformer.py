@@ -138,13 +138,15 @@ class KVCache:
     """Pre-allocated keys/values for every layer, plus which slots of each row hold a real token.
 
     k, v: [L, B, K, S, D]; valid: [B, S] bool. `length` is the high-water mark of written slots; attention reads only
-    slots [0, length) unless the caller passes a fixed `kv_len` (what a captured CUDA graph does).
+    slots [0, length) unless the caller passes a fixed `kv_len` (what a captured CUDA graph does). `tag`: (cache id,
+    first row) when a tensor-parallel engine mirrors this cache on other ranks (model/tp_engine.py).
     """
 
     k: Tensor
     v: Tensor
     valid: Tensor
     length: int = 0
+    tag: tuple[int, int] | None = None
 
     @classmethod
     def allocate(
@@ -172,6 +174,12 @@ class KVCache:
     def reset(self) -> None:
         self.valid.zero_()
         self.length = 0
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A view of rows [start, stop): writes go to this cache's storage."""
+        tag = None if self.tag is None else (self.tag[0], self.tag[1] + start)
+        r = slice(start, stop)
+        return KVCache(self.k[:, r], self.v[:, r], self.valid[r], tag=tag)
 
 
 class Attention(nn.Module):

@@ -21,14 +21,16 @@ def cli(*args, env=None):
     )
 
 
-@pytest.fixture(scope="module")
-def served(bundle, tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-rank", "tensor-parallel-2"])
+def served(bundle, tmp_path_factory, request):
+    """The server; with --tensor-parallel 2 it spawns a second rank (gloo on CPU) holding half of every block."""
     log = tmp_path_factory.mktemp("serve") / "stderr.txt"
     env = dict(os.environ, EMU35_ROBOT_TOKEN="")
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "emu35_robot", "serve", "--model", str(bundle.root), "--host", "127.0.0.1",
-             "--port", "0", "--threads", "1", "--max-len", "1024", "--grace", "10"],
+             "--port", "0", "--threads", "1", "--max-len", "1024", "--grace", "10",
+             "--tensor-parallel", str(request.param)],
             stderr=err, stdout=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         t = time.time()
@@ -40,6 +42,7 @@ def served(bundle, tmp_path_factory):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert "shutting down" in log.read_text() and "stopped" in log.read_text()
+    assert ("tensor parallel: rank 0 of 2" in log.read_text()) == (request.param == 2)
 
 
 def test_cli_plan_generate_explore(served, tmp_path):

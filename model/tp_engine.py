@@ -1,0 +1,247 @@
+"""Serving one model over N tensor-parallel ranks: rank 0 runs the engine, ranks 1..N-1 mirror its model calls.
+
+Rank 0 (the leader) is an ordinary `Engine` on its shard (model/tensor_parallel.py) with `engine.mirror` set: before
+each model call (`Engine.new_cache`, `Engine.forward`, `Engine._step`) it sends the call's inputs to every follower,
+then runs the call; each follower runs the same call on its shard and on its part of the same cache, and the
+all-reduces inside the two calls pair up. Everything else (sampling, the image grammar, CFG, continuous batching,
+sessions, the vision tokenizer) runs on the leader alone, so the ranks can never disagree about what runs next.
+
+The leader's own edits of a cache's valid-slot mask (a reset, a batch slot taken over, a session's rollback) are not
+sent: each touches only slots at or after the row's write position, which causal masking hides, and every slot
+before it was written by a mirrored call since; so the masks of all ranks agree wherever attention reads them
+(tests/test_tp_engine.py checks batch reuse and a rolled-back session turn against an unsharded engine). Decode steps
+replay captured CUDA graphs on every rank: the first step of a (batch, kv bucket, head) shape captures on all ranks
+at once.
+
+Commands travel over multiprocessing pipes, not collectives: an idle follower blocks in `recv` (no spinning NCCL
+kernel and no collective timeout while the service waits for requests), and a leader that dies closes the pipes,
+which ends its followers. A follower that dies makes the leader's next call raise instead of hanging, unless it
+dies inside a call (then the leader's all-reduce waits for the process group's timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import tempfile
+import threading
+import traceback
+import weakref
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .engine import Engine
+from .text_tokenizer import TextTokenizer
+from .transformer import KVCache
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+class Mirror:
+    """The leader's side: sends each model call to the followers before the leader runs it (see the module doc)."""
+
+    def __init__(self, conns: list[Connection], procs: list, owns_group: bool = True):
+        self.conns, self.procs, self.owns_group = conns, procs, owns_group
+        self._lock = threading.RLock()  # one call at a time: the followers run calls in the order they are sent
+        self._next_id = 0
+        self._freed: list[int] = []  # ids of leader caches the garbage collector took; sent with the next call
+        self.closed = False
+
+    def _send(self, msg: dict) -> None:
+        if self.closed:
+            raise RuntimeError("the tensor-parallel group is closed")
+        while self._freed:
+            self._send_all(dict(op="free", id=self._freed.pop()))
+        self._send_all(msg)
+
+    def _send_all(self, msg: dict) -> None:
+        for rank, (conn, proc) in enumerate(zip(self.conns, self.procs), start=1):
+            try:
+                conn.send(msg)
+            except (BrokenPipeError, EOFError, OSError) as e:
+                code = proc.exitcode if proc is not None else None
+                raise RuntimeError(f"tensor-parallel rank {rank} is gone (exit code {code})") from e
+
+    def alloc(self, cache: KVCache) -> None:
+        with self._lock:
+            cid, self._next_id = self._next_id, self._next_id + 1
+            cache.tag = (cid, 0)
+            self._send(dict(op="alloc", id=cid, rows=cache.valid.shape[0]))
+            weakref.finalize(cache, self._freed.append, cid)  # list.append: safe from any thread
+
+    @contextlib.contextmanager
+    def call(self, op: str, cache: KVCache, ids, pos, valid, kv_len: int, cache_pos=None, **kw):
+        """Send one forward/step, then hold the lock while the leader runs it (the context body)."""
+        if cache.tag is None:
+            raise RuntimeError("a tensor-parallel engine runs only on caches from Engine.new_cache")
+        with self._lock:
+            msg = dict(
+                op=op,
+                tag=cache.tag,
+                ids=_np(ids),
+                pos=_np(pos),
+                valid=_np(valid),
+                cache_pos=None if cache_pos is None else _np(cache_pos),
+                kv_len=kv_len,
+                length=cache.length,
+                **kw,
+            )
+            self._send(msg)
+            yield
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the followers and leave the process group."""
+        with self._lock:
+            if self.closed:
+                return
+            with contextlib.suppress(RuntimeError):
+                self._send_all(dict(op="stop"))
+            self.closed = True
+            for p in self.procs:
+                if p is not None:
+                    p.join(timeout_s)
+                    if p.is_alive():
+                        p.terminate()
+            for c in self.conns:
+                c.close()
+            if self.owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def follow(engine: Engine, conn: Connection) -> None:
+    """A follower's loop: run the leader's model calls on this rank's shard until told to stop or the pipe closes."""
+    dev = engine.device
+    caches: dict[int, KVCache] = {}
+    with torch.no_grad():
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:
+                return
+            op = msg["op"]
+            if op == "stop":
+                return
+            if op == "alloc":
+                caches[msg["id"]] = engine.lm.allocate_cache(msg["rows"], engine.max_len)
+                continue
+            if op == "free":
+                caches.pop(msg["id"], None)
+                continue
+            (cid, lo), kv_len = msg["tag"], msg["kv_len"]
+            base, B = caches[cid], msg["ids"].shape[0]
+            cache = base if lo == 0 and B == base.valid.shape[0] else base.rows(lo, lo + B)
+            cache.length = msg["length"]
+            ids, pos, valid = (torch.from_numpy(msg[k]).to(dev) for k in ("ids", "pos", "valid"))
+            if op == "step":
+                engine._step(cache, ids, pos, valid, msg["slot"], msg["visual"], msg["graphs"])
+            elif op == "forward":
+                cache_pos = torch.from_numpy(msg["cache_pos"]).to(dev)
+                engine.forward(cache, ids, pos, cache_pos, valid, kv_len, msg["logits_to_keep"], msg["visual"])
+            else:
+                raise RuntimeError(f"unknown tensor-parallel command {op!r}")
+
+
+def rank_device(device: str, rank: int) -> torch.device:
+    """cuda[:K] -> cuda:K+rank (one GPU per rank); cpu stays cpu (gloo, for tests)."""
+    d = torch.device(device)
+    return torch.device("cuda", (d.index or 0) + rank) if d.type == "cuda" else d
+
+
+def _rank_engine(rank: int, world: int, model_dir, tok_dir, vq_dir, device, dtype, max_len, engine_kw) -> Engine:
+    from .tensor_parallel import load_emu35_shard
+    from .vision_tokenizer import VisionTokenizer
+
+    dev = rank_device(device, rank)
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    lm = load_emu35_shard(model_dir, rank, world, dtype=dtype, device=dev)
+    vq = VisionTokenizer.from_pretrained(vq_dir, device=dev) if vq_dir is not None else None  # the leader's only
+    return Engine(lm, TextTokenizer.from_pretrained(tok_dir), vq, max_len=max_len, **engine_kw)
+
+
+def _join(rank: int, world: int, init: str, device: str, timeout_s: float) -> None:
+    dev = rank_device(device, rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world, timeout=timeout)
+
+
+def _follower_main(rank, world, init, conn, model_dir, tok_dir, device, dtype, max_len, engine_kw, timeout_s, threads):
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        engine = _rank_engine(rank, world, model_dir, tok_dir, None, device, dtype, max_len, engine_kw)
+        conn.send(("loaded", None))  # before joining: a rank that fails to load must not leave rank 0 in the rendezvous
+        _join(rank, world, init, device, timeout_s)
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        raise
+    try:
+        follow(engine, conn)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start_tensor_parallel(
+    model_dir: str | Path,
+    tokenizer_dir: str | Path,
+    vision_tokenizer_dir: str | Path,
+    world_size: int,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    max_len: int = 8192,
+    timeout_s: float = 600.0,
+    threads: int | None = None,
+    **engine_kw,
+) -> Engine:
+    """Start ranks 1..world_size-1 (spawned processes, one GPU each on CUDA), join them as rank 0 and return the
+    leader's engine; `engine.mirror.close()` stops them. Each rank reads only its slices of the checkpoint."""
+    from .config import Emu35Config
+    from .tensor_parallel import check_divisible
+
+    check_divisible(Emu35Config.from_pretrained(model_dir), world_size)  # fail before starting anything
+    if dist.is_initialized():
+        raise RuntimeError("this process is already in a process group: one tensor-parallel engine per process")
+    if torch.device(device).type == "cuda":
+        first, last = rank_device(device, 0).index, rank_device(device, world_size - 1).index
+        have = torch.cuda.device_count()
+        if last >= have:
+            raise ValueError(f"tensor parallelism over {world_size} ranks needs cuda:{first}..{last}; {have} GPUs here")
+    ctx = mp.get_context("spawn")
+    init = f"file://{Path(tempfile.mkdtemp(prefix='emu35-tp-')) / 'store'}"
+    conns, procs = [], []
+    args = (str(model_dir), str(tokenizer_dir), device, dtype, max_len, engine_kw, timeout_s, threads)
+    for rank in range(1, world_size):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_follower_main, args=(rank, world_size, init, child, *args), daemon=True)
+        p.start()
+        child.close()
+        conns.append(parent)
+        procs.append(p)
+    mirror = Mirror(conns, procs)
+    try:
+        engine = _rank_engine(
+            0, world_size, model_dir, tokenizer_dir, vision_tokenizer_dir, device, dtype, max_len, engine_kw
+        )
+        for rank, (conn, proc) in enumerate(zip(conns, procs), start=1):
+            while not conn.poll(0.5):
+                if not proc.is_alive():
+                    raise RuntimeError(f"tensor-parallel rank {rank} exited while loading (exit code {proc.exitcode})")
+            status, detail = conn.recv()
+            if status != "loaded":
+                raise RuntimeError(f"tensor-parallel rank {rank} failed to load:\n{detail}")
+        _join(0, world_size, init, device, timeout_s)
+    except BaseException:
+        mirror.close(timeout_s=5.0)
+        raise
+    engine.mirror = mirror
+    return engine
