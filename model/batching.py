@@ -77,6 +77,8 @@ class BatchEngine:
         eng, tok = self.engine, self.engine.tok
         t_start = time.perf_counter()
         image_sampling, cfg, size, max_new = eng._resolve(req)
+        if req.jacobi_window:
+            raise ValueError("jacobi_window: Jacobi decoding runs alone (Engine.generate, sessions), not in a batch")
         ref_codes = eng.encode_images(req.images, req.input_image_area or eng.lm.config.image_area)
         strings = [image_string(tok, c) for c in ref_codes]
         cond = tok.encode(task_prompt(req.task, req.question, strings))

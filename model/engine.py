@@ -26,8 +26,17 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from . import jacobi
 from .prompts import TASKS, task_prompt, unconditional_prompt
-from .sampling import IMAGE_SAMPLING, T2I_IMAGE_SAMPLING, TEXT_SAMPLING, SamplingParams, cfg_combine, sample
+from .sampling import (
+    IMAGE_SAMPLING,
+    T2I_IMAGE_SAMPLING,
+    TEXT_SAMPLING,
+    SamplingParams,
+    cfg_combine,
+    sample,
+    sampling_probs,
+)
 from .sequence import image_string
 from .text_tokenizer import TextTokenizer
 from .transformer import Emu35, KVCache
@@ -45,6 +54,7 @@ ASPECT_GRIDS = {
     "2:3": (78, 52),
 }
 MAX_GRID_SIDE = 128
+MAX_JACOBI_WINDOW = 64
 
 
 @dataclass
@@ -61,6 +71,7 @@ class GenerationRequest:
     seed: int | None = None
     input_image_area: int | None = None  # pixels each reference image is resized to; default config.image_area
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit outside images
+    jacobi_window: int = 0  # > 0: speculative Jacobi decoding of image tokens, this many drafts per forward
 
 
 # ---- events ---------------------------------------------------------------------------------------------------------
@@ -132,11 +143,14 @@ class ImageGrammar:
             target = f"{self.fixed[0]}*{self.fixed[1]}"
             return self.id_of[target[len(self.header)]] if len(self.header) < len(target) else self.tok.img_id
         if self.mode == "rows":
-            if self.k + 1 == self.h * (self.w + 1):
-                return self.tok.eoi_id
-            if (self.k + 1) % (self.w + 1) == 0:
-                return self.tok.eol_id
+            return self.forced_at(self.k + 1)
         return None
+
+    def forced_at(self, n: int) -> int | None:
+        """In an image: the token the grammar fixes as the n-th after IMG (EOL at a row's end, EOI last), else None."""
+        if n == self.h * (self.w + 1):
+            return self.tok.eoi_id
+        return self.tok.eol_id if n % (self.w + 1) == 0 else None
 
     def allowed_size_tokens(self) -> list[int]:
         """Auto size: digits, one '*', digits, IMG; no leading zeros, sides in [1, max_side]."""
@@ -281,6 +295,8 @@ class Engine:
         max_new = req.max_new_tokens if req.max_new_tokens is not None else default_max
         if max_new < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new}")
+        if not (isinstance(req.jacobi_window, int) and 0 <= req.jacobi_window <= MAX_JACOBI_WINDOW):
+            raise ValueError(f"jacobi_window must be an integer in [0, {MAX_JACOBI_WINDOW}], got {req.jacobi_window!r}")
         bad = [k for k, v in req.logit_bias.items() if not 0 <= k < self.lm.config.vocab_size or not math.isfinite(v)]
         if bad:
             raise ValueError(f"logit_bias has token ids out of range or non-finite values: {bad[:8]}")
@@ -471,10 +487,31 @@ class Engine:
             except StopIteration:
                 return
             logits = None
-            if isinstance(item, StepRequest):
+            if isinstance(item, StepRequest) and item.ids.shape[1] > 1:  # a Jacobi window: eager, [B, T, V']
+                T, slot = item.ids.shape[1], item.slot
+                slots = torch.arange(slot, slot + T, device=self.device)
+                logits = self.forward(state.cache, item.ids, item.pos, slots, item.valid, slot + T, visual=item.visual)
+            elif isinstance(item, StepRequest):
                 logits = self._step(state.cache, item.ids, item.pos, item.valid, item.slot, item.visual, graphs)
             else:
                 yield item
+
+    def _jacobi_span(self, req: GenerationRequest, grammar: ImageGrammar, budget: int) -> int:
+        """Drafts for the next forward: within the image, short of its EOI (which is forced), within the budget."""
+        if req.jacobi_window <= 0 or grammar.mode != "rows":
+            return 0
+        return max(0, min(req.jacobi_window, grammar.h * (grammar.w + 1) - 1 - grammar.k, budget))
+
+    def _drafts(self, carry: Tensor | None, m: int, gen: torch.Generator) -> tuple[list[int], Tensor]:
+        """m draft indices into the visual slice and the q [m, V'] they were drawn from: from the last forward's p
+        where it reaches (the Jacobi update), uniform beyond."""
+        n = 0 if carry is None else min(m, carry.shape[0])
+        V = self.visual.stop - self.visual.start
+        drafts, q = jacobi.uniform(m - n, V, gen, self.device)
+        if n:
+            drawn = jacobi.draw(carry[:n], gen).tolist()
+            drafts, q = drawn + drafts, torch.cat([carry[:n], q])
+        return drafts, q
 
     def _decode_steps(self, req, cancel, image_sampling, cfg, state, new, max_new, t_start, prompt_tokens):
         """`_decode` as a coroutine: yields events, and a `StepRequest` wherever it needs the next decode step's logits,
@@ -504,40 +541,23 @@ class Engine:
         generated: list[int] = []
         text_pending: list[int] = []
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        n_images = image_tokens = 0
+        n_images = image_tokens = forwards = 0
         img_codes: list[int] = []
         reason = "length"
         t_first = None
         t_decode = time.perf_counter()
-        visual_logits = False
-        for step in range(max_new):
-            if cancel is not None and cancel.is_set():
-                reason = "cancelled"
-                break
-            forced = grammar.forced()
-            if forced is not None:
-                t = forced
-            elif grammar.mode == "rows":
-                scores = logits if visual_logits else logits[:, self.visual]
-                scores = cfg_combine(scores[0], scores[1], cfg) if use_cfg else scores[0]
-                t = self.visual.start + int(sample(scores[None], image_sampling, gen)[0])
-            else:
-                scores = logits[0].clone()
-                if grammar.mode == "size":
-                    allowed = torch.zeros_like(scores, dtype=torch.bool)
-                    allowed[grammar.allowed_size_tokens()] = True
-                    scores[~allowed] = float("-inf")
-                else:
-                    for k, v in req.logit_bias.items():
-                        scores[k] += v
-                    scores[self._text_mask] = float("-inf")
-                t = int(sample(scores[None], req.text_sampling, gen)[0])
+        visual_logits = was_image = False
+        decided: int | None = None  # a token that Jacobi verification already chose
+        carry = None  # [n, V'] Jacobi: the last forward's p at the n positions after `decided`, the next drafts' q
+
+        def take(t: int) -> Iterator[Event]:
+            """Append token t: advance the grammar and emit what it completes."""
+            nonlocal text_pending, img_codes, image_tokens, n_images, t_first, was_image
             if t_first is None:
                 t_first = time.perf_counter() - t_start
             generated.append(t)
             was_image = grammar.in_image()
             milestone = grammar.advance(t)
-
             if not was_image and t != tok.boi_id and t != tok.eos_id:
                 text_pending.append(t)
                 text = utf8.decode(tok.enc.decode_single_token_bytes(t))
@@ -558,18 +578,65 @@ class Engine:
                 yield ImageProgress(n_images, grammar.h, grammar.h)
                 yield ImageFinished(n_images, codes, image)
                 n_images += 1
+
+        while len(generated) < max_new:
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+                break
+            forced = grammar.forced()
+            if forced is not None:
+                t = forced
+            elif decided is not None:
+                t = decided
+            elif grammar.mode == "rows":
+                scores = logits if visual_logits else logits[:, self.visual]
+                scores = cfg_combine(scores[0], scores[1], cfg) if use_cfg else scores[0]
+                t = self.visual.start + int(sample(scores[None], image_sampling, gen)[0])
+            else:
+                scores = logits[0].clone()
+                if grammar.mode == "size":
+                    allowed = torch.zeros_like(scores, dtype=torch.bool)
+                    allowed[grammar.allowed_size_tokens()] = True
+                    scores[~allowed] = float("-inf")
+                else:
+                    for k, v in req.logit_bias.items():
+                        scores[k] += v
+                    scores[self._text_mask] = float("-inf")
+                t = int(sample(scores[None], req.text_sampling, gen)[0])
+            decided = None
+            yield from take(t)
             if t == tok.eos_id:
                 reason = "eos"
                 break
-            if step == max_new - 1:
+            if len(generated) == max_new:
                 break
-            # the unconditional row keeps image tokens (BOI..EOI) and skips text: an invalid slot, position unchanged
-            u_valid = was_image or grammar.in_image()
-            valid_t = torch.tensor([[True], [u_valid]][:B], device=dev)
-            ids_t = torch.full((B, 1), t, dtype=torch.long, device=dev)
-            visual_logits = grammar.mode == "rows"
-            logits = yield StepRequest(ids_t, next_pos[:, None], valid_t, L + step, visual_logits)
-            next_pos = next_pos + valid_t[:, 0].long()
+            slot = L + len(generated) - 1  # t's slot: every token before it is in the cache
+            forwards += 1
+            m = self._jacobi_span(req, grammar, max_new - len(generated) - 1)
+            if m == 0:
+                # the unconditional row keeps image tokens (BOI..EOI) and skips text: an invalid slot, same position
+                u_valid = was_image or grammar.in_image()
+                valid_t = torch.tensor([[True], [u_valid]][:B], device=dev)
+                ids_t = torch.full((B, 1), t, dtype=torch.long, device=dev)
+                visual_logits = grammar.mode == "rows"
+                logits = yield StepRequest(ids_t, next_pos[:, None], valid_t, slot, visual_logits)
+                next_pos = next_pos + valid_t[:, 0].long()
+                carry = None
+                continue
+            # Jacobi: feed t and m drafts in one forward, keep the drafts that pass (model/jacobi.py)
+            fixed = [grammar.forced_at(grammar.k + 1 + j) for j in range(m + 1)]  # EOL at row ends, else None
+            drafts, q = self._drafts(carry, m, gen)
+            ids = [t] + [f if f is not None else self.visual.start + d for f, d in zip(fixed, drafts)]
+            ids_t = torch.tensor([ids] * B, dtype=torch.long, device=dev)
+            pos_t = next_pos[:, None] + torch.arange(m + 1, device=dev)
+            out = yield StepRequest(ids_t, pos_t, torch.ones_like(ids_t, dtype=torch.bool), slot, True)  # [B, m+1, V']
+            p = sampling_probs(cfg_combine(out[0], out[1], cfg) if use_cfg else out[0], image_sampling)
+            a, x = jacobi.accept(p, q, drafts, [f is not None for f in fixed], gen)
+            next_pos = next_pos + 1 + a  # inside an image every row's slots are valid
+            for j in range(a):  # accepted drafts are in the cache already
+                yield from take(ids[1 + j])
+            decided = fixed[a] if x is None else self.visual.start + x
+            carry = p[a + 1 :] if a < m else None
 
         if text_pending:
             tail = utf8.decode(b"", final=True)
@@ -592,6 +659,7 @@ class Engine:
                 "first_token_s": t_first or 0.0,
                 "total_s": time.perf_counter() - t_start,
                 "ms_per_token": 1000 * decode_s / max(1, len(generated)),
+                "decode_forwards": forwards,
             },
         )
 

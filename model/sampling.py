@@ -38,6 +38,13 @@ def sample(scores: Tensor, params: SamplingParams, generator: torch.Generator | 
     """scores [N, V] (logits or log-probs, -inf where masked) -> token indices [N]."""
     if params.temperature == 0:
         return scores.argmax(-1)
+    return torch.multinomial(sampling_probs(scores, params), 1, generator=generator).squeeze(-1)
+
+
+def sampling_probs(scores: Tensor, params: SamplingParams) -> Tensor:
+    """scores [N, V] -> the probabilities [N, V] that `sample` draws from (one-hot at the argmax for temperature 0)."""
+    if params.temperature == 0:
+        return torch.zeros_like(scores, dtype=torch.float).scatter_(-1, scores.argmax(-1, keepdim=True), 1.0)
     scores = scores.float() / params.temperature
     if 0 < params.top_k < scores.shape[-1]:
         kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]  # [N, 1]
@@ -48,5 +55,4 @@ def sample(scores: Tensor, params: SamplingParams, generator: torch.Generator | 
         drop = cum - sorted_scores.softmax(-1) > params.top_p  # keep the smallest prefix reaching top_p
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, sorted_scores)
-    probs = scores.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return scores.softmax(-1)

@@ -78,3 +78,10 @@ def test_a_second_group_and_a_dead_rank_are_clear_errors(tp, bundle):
     proc.join(10)
     with pytest.raises(RuntimeError, match="tensor-parallel rank 1 is gone"):
         list(tp.generate(GenerationRequest(task="vla", question="x", max_new_tokens=2, seed=0)))
+
+
+def test_jacobi_windows_run_on_the_shards(tp, single):
+    """A Jacobi window is one forward of many tokens per row: mirrored like any other call."""
+    greedy = dict(text_sampling=GREEDY, image_sampling=GREEDY, jacobi_window=3)
+    req = [r for r in requests(single.tok, **greedy) if r.task != "story"]
+    assert [summary(list(tp.generate(r))) for r in req] == [summary(list(single.generate(r))) for r in req]
