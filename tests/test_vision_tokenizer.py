@@ -261,7 +261,8 @@ def test_batch_consistency(tok):
     codes = tok.encode(x)
     for i in range(3):
         assert torch.equal(tok.encode(x[i : i + 1])[0], codes[i])
-    assert torch.allclose(tok.decode(codes[1:2])[0], tok.decode(codes)[1], atol=1e-5)
+    # float32 convolutions round differently by batch size and CPU (1.4e-5 on an Intel Xeon); outputs are in [-1, 1]
+    assert torch.allclose(tok.decode(codes[1:2])[0], tok.decode(codes)[1], atol=1e-4)
 
 
 def test_quantization_is_idempotent_on_codebook(tok):
