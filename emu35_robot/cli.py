@@ -67,6 +67,9 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
+    p.add_argument(
+        "--jacobi-window", type=int, default=None, metavar="N", help="speculative Jacobi decoding, N drafts per forward"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 

@@ -52,6 +52,7 @@ def _options(args: argparse.Namespace) -> Options:
         max_new_tokens=args.max_new_tokens,
         cfg_scale=args.cfg_scale,
         logit_bias=bias,
+        jacobi_window=args.jacobi_window,
     )
 
 

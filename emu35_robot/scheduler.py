@@ -121,7 +121,9 @@ class Scheduler:
             self.metrics.in_flight.set(self._running)
 
     def _batched(self, job: Job) -> bool:
-        return job.request is not None and self.max_batch > 0
+        """Joins the batch: a generation request, unless batching is off or it asks for Jacobi decoding (its
+        multi-token forwards run alone, interleaved with the batch's steps like an Explore turn)."""
+        return job.request is not None and self.max_batch > 0 and not job.request.jacobi_window
 
     def _admit(self) -> list[Job]:
         """Under the lock: take jobs from the front of the queue while they fit (FIFO: a job that must wait blocks

@@ -19,6 +19,7 @@ import grpc
 
 from model.engine import (
     MAX_GRID_SIDE,
+    MAX_JACOBI_WINDOW,
     Engine,
     Finished,
     GenerationRequest,
@@ -202,6 +203,10 @@ class Runtime:
         if bad:
             raise invalid(f"options.logit_bias: token ids must be < {vocab} and biases finite in [-1000, 1000]: {bad}")
         kw["logit_bias"] = dict(o.logit_bias)
+        if o.HasField("jacobi_window"):
+            if o.jacobi_window > MAX_JACOBI_WINDOW:
+                raise invalid(f"options.jacobi_window must be in [0, {MAX_JACOBI_WINDOW}], got {o.jacobi_window}")
+            kw["jacobi_window"] = o.jacobi_window
         return kw
 
     def _cancel_event(self, context) -> threading.Event:

@@ -29,6 +29,7 @@ class Options:
     seed: int | None = None
     max_new_tokens: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    jacobi_window: int | None = None  # > 0: speculative Jacobi decoding of image tokens (model/jacobi.py)
 
     def to_proto(self) -> common_pb2.GenerationOptions:
         o = common_pb2.GenerationOptions(aspect_ratio=self.aspect_ratio or "")
@@ -40,7 +41,7 @@ class Options:
                 getattr(o, name).CopyFrom(
                     common_pb2.SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p)
                 )
-        for name in ("cfg_scale", "seed", "max_new_tokens"):
+        for name in ("cfg_scale", "seed", "max_new_tokens", "jacobi_window"):
             if getattr(self, name) is not None:
                 setattr(o, name, getattr(self, name))
         for k, v in self.logit_bias.items():

@@ -17,7 +17,7 @@ from PIL import Image
 from emu35_robot import AsyncPlannerClient, Limits, Options, PlannerClient, PlannerServer
 from emu35_robot.proto import common_pb2, exploration_pb2, exploration_pb2_grpc, planner_pb2, planner_pb2_grpc
 from emu35_robot.servicers import ModelInfo
-from emu35_robot.types import ImageProgress, Plan, Subgoal
+from emu35_robot.types import ImageProgress, Plan, SamplingParams, Subgoal
 from model import Emu35, TextTokenizer, VisionTokenizer
 from model.engine import Engine
 
@@ -116,6 +116,15 @@ def test_generate_every_task(client, engine, task):
     assert g.images and g.images[0].codes.shape == (3, 3)
 
 
+def test_jacobi_window_decodes_outside_the_batch_and_keeps_greedy_output(client, engine):
+    """The server batches requests (max_batch 1 here); a Jacobi request runs alone, the batch would refuse it."""
+    greedy = SamplingParams(temperature=0.0)
+    kw = dict(size=(3, 4), max_new_tokens=40, text_sampling=greedy, image_sampling=greedy)
+    plain = client.generate("t2i", "a red cube", options=force_images(engine, **kw))
+    fast = client.generate("t2i", "a red cube", options=force_images(engine, jacobi_window=8, **kw))
+    assert [i.codes.tolist() for i in fast.images] == [i.codes.tolist() for i in plain.images] and plain.images
+
+
 def test_explore_keeps_the_session_between_turns(client, engine):
     opts = force_images(engine, size=(2, 2), max_new_tokens=30)
     session = client.explore("a kitchen with a red kettle", [scene()], options=opts)
@@ -184,6 +193,9 @@ def test_async_client(server, engine):
                                          max_subgoals=99), "max_subgoals"),
         (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
                                          options=common_pb2.GenerationOptions(aspect_ratio="7:1")), "aspect_ratio"),
+        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+                                         options=common_pb2.GenerationOptions(jacobi_window=65)),
+         r"jacobi_window must be in \[0, 64\]"),
     ],
 )  # fmt: skip
 def test_invalid_argument_is_precise(server, make, match):

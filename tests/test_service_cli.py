@@ -62,7 +62,7 @@ def test_cli_plan_generate_explore(served, tmp_path):
     assert sheet.width > 2 * 256 and "image 2" in r.stderr  # progress line on stderr
 
     r = cli("generate", "--server", addr, "--task", "t2i", "a red cube", "--out", str(tmp_path / "gen"),
-            "--max-new-tokens", "30", *force)  # fmt: skip
+            "--max-new-tokens", "30", "--jacobi-window", "4", *force)  # fmt: skip
     assert r.returncode == 0, r.stderr
     gen = json.loads((tmp_path / "gen" / "generation.json").read_text())
     assert gen["images"] and (tmp_path / "gen" / "contact_sheet.png").is_file()

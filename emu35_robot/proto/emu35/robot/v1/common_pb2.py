@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-emu35_robot/proto/emu35/robot/v1/common.proto\x12\x0e\x65mu35.robot.v1\"P\n\nImageInput\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\'\n\x03raw\x18\x02 \x01(\x0b\x32\x18.emu35.robot.v1.RawImageH\x00\x42\x06\n\x04kind\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"k\n\x05Image\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x13\n\x0bgrid_height\x18\x04 \x01(\r\x12\x12\n\ngrid_width\x18\x05 \x01(\r\x12\r\n\x05\x63odes\x18\x06 \x03(\r\")\n\x08GridSize\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\"v\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_p\"\xb0\x03\n\x11GenerationOptions\x12,\n\nimage_size\x18\x01 \x01(\x0b\x32\x18.emu35.robot.v1.GridSize\x12\x14\n\x0c\x61spect_ratio\x18\x02 \x01(\t\x12\x35\n\rtext_sampling\x18\x03 \x01(\x0b\x32\x1e.emu35.robot.v1.SamplingParams\x12\x36\n\x0eimage_sampling\x18\x04 \x01(\x0b\x32\x1e.emu35.robot.v1.SamplingParams\x12\x16\n\tcfg_scale\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x44\n\nlogit_bias\x18\x08 \x03(\x0b\x32\x30.emu35.robot.v1.GenerationOptions.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0c\n\n_cfg_scaleB\x07\n\x05_seedB\x11\n\x0f_max_new_tokens\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"F\n\x0cImageStarted\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0bgrid_height\x18\x02 \x01(\r\x12\x12\n\ngrid_width\x18\x03 \x01(\r\"E\n\rImageProgress\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\trows_done\x18\x02 \x01(\r\x12\x12\n\nrows_total\x18\x03 \x01(\r\"\xdd\x01\n\x05Usage\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12\x14\n\x0cimage_tokens\x18\x04 \x01(\r\x12\x18\n\x10incomplete_image\x18\x05 \x01(\x08\x12\x33\n\x07timings\x18\x06 \x03(\x0b\x32\".emu35.robot.v1.Usage.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-emu35_robot/proto/emu35/robot/v1/common.proto\x12\x0e\x65mu35.robot.v1\"P\n\nImageInput\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\'\n\x03raw\x18\x02 \x01(\x0b\x32\x18.emu35.robot.v1.RawImageH\x00\x42\x06\n\x04kind\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"k\n\x05Image\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x13\n\x0bgrid_height\x18\x04 \x01(\r\x12\x12\n\ngrid_width\x18\x05 \x01(\r\x12\r\n\x05\x63odes\x18\x06 \x03(\r\")\n\x08GridSize\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\"v\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_p\"\xde\x03\n\x11GenerationOptions\x12,\n\nimage_size\x18\x01 \x01(\x0b\x32\x18.emu35.robot.v1.GridSize\x12\x14\n\x0c\x61spect_ratio\x18\x02 \x01(\t\x12\x35\n\rtext_sampling\x18\x03 \x01(\x0b\x32\x1e.emu35.robot.v1.SamplingParams\x12\x36\n\x0eimage_sampling\x18\x04 \x01(\x0b\x32\x1e.emu35.robot.v1.SamplingParams\x12\x16\n\tcfg_scale\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x44\n\nlogit_bias\x18\x08 \x03(\x0b\x32\x30.emu35.robot.v1.GenerationOptions.LogitBiasEntry\x12\x1a\n\rjacobi_window\x18\t \x01(\rH\x03\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0c\n\n_cfg_scaleB\x07\n\x05_seedB\x11\n\x0f_max_new_tokensB\x10\n\x0e_jacobi_window\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"F\n\x0cImageStarted\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0bgrid_height\x18\x02 \x01(\r\x12\x12\n\ngrid_width\x18\x03 \x01(\r\"E\n\rImageProgress\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\trows_done\x18\x02 \x01(\r\x12\x12\n\nrows_total\x18\x03 \x01(\r\"\xdd\x01\n\x05Usage\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12\x14\n\x0cimage_tokens\x18\x04 \x01(\r\x12\x18\n\x10incomplete_image\x18\x05 \x01(\x08\x12\x33\n\x07timings\x18\x06 \x03(\x0b\x32\".emu35.robot.v1.Usage.TimingsEntry\x1a.\n\x0cTimingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,17 +46,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=374
   _globals['_SAMPLINGPARAMS']._serialized_end=492
   _globals['_GENERATIONOPTIONS']._serialized_start=495
-  _globals['_GENERATIONOPTIONS']._serialized_end=927
-  _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_start=837
-  _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_end=885
-  _globals['_TEXTDELTA']._serialized_start=929
-  _globals['_TEXTDELTA']._serialized_end=954
-  _globals['_IMAGESTARTED']._serialized_start=956
-  _globals['_IMAGESTARTED']._serialized_end=1026
-  _globals['_IMAGEPROGRESS']._serialized_start=1028
-  _globals['_IMAGEPROGRESS']._serialized_end=1097
-  _globals['_USAGE']._serialized_start=1100
-  _globals['_USAGE']._serialized_end=1321
-  _globals['_USAGE_TIMINGSENTRY']._serialized_start=1275
-  _globals['_USAGE_TIMINGSENTRY']._serialized_end=1321
+  _globals['_GENERATIONOPTIONS']._serialized_end=973
+  _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_start=865
+  _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_end=913
+  _globals['_TEXTDELTA']._serialized_start=975
+  _globals['_TEXTDELTA']._serialized_end=1000
+  _globals['_IMAGESTARTED']._serialized_start=1002
+  _globals['_IMAGESTARTED']._serialized_end=1072
+  _globals['_IMAGEPROGRESS']._serialized_start=1074
+  _globals['_IMAGEPROGRESS']._serialized_end=1143
+  _globals['_USAGE']._serialized_start=1146
+  _globals['_USAGE']._serialized_end=1367
+  _globals['_USAGE_TIMINGSENTRY']._serialized_start=1321
+  _globals['_USAGE_TIMINGSENTRY']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

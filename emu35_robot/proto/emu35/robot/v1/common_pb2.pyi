@@ -61,7 +61,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ...) -> None: ...
 
 class GenerationOptions(_message.Message):
-    __slots__ = ("image_size", "aspect_ratio", "text_sampling", "image_sampling", "cfg_scale", "seed", "max_new_tokens", "logit_bias")
+    __slots__ = ("image_size", "aspect_ratio", "text_sampling", "image_sampling", "cfg_scale", "seed", "max_new_tokens", "logit_bias", "jacobi_window")
     class LogitBiasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class GenerationOptions(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
+    JACOBI_WINDOW_FIELD_NUMBER: _ClassVar[int]
     image_size: GridSize
     aspect_ratio: str
     text_sampling: SamplingParams
@@ -85,7 +86,8 @@ class GenerationOptions(_message.Message):
     seed: int
     max_new_tokens: int
     logit_bias: _containers.ScalarMap[int, float]
-    def __init__(self, image_size: _Optional[_Union[GridSize, _Mapping]] = ..., aspect_ratio: _Optional[str] = ..., text_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., image_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
+    jacobi_window: int
+    def __init__(self, image_size: _Optional[_Union[GridSize, _Mapping]] = ..., aspect_ratio: _Optional[str] = ..., text_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., image_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., jacobi_window: _Optional[int] = ...) -> None: ...
 
 class TextDelta(_message.Message):
     __slots__ = ("text",)
