@@ -64,3 +64,21 @@ def test_fp8_scaled_mm_matches_the_emulated_numbers():
     emulated = f(x)
     assert fast.dtype == torch.bfloat16 and fast.shape == (3, 384)
     torch.testing.assert_close(fast.float(), emulated.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_jacobi_windows_beside_graph_steps_keep_greedy_output(bundle):
+    """Window forwards run eagerly into the cache that the captured single-token graphs read."""
+    from model.sampling import SamplingParams
+
+    eng = engine(bundle, cuda_graphs=True)
+    greedy = SamplingParams(temperature=0.0)
+
+    def run(window):
+        req = GenerationRequest(task="t2i", question="a red cube", image_size=(6, 8), max_new_tokens=200, seed=0,
+                                text_sampling=greedy, image_sampling=greedy, jacobi_window=window,
+                                logit_bias={eng.tok.boi_id: 50.0})  # fmt: skip
+        return list(eng.generate(req))[-1]
+
+    plain, fast = run(0), run(8)
+    assert fast.token_ids == plain.token_ids and plain.image_tokens == 48
+    assert fast.timings["decode_forwards"] < plain.timings["decode_forwards"]
