@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -23,11 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.decode import random_model, sync  # noqa: E402
+from benchmarks.decode import bench_config, device_name, random_model, sync  # noqa: E402
 from model.batching import BatchEngine  # noqa: E402
-from model.config import emu35_34b_config  # noqa: E402
 from model.engine import Engine, Finished, GenerationRequest  # noqa: E402
-from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
+from model.random_checkpoint import official_size_ranks  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
@@ -80,18 +78,7 @@ def main() -> None:
 
     dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
     tok = TextTokenizer(official_size_ranks(), vision_token_list(131072))
-    if args.shape == "34b":
-        config = emu35_34b_config()
-    else:
-        config = config_for_tokenizer(
-            tok,
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            head_dim=64,
-        )
+    config = bench_config(args.shape, tok)
     torch.manual_seed(0)
     lm = random_model(config, dev, dtype)
     eng = Engine(lm, tok, VisionTokenizer(tiny_vision_config()), max_len=args.max_len)
@@ -103,7 +90,7 @@ def main() -> None:
         print(f"{n:>3} streams: batched {agg:8.1f} tok/s, one at a time {seq:8.1f} tok/s, x{agg / seq:.2f}", flush=True)
     res = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(dev),
         "threads": torch.get_num_threads(),
         "shape": args.shape,
         "dtype": args.dtype,

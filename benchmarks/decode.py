@@ -62,6 +62,18 @@ def copy_bandwidth(device, gib: float = 4.0) -> float:
     return 2 * n * 2 / dt
 
 
+def bench_config(shape: str, tok: TextTokenizer) -> Emu35Config:
+    """The release's 34B shape, or a tiny one (4 layers, hidden 256) for CPU smoke runs, on `tok`'s vocabulary."""
+    if shape == "34b":
+        return emu35_34b_config()
+    tiny = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8)
+    return config_for_tokenizer(tok, num_key_value_heads=2, head_dim=64, **tiny)
+
+
+def device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+
+
 def random_model(config: Emu35Config, device, dtype) -> Emu35:
     with torch.device("meta"):
         lm = Emu35(config)
@@ -181,18 +193,7 @@ def main() -> None:
     dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
     # The official-size vocabulary (151,643 ranks + 131,072 visual tokens): every special id is the official one.
     tok = TextTokenizer(official_size_ranks(), vision_token_list(131072))
-    if args.shape == "34b":
-        config = emu35_34b_config()
-    else:
-        config = config_for_tokenizer(
-            tok,
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            head_dim=64,
-        )
+    config = bench_config(args.shape, tok)
     vq = VisionTokenizer(tiny_vision_config())  # the engine encodes no images here; only its factor is read
     config.max_position_embeddings = max(config.max_position_embeddings, 8192)
     torch.manual_seed(0)
@@ -203,7 +204,7 @@ def main() -> None:
     init_s = time.perf_counter() - t
     elt = torch.finfo(dtype).bits // 8
     weight_bytes = sum(p.numel() for p in lm.parameters()) * elt
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    gpu = device_name(dev)
     res = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": gpu,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,10 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.decode import random_model, sync  # noqa: E402
-from model.config import emu35_34b_config  # noqa: E402
+from benchmarks.decode import bench_config, device_name, random_model, sync  # noqa: E402
 from model.engine import Engine, Finished, GenerationRequest, ImageFinished  # noqa: E402
-from model.random_checkpoint import config_for_tokenizer, official_size_ranks, tiny_ranks  # noqa: E402
+from model.random_checkpoint import official_size_ranks, tiny_ranks  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
@@ -85,11 +83,7 @@ def main() -> None:
     dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
     ranks = official_size_ranks() if args.codes == 131072 else tiny_ranks()
     tok = TextTokenizer(ranks, vision_token_list(args.codes))
-    if args.shape == "34b":
-        config = emu35_34b_config()
-    else:
-        shape = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8)
-        config = config_for_tokenizer(tok, num_key_value_heads=2, head_dim=64, **shape)
+    config = bench_config(args.shape, tok)
     torch.manual_seed(0)
     grids = [tuple(int(x) for x in g.split("x")) for g in args.grids.split(",")]
     max_len = max(h * (w + 1) for h, w in grids) + 256
@@ -109,7 +103,7 @@ def main() -> None:
             )
     res = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(dev),
         "threads": torch.get_num_threads(),
         "shape": args.shape,
         "dtype": args.dtype,

@@ -1,19 +1,15 @@
 """Fixtures shared by the ROS bridge tests: the tiny random model behind a real gRPC server on 127.0.0.1."""
 
 import pytest
-import torch
 
 from emu35_robot import Limits, PlannerServer
 from emu35_robot.servicers import ModelInfo
-from model import Emu35, TextTokenizer, VisionTokenizer
-from model.engine import Engine
+from model.engine import load_engine
 
 
 @pytest.fixture(scope="module")
 def engine(bundle):
-    lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(bundle.tokenizer)
-    return Engine(lm, tok, VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=2048)
+    return load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=2048)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import Emu35, TextTokenizer, VisionTokenizer
 from model.batching import BatchEngine
-from model.engine import Engine, Finished, GenerationRequest, ImageFinished
+from model.engine import Finished, GenerationRequest, ImageFinished, load_engine
 from model.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -22,9 +21,7 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def engine(bundle):
-    lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(bundle.tokenizer)
-    return Engine(lm, tok, VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=512)
+    return load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=512)
 
 
 def scene(seed=0):

@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model import Emu35, TextTokenizer, VisionTokenizer
-from model.engine import Engine, Finished, GenerationRequest, ImageFinished, ImageProgress
+from model.engine import Finished, GenerationRequest, ImageFinished, ImageProgress, load_engine
 from model.prompts import task_prompt
 from model.sampling import SamplingParams
 from model.sequence import image_string
@@ -18,9 +17,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 @pytest.fixture(scope="module")
 def engine(bundle):
-    lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(bundle.tokenizer)
-    return Engine(lm, tok, VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=512)
+    return load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=512)
 
 
 def view(seed=0):

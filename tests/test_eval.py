@@ -127,15 +127,12 @@ def test_local_ray_matches_the_process_backend(tmp_path):
 def grpc_server(bundle):
     from emu35_robot import Limits, PlannerServer
     from emu35_robot.servicers import ModelInfo
-    from model import Emu35, TextTokenizer, VisionTokenizer
-    from model.engine import Engine
+    from model.engine import load_engine
 
-    lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(bundle.tokenizer)
-    engine = Engine(lm, tok, VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=2048)
+    engine = load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=2048)
     s = PlannerServer(port=0, host="127.0.0.1", limits=Limits(), grace_s=5).start()
     s.attach(engine, ModelInfo("tiny-random", str(bundle.model), True, "float32", 0))
-    yield f"127.0.0.1:{s.port}", tok
+    yield f"127.0.0.1:{s.port}", engine.tok
     s.stop(0)
 
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 from test_batching import scene
 
-from model import Emu35, TextTokenizer, VisionTokenizer
 from model.batching import BatchEngine
-from model.engine import Engine, Finished, GenerationRequest, ImageFinished
+from model.engine import Finished, GenerationRequest, ImageFinished, load_engine
 from model.jacobi import accept
 from model.sampling import SamplingParams
 
@@ -18,9 +17,7 @@ GREEDY = SamplingParams(temperature=0.0)
 @pytest.fixture(scope="module")
 def engine(bundle):
     torch.set_num_threads(1)
-    lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(bundle.tokenizer)
-    return Engine(lm, tok, VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=512)
+    return load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=512)
 
 
 def test_accept_keeps_the_target_distribution():

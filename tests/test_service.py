@@ -18,8 +18,7 @@ from emu35_robot import AsyncPlannerClient, Limits, Options, PlannerClient, Plan
 from emu35_robot.proto import common_pb2, exploration_pb2, exploration_pb2_grpc, planner_pb2, planner_pb2_grpc
 from emu35_robot.servicers import ModelInfo
 from emu35_robot.types import ImageProgress, Plan, SamplingParams, Subgoal
-from model import Emu35, TextTokenizer, VisionTokenizer
-from model.engine import Engine
+from model.engine import load_engine
 
 # max_batch=1: one request decodes, the next waits (the queue tests need a full batch); batching: test_batched_plans
 LIMITS = Limits(max_queue=1, max_image_bytes=300_000, max_image_pixels=512 * 512, max_images=2, max_sessions=2,
@@ -33,9 +32,7 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def engine(bundle):
-    lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(bundle.tokenizer)
-    return Engine(lm, tok, VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=2048)
+    return load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=2048)
 
 
 def info(bundle):

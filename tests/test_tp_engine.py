@@ -8,8 +8,7 @@ import torch
 from test_batching import requests, staggered, summary
 from test_engine_session import view
 
-from model import Emu35, TextTokenizer, VisionTokenizer
-from model.engine import Engine, Finished, GenerationRequest
+from model.engine import Finished, GenerationRequest, load_engine
 from model.sampling import SamplingParams
 from model.tp_engine import start_tensor_parallel
 
@@ -18,9 +17,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 @pytest.fixture(scope="module")
 def single(bundle):
-    lm = Emu35.from_pretrained(bundle.model, dtype=torch.float32)
-    tok = TextTokenizer.from_pretrained(bundle.tokenizer)
-    return Engine(lm, tok, VisionTokenizer.from_pretrained(bundle.vision_tokenizer), max_len=512)
+    return load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=512)
 
 
 def start(bundle):
