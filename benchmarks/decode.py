@@ -94,8 +94,9 @@ def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, step
     ids = torch.randint(0, V, (rows, prompt), device=dev)
     sync(dev)
     t = time.perf_counter()
-    with torch.no_grad():
-        lm(ids, cache=cache, cache_pos=torch.arange(prompt, device=dev), kv_len=prompt, logits_to_keep=1)
+    slots = torch.arange(prompt, device=dev)
+    with torch.no_grad():  # through the engine, so that a tensor-parallel leader mirrors it
+        eng.forward(cache, ids, slots.expand(rows, prompt), slots, torch.ones_like(ids, dtype=torch.bool), prompt, 1)
     sync(dev)
     prefill_s = time.perf_counter() - t
     gen = torch.Generator(device=dev).manual_seed(0)

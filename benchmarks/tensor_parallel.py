@@ -2,6 +2,8 @@
 
     torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out r.json     # 2 GPUs, NCCL
     torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --tiny           # CPU smoke run, gloo, tiny config
+    python benchmarks/tensor_parallel.py --engine --world 2 --out r.json       # serve --tensor-parallel's path
+    python benchmarks/tensor_parallel.py --engine --world 2 --tiny             # its CPU smoke run
 
 Each rank builds its own shard directly on its GPU (meta-device model, `shard_emu35` on meta, then random normal(0,
 0.02) weights): the full 34B is never built on one device. Replicated weights (embeddings, norms, head) get the same
@@ -11,6 +13,10 @@ decode step (a CUDA-graph replay with the two all-reduces per block inside it, t
 
 Then, with --single (default), rank 0 frees its shard and times the same step on the full model alone on its GPU
 (68 GB of bf16 weights at the 34B shape: needs an 80 GB+ GPU) while the other ranks wait. Rank 0 prints one JSON object.
+
+--engine times the same step through the serving path instead, without torchrun: `model.tp_engine` spawns the other
+ranks and rank 0's engine sends every model call to them over a pipe before running it (what `emu35-robot serve
+--tensor-parallel N` runs), so the figure includes that protocol's cost.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=True,
         help="also time the unsharded model on rank 0's device alone",
     )
+    ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
+    ap.add_argument("--world", type=int, default=2, help="ranks for --engine")
     ap.add_argument("--out", default=None, help="rank 0 writes the JSON here too")
     return ap.parse_args(argv)
 
@@ -76,6 +84,49 @@ def random_shard(config: Emu35Config, rank: int, world: int, device, dtype) -> E
             p.requires_grad_(False)
     lm.inv_freq = None
     return lm.eval()
+
+
+def serving_path(config, tok, args, cuda: bool, dtype) -> dict:
+    """ms per CFG decode step of a `start_tensor_parallel` leader whose ranks build random shards."""
+    import functools
+    import tempfile
+
+    from model.tp_engine import start_tensor_parallel
+    from model.vision_tokenizer import write_random_vision_tokenizer
+
+    d = Path(tempfile.mkdtemp(prefix="tp-bench-"))
+    tok.save_pretrained(d / "tokenizer")
+    write_random_vision_tokenizer(d / "vq", tiny_vision_config(), seed=0)
+    t = time.perf_counter()
+    eng = start_tensor_parallel(
+        None,
+        d / "tokenizer",
+        d / "vq",
+        args.world,
+        device="cuda" if cuda else "cpu",
+        dtype=dtype,
+        max_len=args.prompt + args.warmup + args.steps + 1,
+        shard_fn=functools.partial(random_shard, config),
+        cuda_graphs=args.variant != "eager",
+        compile_kernels=args.variant == "fused",
+        fuse_projections=args.variant == "fused",
+    )
+    init_s = time.perf_counter() - t
+    try:
+        torch.manual_seed(0)
+        prefill_s, ms, fwd_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, visual=True)
+        moved = bytes_read_per_step(eng.lm, eng.visual)
+    finally:
+        eng.mirror.close()
+    return {
+        "world_size": args.world,
+        "path": "model.tp_engine (serve --tensor-parallel)",
+        "init_s": init_s,
+        "bytes_read_per_rank": moved,
+        "ms_per_step": ms,
+        "forward_ms": fwd_ms,
+        "prefill_prompt_s": prefill_s,
+    }
 
 
 def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict:
@@ -118,6 +169,8 @@ def main(argv=None) -> None:
     if args.variant != "eager" and not cuda:
         raise SystemExit(f"--variant {args.variant} needs CUDA")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if args.engine and world > 1:
+        raise SystemExit("--engine starts its own ranks: run it with python, not torchrun")
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
@@ -158,6 +211,14 @@ def main(argv=None) -> None:
         },
         "copy_bandwidth_Bps_rank0": bw,
     }
+    if args.engine:
+        tp = serving_path(config, tok, args, cuda, dtype)
+        tp["floor_ms"] = 1000 * tp["bytes_read_per_rank"] / bw if bw else None
+        out["tensor_parallel"] = tp
+        print(json.dumps(out, indent=2), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        return
     tp = measure(config, tok, vq, rank, world, device, dtype, args)
     tp["floor_ms"] = 1000 * tp["bytes_read_per_rank"] / bw if bw else None
     out["tensor_parallel"] = tp

@@ -154,13 +154,18 @@ def rank_device(device: str, rank: int) -> torch.device:
     return torch.device("cuda", (d.index or 0) + rank) if d.type == "cuda" else d
 
 
-def _rank_engine(rank: int, world: int, model_dir, tok_dir, vq_dir, device, dtype, max_len, engine_kw) -> Engine:
+def _rank_engine(
+    rank: int, world: int, model_dir, tok_dir, vq_dir, device, dtype, max_len, engine_kw, shard_fn=None
+) -> Engine:
     from .tensor_parallel import load_emu35_shard
     from .vision_tokenizer import VisionTokenizer
 
     dev = rank_device(device, rank)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    lm = load_emu35_shard(model_dir, rank, world, dtype=dtype, device=dev)
+    if shard_fn is not None:
+        lm = shard_fn(rank, world, dev, dtype)
+    else:
+        lm = load_emu35_shard(model_dir, rank, world, dtype=dtype, device=dev)
     vq = VisionTokenizer.from_pretrained(vq_dir, device=dev) if vq_dir is not None else None  # the leader's only
     return Engine(lm, TextTokenizer.from_pretrained(tok_dir), vq, max_len=max_len, **engine_kw)
 
@@ -174,11 +179,13 @@ def _join(rank: int, world: int, init: str, device: str, timeout_s: float) -> No
     dist.init_process_group(backend, init_method=init, rank=rank, world_size=world, timeout=timeout)
 
 
-def _follower_main(rank, world, init, conn, model_dir, tok_dir, device, dtype, max_len, engine_kw, timeout_s, threads):
+def _follower_main(
+    rank, world, init, conn, model_dir, tok_dir, device, dtype, max_len, engine_kw, timeout_s, threads, shard_fn
+):
     try:
         if threads:
             torch.set_num_threads(threads)
-        engine = _rank_engine(rank, world, model_dir, tok_dir, None, device, dtype, max_len, engine_kw)
+        engine = _rank_engine(rank, world, model_dir, tok_dir, None, device, dtype, max_len, engine_kw, shard_fn)
         conn.send(("loaded", None))  # before joining: a rank that fails to load must not leave rank 0 in the rendezvous
         _join(rank, world, init, device, timeout_s)
     except Exception:
@@ -201,14 +208,19 @@ def start_tensor_parallel(
     max_len: int = 8192,
     timeout_s: float = 600.0,
     threads: int | None = None,
+    shard_fn=None,
     **engine_kw,
 ) -> Engine:
     """Start ranks 1..world_size-1 (spawned processes, one GPU each on CUDA), join them as rank 0 and return the
-    leader's engine; `engine.mirror.close()` stops them. Each rank reads only its slices of the checkpoint."""
+    leader's engine; `engine.mirror.close()` stops them. Each rank reads only its slices of the checkpoint, or, with
+    `shard_fn(rank, world_size, device, dtype) -> Emu35` (a module-level function: it is sent to the other processes),
+    builds its shard with it instead (benchmarks: random weights at the 34B shape, no checkpoint on disk). On a CPU
+    every rank, this one included, gets `threads` torch threads (default: this process's threads / world_size)."""
     from .config import Emu35Config
     from .tensor_parallel import check_divisible
 
-    check_divisible(Emu35Config.from_pretrained(model_dir), world_size)  # fail before starting anything
+    if shard_fn is None:
+        check_divisible(Emu35Config.from_pretrained(model_dir), world_size)  # fail before starting anything
     if dist.is_initialized():
         raise RuntimeError("this process is already in a process group: one tensor-parallel engine per process")
     if torch.device(device).type == "cuda":
@@ -216,10 +228,13 @@ def start_tensor_parallel(
         have = torch.cuda.device_count()
         if last >= have:
             raise ValueError(f"tensor parallelism over {world_size} ranks needs cuda:{first}..{last}; {have} GPUs here")
+    if threads is None and torch.device(device).type == "cpu":  # N ranks share the cores: oversubscribed gloo crawls
+        threads = max(1, torch.get_num_threads() // world_size)
+        torch.set_num_threads(threads)
     ctx = mp.get_context("spawn")
     init = f"file://{Path(tempfile.mkdtemp(prefix='emu35-tp-')) / 'store'}"
     conns, procs = [], []
-    args = (str(model_dir), str(tokenizer_dir), device, dtype, max_len, engine_kw, timeout_s, threads)
+    args = (str(model_dir), str(tokenizer_dir), device, dtype, max_len, engine_kw, timeout_s, threads, shard_fn)
     for rank in range(1, world_size):
         parent, child = ctx.Pipe()
         p = ctx.Process(target=_follower_main, args=(rank, world_size, init, child, *args), daemon=True)
@@ -230,7 +245,7 @@ def start_tensor_parallel(
     mirror = Mirror(conns, procs)
     try:
         engine = _rank_engine(
-            0, world_size, model_dir, tokenizer_dir, vision_tokenizer_dir, device, dtype, max_len, engine_kw
+            0, world_size, model_dir, tokenizer_dir, vision_tokenizer_dir, device, dtype, max_len, engine_kw, shard_fn
         )
         for rank, (conn, proc) in enumerate(zip(conns, procs), start=1):
             while not conn.poll(0.5):
