@@ -1,0 +1,42 @@
+"""Sampling: temperature, top-k and top-p give the distribution their definitions say, and `sample` draws from it."""
+
+import pytest
+import torch
+
+from model.sampling import SamplingParams, sample, sampling_probs
+
+
+def reference(scores, p: SamplingParams):
+    """The definitions over the whole vocabulary: mask below the k-th score, then outside the smallest prefix of
+    the sorted distribution that reaches top_p, softmax."""
+    scores = scores.float() / p.temperature
+    if 0 < p.top_k < scores.shape[-1]:
+        scores = scores.masked_fill(scores < torch.topk(scores, p.top_k).values[..., -1:], float("-inf"))
+    if p.top_p < 1.0:
+        ss, idx = torch.sort(scores, descending=True)
+        q = ss.softmax(-1)
+        ss = ss.masked_fill(q.cumsum(-1) - q > p.top_p, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, ss)
+    return scores.softmax(-1)
+
+
+PARAMS = [SamplingParams(1.0, 10, 0.9), SamplingParams(0.7, 0, 0.8), SamplingParams(1.3, 50, 1.0),
+          SamplingParams(1.0, 0, 1.0), SamplingParams(1.0, 1024, 0.9)]  # fmt: skip
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=str)
+def test_probs_follow_the_definitions(params):
+    scores = torch.randn(3, 2000, generator=torch.Generator().manual_seed(0)) * 3
+    torch.testing.assert_close(sampling_probs(scores, params), reference(scores, params), atol=1e-6, rtol=0)
+
+
+def test_sample_draws_from_those_probs():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(1, 40, generator=g) * 2
+    params = SamplingParams(1.0, 8, 0.95)
+    draws = torch.stack([sample(scores, params, g) for _ in range(20000)])[:, 0]
+    freq = torch.bincount(draws, minlength=40).float() / len(draws)
+    want = sampling_probs(scores, params)[0]
+    assert set(draws.tolist()) <= set(want.nonzero()[:, 0].tolist())  # never outside top-k / top-p
+    assert (freq - want).abs().sum() / 2 < 0.02  # total variation
+    assert sample(scores, SamplingParams(temperature=0.0)).item() == scores.argmax().item()
