@@ -43,6 +43,18 @@ def test_collection_is_incremental_and_resumes(data):
     assert len(load(data)) == 6
 
 
+def test_parallel_collection_records_the_same_episodes(data, tmp_path):
+    """Two worker processes: the same records and frames as one process, indexed in the order they finish."""
+    assert collect(tmp_path, ENVS, range(2), size=64, progress=False, workers=2) == 4
+    assert collect_explore(tmp_path, ENVS[:1], range(2), size=64, turns=2, progress=False, workers=2) == 2
+    one = {rec.key: (rec, f) for rec, f in load(data)}
+    two = load(tmp_path)
+    assert sorted(r.key for r, _ in two) == sorted(k for k in one if int(k.rsplit("/", 1)[1]) < 2)
+    for rec, frames in two:
+        assert rec == one[rec.key][0] and np.array_equal(frames, one[rec.key][1])
+    assert len(load_explore(tmp_path)) == 2
+
+
 def test_vla_sequences_have_the_official_layout(data):
     tok = TextTokenizer(byte_level_ranks(), vision_token_list(64))
     torch.manual_seed(0)

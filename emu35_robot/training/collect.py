@@ -9,7 +9,9 @@ walk of camera commands, each view and its narration (`explore.jsonl`).
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,18 +83,20 @@ def done_keys(out: Path, index_name: str = "episodes.jsonl") -> set[str]:
     return keys
 
 
-def collect(out: str | Path, env_ids: list[str], seeds: range, size: int = 128, progress: bool = True) -> int:
-    """Record every (env id, seed) not recorded yet; returns how many episodes were added."""
+def collect(
+    out: str | Path, env_ids: list[str], seeds: range, size: int = 128, progress: bool = True, workers: int = 1
+) -> int:
+    """Record every (env id, seed) not recorded yet, in `workers` processes; returns how many episodes were added."""
     out = Path(out)
     have = done_keys(out)
     todo = [(e, s) for e in env_ids for s in seeds if f"{e}/{s}" not in have]
+    return _run(out, "episodes.jsonl", todo, size, progress, functools.partial(_vla_episode, size=size), workers)
 
-    def one(env, env_id, seed):
-        meta, frames = record(env, seed, size)
-        name = f"frames/{env_id.split('/')[-1]}_{seed:06d}.npz"
-        return EpisodeRecord(key=f"{env_id}/{seed}", env_id=env_id, seed=seed, file=name, **meta).__dict__, frames
 
-    return _run(out, "episodes.jsonl", todo, size, progress, one)
+def _vla_episode(env, env_id: str, seed: int, size: int) -> tuple[dict, np.ndarray]:
+    meta, frames = record(env, seed, size)
+    name = f"frames/{env_id.split('/')[-1]}_{seed:06d}.npz"
+    return EpisodeRecord(key=f"{env_id}/{seed}", env_id=env_id, seed=seed, file=name, **meta).__dict__, frames
 
 
 @dataclass
@@ -125,52 +129,75 @@ def record_explore(env, seed: int, size: int, turns: int) -> tuple[dict, np.ndar
     return meta, frames
 
 
-def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, progress: bool, one) -> int:
-    """Record each (env id, seed) with ``one(env, env_id, seed) -> (record dict, frames)``, appending as it goes."""
+_ENVS: dict[str, object] = {}  # this process's environments, one per env id, kept between episodes
+
+
+def _episode(one, size: int, item: tuple[str, int]) -> tuple[dict, np.ndarray]:
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids, sets headless GL)
 
+    env_id, seed = item
+    if env_id not in _ENVS:
+        _ENVS[env_id] = gym.make(env_id, image_size=size, image_obs=False)
+    return one(_ENVS[env_id], env_id, seed)
+
+
+def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, progress: bool, one, workers=1) -> int:
+    """Record each (env id, seed) with ``one(env, env_id, seed) -> (record dict, frames)`` (a module-level function
+    or a partial of one: worker processes receive it), writing each episode as it arrives. With workers > 1 the
+    episodes arrive, and are indexed, in the order they finish."""
     (out / "frames").mkdir(parents=True, exist_ok=True)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc=f"collect {index_name}", unit="episode")
-    envs: dict[str, object] = {}
-    with open(out / index_name, "a") as index:
-        for env_id, seed in todo:
-            if env_id not in envs:
-                envs[env_id] = gym.make(env_id, image_size=size, image_obs=False)
-            rec, frames = one(envs[env_id], env_id, seed)
-            np.savez_compressed(out / rec["file"], frames=frames)
-            index.write(json.dumps(rec) + "\n")
-            index.flush()
-            os.fsync(index.fileno())
-            if bar is not None:
-                bar.update(1)
-    for env in envs.values():
-        env.close()
-    if bar is not None:
-        bar.close()
+    job = functools.partial(_episode, one, size)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(todo) > 1 else None
+    try:
+        results = pool.imap_unordered(job, todo) if pool is not None else map(job, todo)
+        with open(out / index_name, "a") as index:
+            for rec, frames in results:
+                np.savez_compressed(out / rec["file"], frames=frames)
+                index.write(json.dumps(rec) + "\n")
+                index.flush()
+                os.fsync(index.fileno())
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if pool is not None:
+            pool.terminate()
+        for env in _ENVS.values():
+            env.close()
+        _ENVS.clear()
+        if bar is not None:
+            bar.close()
     return len(todo)
 
 
 def collect_explore(
-    out: str | Path, env_ids: list[str], seeds: range, size: int = 128, turns: int = 4, progress: bool = True
+    out: str | Path,
+    env_ids: list[str],
+    seeds: range,
+    size: int = 128,
+    turns: int = 4,
+    progress: bool = True,
+    workers: int = 1,
 ) -> int:
     """Explore-format episodes (a view, a camera command, the next view with its narration, ...) into
     ``explore.jsonl``; resumes like `collect`."""
     out = Path(out)
     have = done_keys(out, "explore.jsonl")
     todo = [(e, s) for e in env_ids for s in seeds if f"{e}/{s}" not in have]
+    one = functools.partial(_explore_episode, size=size, turns=turns)
+    return _run(out, "explore.jsonl", todo, size, progress, one, workers)
 
-    def one(env, env_id, seed):
-        meta, frames = record_explore(env, seed, size, turns)
-        name = f"frames/explore_{env_id.split('/')[-1]}_{seed:06d}.npz"
-        return ExploreRecord(key=f"{env_id}/{seed}", env_id=env_id, seed=seed, file=name, **meta).__dict__, frames
 
-    return _run(out, "explore.jsonl", todo, size, progress, one)
+def _explore_episode(env, env_id: str, seed: int, size: int, turns: int) -> tuple[dict, np.ndarray]:
+    meta, frames = record_explore(env, seed, size, turns)
+    name = f"frames/explore_{env_id.split('/')[-1]}_{seed:06d}.npz"
+    return ExploreRecord(key=f"{env_id}/{seed}", env_id=env_id, seed=seed, file=name, **meta).__dict__, frames
 
 
 def _load(data_dir: Path, index_name: str, record_type, keep=lambda rec: True) -> list:

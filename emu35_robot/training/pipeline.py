@@ -70,8 +70,9 @@ def _dirs(data: Data) -> list[Path]:
 
 def episodes(data: Data) -> tuple[list, list, list, list]:
     """(vla train, vla held-out, explore train, explore held-out) over every directory, split per episode."""
-    vla = [e for d in _dirs(data) for e in load(d)]
-    exp = [e for d in _dirs(data) for e in load_explore(d)]
+    # by key, so the split does not depend on the order episodes were collected in (parallel collection)
+    vla = sorted((e for d in _dirs(data) for e in load(d)), key=lambda e: e[0].key)
+    exp = sorted((e for d in _dirs(data) for e in load_explore(d)), key=lambda e: e[0].key)
     return (*split(vla), *(split(exp) if exp else ([], [])))
 
 
