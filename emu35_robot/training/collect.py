@@ -13,6 +13,7 @@ import functools
 import json
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +155,14 @@ def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, pro
 
         bar = tqdm(total=len(todo), desc=f"collect {index_name}", unit="episode")
     job = functools.partial(_episode, one, size)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(todo) > 1 else None
+    pool = None
+    if workers > 1 and len(todo) > 1:  # a worker that dies fails the run (BrokenProcessPool), never hangs it
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        results = pool.imap_unordered(job, todo) if pool is not None else map(job, todo)
+        if pool is None:
+            results = map(job, todo)
+        else:
+            results = (f.result() for f in as_completed([pool.submit(job, item) for item in todo]))
         with open(out / index_name, "a") as index:
             for rec, frames in results:
                 np.savez_compressed(out / rec["file"], frames=frames)
@@ -167,7 +173,7 @@ def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, pro
                     bar.update(1)
     finally:
         if pool is not None:
-            pool.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
         for env in _ENVS.values():
             env.close()
         _ENVS.clear()
