@@ -175,6 +175,7 @@ class PlannerServer:
             from model.tp_engine import start_tensor_parallel
 
             engine = start_tensor_parallel(model_dir, tok_dir, vq_dir, tensor_parallel, device, torch_dtype, max_len)
+            engine.mirror.on_broken = self._tensor_parallel_broken
             log.info("tensor parallel: rank 0 of %d on %s", tensor_parallel, engine.device)
         else:
             engine = load_engine(model_dir, tok_dir, vq_dir, device, torch_dtype, max_len)
@@ -185,7 +186,17 @@ class PlannerServer:
             dtype=str(next(engine.lm.parameters()).dtype).removeprefix("torch."),
             parameters=inspect_checkpoint(model_dir).num_parameters,  # all of them, also when this rank holds a part
         )
-        return self.attach(engine, info, warmup)
+        try:
+            return self.attach(engine, info, warmup)
+        except BaseException:
+            if engine.mirror is not None:
+                engine.mirror.close()
+            raise
+
+    def _tensor_parallel_broken(self, reason: str) -> None:
+        """A rank failed: no request can run any more (each would be refused with the reason); say so to probes."""
+        for name in HEALTH_NAMES:
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def attach(self, engine: Engine, info: ModelInfo, warmup: bool = True) -> PlannerServer:
         """Serve an engine built by the caller (benchmarks, notebooks)."""

@@ -52,13 +52,20 @@ def sampling_probs(scores: Tensor, params: SamplingParams) -> Tensor:
 
 
 def _kept(scores: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor | None]:
-    """Temperature, top-k, top-p. With a top-k: (probabilities [N, k] of the k best tokens, best first, those beyond
-    top-p at zero; their indices [N, k]), so that top-p sorts and multinomial scans k entries, not the vocabulary
-    (282,926 wide: a sort and a draw per row cost milliseconds on a CPU). Without: (probabilities [N, V], None)."""
+    """Temperature, top-k, top-p. With a top-k: (probabilities [N, k'] of the k best tokens and any tied with the k-th,
+    best first, those beyond top-p at zero; their indices), so that top-p sorts and multinomial scans k' entries, not
+    the 282,926-wide vocabulary (a sort and a draw per row cost milliseconds on a CPU). Without a top-k:
+    (probabilities [N, V] in vocabulary order, None), or sorted with their indices when there is a top-p."""
     scores = scores.float() / params.temperature
     idx = None
     if 0 < params.top_k < scores.shape[-1]:
-        scores, idx = torch.topk(scores, params.top_k, dim=-1)  # sorted, best first
+        vals, idx = torch.topk(scores, params.top_k, dim=-1)  # sorted, best first
+        kth = vals[..., -1:]
+        n = int((scores >= kth).sum(-1).max())  # top-k keeps every token tied with the k-th (bf16 logits tie often)
+        if n > params.top_k:
+            vals, idx = torch.topk(scores, n, dim=-1)
+            vals = vals.masked_fill(vals < kth, float("-inf"))
+        scores = vals
     elif params.top_p < 1.0:
         scores, idx = torch.sort(scores, dim=-1, descending=True)
     if params.top_p < 1.0:

@@ -15,14 +15,17 @@ at once.
 
 Commands travel over multiprocessing pipes, not collectives: an idle follower blocks in `recv` (no spinning NCCL
 kernel and no collective timeout while the service waits for requests), and a leader that dies closes the pipes,
-which ends its followers. A follower that dies makes the leader's next call raise instead of hanging, unless it
-dies inside a call (then the leader's all-reduce waits for the process group's timeout).
+which ends its followers. Any error inside a mirrored call is fatal to the group (see `Mirror`): the next call is
+refused with the reason, never run out of step. A follower that dies between calls is noticed at the next send; one
+that dies inside a call leaves the leader's all-reduce waiting for the process group's timeout (`timeout_s`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
+import shutil
 import tempfile
 import threading
 import traceback
@@ -39,27 +42,42 @@ from .engine import Engine
 from .text_tokenizer import TextTokenizer
 from .transformer import KVCache
 
+log = logging.getLogger(__name__)
+
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
 class Mirror:
-    """The leader's side: sends each model call to the followers before the leader runs it (see the module doc)."""
+    """The leader's side: sends each model call to the followers before the leader runs it (see the module doc).
 
-    def __init__(self, conns: list[Connection], procs: list, owns_group: bool = True):
-        self.conns, self.procs, self.owns_group = conns, procs, owns_group
+    Fail-stop: an error inside a mirrored call (out of memory on one rank, a rank that died) leaves the ranks at
+    different points of their collectives, so the group cannot go on. The mirror then stops the followers, calls
+    `on_broken(reason)` (the server turns its health to NOT_SERVING) and refuses every later call with that reason.
+    """
+
+    def __init__(self, conns: list[Connection], procs: list, owns_group: bool = True, tmpdir: Path | None = None):
+        self.conns, self.procs, self.owns_group, self.tmpdir = conns, procs, owns_group, tmpdir
         self._lock = threading.RLock()  # one call at a time: the followers run calls in the order they are sent
         self._next_id = 0
         self._freed: list[int] = []  # ids of leader caches the garbage collector took; sent with the next call
         self.closed = False
+        self.broken: str | None = None
+        self.on_broken = None  # callable(reason)
 
     def _send(self, msg: dict) -> None:
+        if self.broken is not None:
+            raise RuntimeError(f"the tensor-parallel group failed earlier ({self.broken}); restart the server")
         if self.closed:
             raise RuntimeError("the tensor-parallel group is closed")
-        while self._freed:
-            self._send_all(dict(op="free", id=self._freed.pop()))
-        self._send_all(msg)
+        try:
+            while self._freed:
+                self._send_all(dict(op="free", id=self._freed.pop()))
+            self._send_all(msg)
+        except RuntimeError as e:
+            self._break(str(e))
+            raise
 
     def _send_all(self, msg: dict) -> None:
         for rank, (conn, proc) in enumerate(zip(self.conns, self.procs), start=1):
@@ -94,23 +112,44 @@ class Mirror:
                 **kw,
             )
             self._send(msg)
-            yield
+            try:
+                yield
+            except BaseException as e:
+                self._break(f"{type(e).__name__} on rank 0 during a {op}: {e}")
+                raise
+
+    def _break(self, reason: str) -> None:
+        if self.broken is not None:
+            return
+        self.broken, self.closed = reason, True
+        log.error("tensor-parallel group broken: %s; stopping the other ranks", reason)
+        self._stop_procs(0.0)
+        if self.on_broken is not None:
+            self.on_broken(reason)
+
+    def _stop_procs(self, timeout_s: float) -> None:
+        for p in self.procs:
+            if p is not None:
+                p.join(timeout_s)
+                if p.is_alive():
+                    p.terminate()
+                    p.join(5)
+        for c in self.conns:
+            c.close()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the followers and leave the process group."""
         with self._lock:
+            if self.broken is not None and self.owns_group and dist.is_initialized():
+                dist.destroy_process_group()  # the followers are gone: nothing left to wait for
             if self.closed:
                 return
             with contextlib.suppress(RuntimeError):
                 self._send_all(dict(op="stop"))
             self.closed = True
-            for p in self.procs:
-                if p is not None:
-                    p.join(timeout_s)
-                    if p.is_alive():
-                        p.terminate()
-            for c in self.conns:
-                c.close()
+            self._stop_procs(timeout_s)
             if self.owns_group and dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -228,11 +267,12 @@ def start_tensor_parallel(
         have = torch.cuda.device_count()
         if last >= have:
             raise ValueError(f"tensor parallelism over {world_size} ranks needs cuda:{first}..{last}; {have} GPUs here")
-    if threads is None and torch.device(device).type == "cpu":  # N ranks share the cores: oversubscribed gloo crawls
-        threads = max(1, torch.get_num_threads() // world_size)
+    if torch.device(device).type == "cpu":  # N ranks share the cores: oversubscribed gloo crawls
+        threads = threads or max(1, torch.get_num_threads() // world_size)
         torch.set_num_threads(threads)
     ctx = mp.get_context("spawn")
-    init = f"file://{Path(tempfile.mkdtemp(prefix='emu35-tp-')) / 'store'}"
+    tmpdir = Path(tempfile.mkdtemp(prefix="emu35-tp-"))
+    init = f"file://{tmpdir / 'store'}"
     conns, procs = [], []
     args = (str(model_dir), str(tokenizer_dir), device, dtype, max_len, engine_kw, timeout_s, threads, shard_fn)
     for rank in range(1, world_size):
@@ -242,7 +282,7 @@ def start_tensor_parallel(
         child.close()
         conns.append(parent)
         procs.append(p)
-    mirror = Mirror(conns, procs)
+    mirror = Mirror(conns, procs, tmpdir=tmpdir)
     try:
         engine = _rank_engine(
             0, world_size, model_dir, tokenizer_dir, vision_tokenizer_dir, device, dtype, max_len, engine_kw, shard_fn

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -147,6 +147,7 @@ class KVCache:
     valid: Tensor
     length: int = 0
     tag: tuple[int, int] | None = None
+    base: KVCache | None = field(default=None, repr=False, compare=False)  # a view keeps its cache alive
 
     @classmethod
     def allocate(
@@ -179,7 +180,7 @@ class KVCache:
         """A view of rows [start, stop): writes go to this cache's storage."""
         tag = None if self.tag is None else (self.tag[0], self.tag[1] + start)
         r = slice(start, stop)
-        return KVCache(self.k[:, r], self.v[:, r], self.valid[r], tag=tag)
+        return KVCache(self.k[:, r], self.v[:, r], self.valid[r], tag=tag, base=self)
 
 
 class Attention(nn.Module):

@@ -30,6 +30,14 @@ def test_probs_follow_the_definitions(params):
     torch.testing.assert_close(sampling_probs(scores, params), reference(scores, params), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("params", [SamplingParams(1.3, 50, 1.0), SamplingParams(1.0, 1024, 1.0)], ids=str)
+def test_ties_at_the_kth_score_are_kept(params):
+    """bf16 logits tie often; top-k keeps every token tied with the k-th, as the definition (and HF) does. (Where
+    ties straddle the top-p cut, which of them a sort puts first is arbitrary in both: top-p is left out here.)"""
+    scores = (torch.randn(4, 2000, generator=torch.Generator().manual_seed(2)) * 3).bfloat16().float()
+    torch.testing.assert_close(sampling_probs(scores, params), reference(scores, params), atol=1e-6, rtol=0)
+
+
 def test_sample_draws_from_those_probs():
     g = torch.Generator().manual_seed(1)
     scores = torch.randn(1, 40, generator=g) * 2

@@ -67,6 +67,26 @@ def test_session_with_a_cancelled_turn_equals_one_unsharded_engine(tp, single):
     assert run(tp) == run(single)
 
 
+def test_an_error_inside_a_call_stops_the_group_instead_of_running_out_of_step(tp):
+    """Rank 0 fails inside a forward (as out of memory would) after rank 1 started the same call: rank 1 is stopped
+    and every later request is refused with the reason, instead of pairing its all-reduces with a stale call."""
+    broken = []
+    tp.mirror.on_broken = broken.append
+    real = tp.lm.forward
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("simulated")
+
+    tp.lm.forward = oom
+    with pytest.raises(torch.OutOfMemoryError):
+        list(tp.generate(GenerationRequest(task="vla", question="x", max_new_tokens=2, seed=0)))
+    tp.lm.forward = real
+    assert broken and "OutOfMemoryError on rank 0" in broken[0]
+    assert not tp.mirror.procs[0].is_alive()
+    with pytest.raises(RuntimeError, match="failed earlier .*OutOfMemoryError"):
+        list(tp.generate(GenerationRequest(task="vla", question="x", max_new_tokens=2, seed=0)))
+
+
 def test_a_second_group_and_a_dead_rank_are_clear_errors(tp, bundle):
     with pytest.raises(RuntimeError, match="already in a process group"):
         start(bundle)
