@@ -121,8 +121,8 @@ class Scheduler:
             self.metrics.in_flight.set(self._running)
 
     def _batched(self, job: Job) -> bool:
-        """Joins the batch: a generation request, unless batching is off or it asks for Jacobi decoding (its
-        multi-token forwards run alone, interleaved with the batch's steps like an Explore turn)."""
+        """Joins the batch: a generation request, unless batching is off or it asks for Jacobi decoding (the batch
+        cannot take its multi-token forwards: it runs alone like an Explore turn, one of its events per batch step)."""
         return job.request is not None and self.max_batch > 0 and not job.request.jacobi_window
 
     def _admit(self) -> list[Job]:

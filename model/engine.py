@@ -207,8 +207,9 @@ class _DecodeState:
 
 @dataclass
 class StepRequest:
-    """What one request needs from a decode step: ids/pos/valid [B, 1] of its rows, written at cache slot `slot`;
-    `visual`: only the visual-token slice of the logits is wanted."""
+    """What one request needs from a decode step: ids/pos/valid [B, T] of its rows, written at cache slots
+    `slot`..`slot + T - 1` (T = 1, or 1 + drafts for a Jacobi window); `visual`: only the visual-token slice of the
+    logits is wanted. The answer: logits [B, V'] for T = 1, [B, T, V'] otherwise."""
 
     ids: Tensor
     pos: Tensor
@@ -295,7 +296,8 @@ class Engine:
         max_new = req.max_new_tokens if req.max_new_tokens is not None else default_max
         if max_new < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new}")
-        if not (isinstance(req.jacobi_window, int) and 0 <= req.jacobi_window <= MAX_JACOBI_WINDOW):
+        w = req.jacobi_window
+        if isinstance(w, bool) or not (isinstance(w, int) and 0 <= w <= MAX_JACOBI_WINDOW):
             raise ValueError(f"jacobi_window must be an integer in [0, {MAX_JACOBI_WINDOW}], got {req.jacobi_window!r}")
         bad = [k for k, v in req.logit_bias.items() if not 0 <= k < self.lm.config.vocab_size or not math.isfinite(v)]
         if bad:
