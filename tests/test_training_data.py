@@ -55,6 +55,27 @@ def test_parallel_collection_records_the_same_episodes(data, tmp_path):
     assert len(load_explore(tmp_path)) == 2
 
 
+def fails_on_seed_1(env, env_id, seed):  # module level: worker processes receive it
+    from emu35_robot.training.collect import _vla_episode
+
+    if seed == 1:
+        raise ValueError("the expert fell over")
+    return _vla_episode(env, env_id, seed, size=64)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_episode_keeps_the_others_and_raises(tmp_path, workers):
+    from emu35_robot.training.collect import _run
+
+    todo = [(ENVS[0], s) for s in range(4)]
+    with pytest.raises(ValueError, match="fell over"):
+        _run(tmp_path, "episodes.jsonl", todo, 64, False, fails_on_seed_1, workers)
+    recs = load(tmp_path)
+    assert "sim_envs/Stack-mujoco-v0/1" not in [r.key for r, _ in recs]
+    assert workers == 2 or [r.key for r, _ in recs] == ["sim_envs/Stack-mujoco-v0/0"]  # one process stops there
+    assert collect(tmp_path, ENVS[:1], range(4), size=64, progress=False) == 4 - len(recs)  # resumes after them
+
+
 def test_vla_sequences_have_the_official_layout(data):
     tok = TextTokenizer(byte_level_ranks(), vision_token_list(64))
     torch.manual_seed(0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import multiprocessing.util
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -133,52 +134,77 @@ def record_explore(env, seed: int, size: int, turns: int) -> tuple[dict, np.ndar
 _ENVS: dict[str, object] = {}  # this process's environments, one per env id, kept between episodes
 
 
-def _episode(one, size: int, item: tuple[str, int]) -> tuple[dict, np.ndarray]:
+def _close_envs() -> None:
+    for env in _ENVS.values():
+        env.close()
+    _ENVS.clear()
+
+
+def _episode(one, size: int, out: Path, item: tuple[str, int]) -> dict:
+    """Record one episode and write its frames (in the worker: compression runs in parallel); returns its record."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids, sets headless GL)
 
     env_id, seed = item
     if env_id not in _ENVS:
+        if not _ENVS and multiprocessing.parent_process() is not None:  # a worker: close its envs when it exits
+            multiprocessing.util.Finalize(None, _close_envs, exitpriority=10)
         _ENVS[env_id] = gym.make(env_id, image_size=size, image_obs=False)
-    return one(_ENVS[env_id], env_id, seed)
+    rec, frames = one(_ENVS[env_id], env_id, seed)
+    np.savez_compressed(out / rec["file"], frames=frames)
+    return rec
 
 
 def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, progress: bool, one, workers=1) -> int:
     """Record each (env id, seed) with ``one(env, env_id, seed) -> (record dict, frames)`` (a module-level function
-    or a partial of one: worker processes receive it), writing each episode as it arrives. With workers > 1 the
-    episodes arrive, and are indexed, in the order they finish."""
+    or a partial of one: worker processes receive it), indexing each episode as it arrives. With workers > 1 they
+    arrive in the order they finish. On an error no new episode starts, those already recorded are indexed, then the
+    first error is raised (a re-run resumes after them)."""
     (out / "frames").mkdir(parents=True, exist_ok=True)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc=f"collect {index_name}", unit="episode")
-    job = functools.partial(_episode, one, size)
+    job = functools.partial(_episode, one, size, out)
+    error: BaseException | None = None
     pool = None
     if workers > 1 and len(todo) > 1:  # a worker that dies fails the run (BrokenProcessPool), never hangs it
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        if pool is None:
-            results = map(job, todo)
-        else:
-            results = (f.result() for f in as_completed([pool.submit(job, item) for item in todo]))
         with open(out / index_name, "a") as index:
-            for rec, frames in results:
-                np.savez_compressed(out / rec["file"], frames=frames)
+
+            def add(rec: dict) -> None:
                 index.write(json.dumps(rec) + "\n")
                 index.flush()
                 os.fsync(index.fileno())
                 if bar is not None:
                     bar.update(1)
+
+            if pool is None:
+                for item in todo:
+                    add(job(item))
+            else:
+                futures = [pool.submit(job, item) for item in todo]
+                for f in as_completed(futures):
+                    if f.cancelled():
+                        continue
+                    try:
+                        add(f.result())
+                    except Exception as e:
+                        if error is None:
+                            error = e
+                            for g in futures:
+                                g.cancel()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        for env in _ENVS.values():
-            env.close()
-        _ENVS.clear()
+        _close_envs()
         if bar is not None:
             bar.close()
+    if error is not None:
+        raise error
     return len(todo)
 
 
