@@ -39,7 +39,7 @@ def one_image(eng: Engine, h: int, w: int, window: int, seed: int) -> dict:
         task="t2i",
         question="a robot arm stacks a red block on a blue block, photo",
         image_size=(h, w),
-        max_new_tokens=h * (w + 1) + 16,
+        max_new_tokens=2 + len(f"{h}*{w}") + h * (w + 1),  # BOI, the size, IMG, the rows: it ends at the EOI
         seed=seed,
         logit_bias={eng.tok.boi_id: 1000.0},  # the image first: the run times exactly one image
         jacobi_window=window,
@@ -54,14 +54,15 @@ def one_image(eng: Engine, h: int, w: int, window: int, seed: int) -> dict:
         if isinstance(e, Finished):
             fin = e
     assert image_s is not None, "no image was generated"
-    tokens = fin.image_tokens + h + 1  # visual tokens, EOLs and EOI
+    tokens = h * (w + 1)  # visual tokens, EOLs and the EOI
     return {
         "grid": f"{h}x{w}",
         "window": window,
         "image_s": image_s,
         "prefill_s": fin.timings["prefill_s"],
         "decode_forwards": fin.timings["decode_forwards"],
-        "tokens_per_forward": tokens / max(1, fin.timings["decode_forwards"]),
+        # the first token comes from the prefill; every other one from a decode forward (header ones included)
+        "tokens_per_forward": (fin.generated_tokens - 1) / max(1, fin.timings["decode_forwards"]),
         "ms_per_image_token": 1000 * (image_s - fin.timings["prefill_s"]) / tokens,
     }
 
