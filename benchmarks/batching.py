@@ -41,9 +41,9 @@ def request(tok: TextTokenizer, i: int, tokens: int) -> GenerationRequest:
     )
 
 
-def batched(eng: Engine, n: int, tokens: int) -> float:
+def batched(eng: Engine, n: int, tokens: int, graphs: bool = False) -> float:
     """Aggregate tokens/s of n requests decoding together."""
-    batch = BatchEngine(eng, max_streams=n)
+    batch = BatchEngine(eng, max_streams=n, cuda_graphs=graphs)
     fins = []
     for i in range(n):
         batch.add(request(eng.tok, i, tokens), lambda e: fins.append(e) if isinstance(e, Finished) else None)
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens per request")
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--graphs", action="store_true", help="the batch's steps as CUDA graphs (BatchEngine(cuda_graphs))")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -82,10 +83,10 @@ def main() -> None:
     torch.manual_seed(0)
     lm = random_model(config, dev, dtype)
     eng = Engine(lm, tok, VisionTokenizer(tiny_vision_config()), max_len=args.max_len)
-    batched(eng, 1, 8)  # warm-up
+    batched(eng, 1, 8, args.graphs)  # warm-up
     rows = []
     for n in (int(s) for s in args.streams.split(",")):
-        agg, seq = batched(eng, n, args.tokens), sequential(eng, n, args.tokens)
+        agg, seq = batched(eng, n, args.tokens, args.graphs), sequential(eng, n, args.tokens)
         rows.append({"streams": n, "batched_tokens_per_s": agg, "sequential_tokens_per_s": seq})
         print(f"{n:>3} streams: batched {agg:8.1f} tok/s, one at a time {seq:8.1f} tok/s, x{agg / seq:.2f}", flush=True)
     res = {
@@ -95,6 +96,7 @@ def main() -> None:
         "shape": args.shape,
         "dtype": args.dtype,
         "tokens_per_request": args.tokens,
+        "batch_cuda_graphs": args.graphs,
         "torch": torch.__version__,
         "results": rows,
     }

@@ -31,6 +31,7 @@ fi
 step image_time $py benchmarks/image_time.py --shape 34b --device cuda --grids 45x45,64x64 --windows 0,16 \
   --out "$out/image_time_34b.json"
 step batching $py benchmarks/batching.py --shape 34b --device cuda --out "$out/batching_34b.json"
+step batching_graphs $py benchmarks/batching.py --shape 34b --device cuda --graphs --out "$out/batching_34b_graphs.json"
 if [ "$gpus" -ge 2 ]; then
   step tp_spmd torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out "$out/tensor_parallel_34b.json"
   step tp_serving $py benchmarks/tensor_parallel.py --engine --world 2 --out "$out/tensor_parallel_engine_34b.json"

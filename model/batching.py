@@ -11,7 +11,10 @@ of the float arithmetic, which may differ between batch sizes).
 
 The forward spans rows [0, highest occupied row]: free pairs are taken lowest first, and rows of free or cancelled
 pairs inside that span run a dummy token at slot 0 that no request reads (a pair's valid mask is cleared when it is
-taken, and its prefill rewrites slot 0). The step runs eagerly (no CUDA graphs yet).
+taken, and its prefill rewrites slot 0). The step runs eagerly unless `cuda_graphs=True`: then each (rows, KV bucket,
+head) shape is captured once and replayed, like `Engine`'s single-request steps. That path is off by default until it
+has been checked on a GPU (tests/test_engine_cuda.py, benchmarks/batching.py --graphs); a tensor-parallel engine
+always runs the batch eagerly.
 """
 
 from __future__ import annotations
@@ -44,10 +47,13 @@ class BatchEngine:
     """Decode up to `max_streams` requests at once on `engine`'s model. Not thread-safe: one thread calls `add` and
     `step` (the service's decoding worker)."""
 
-    def __init__(self, engine: Engine, max_streams: int = 8):
+    def __init__(self, engine: Engine, max_streams: int = 8, cuda_graphs: bool = False):
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         self.engine, self.max_streams = engine, max_streams
+        self.cuda_graphs = cuda_graphs and engine.device.type == "cuda" and engine.mirror is None
+        self._graphs: dict[tuple, tuple] = {}
+        self._pool = None
         self.cache = engine.new_cache(2 * max_streams)
         self.free = list(range(max_streams))
         self.members: list[_Member] = []
@@ -125,6 +131,59 @@ class BatchEngine:
         m.need = None
         m.done()
 
+    def _forward(self, hi: int, ids, pos, valid, slot, kv_len: int, visual: bool) -> torch.Tensor:
+        """Rows [0, hi) one token each (ids/pos/valid/slot [hi, 1]) -> logits [hi, V']."""
+        eng = self.engine
+        if not self.cuda_graphs:
+            return eng.forward(self.cache.rows(0, hi), ids, pos, slot, valid, kv_len, visual=visual)[:, -1]
+        key = (hi, kv_len, visual)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(hi, kv_len, visual)
+        graph, static, out = self._graphs[key]
+        for s, x in zip(static, (ids, pos, valid, slot)):
+            s.copy_(x)
+        graph.replay()
+        return out[:, -1]
+
+    def _capture(self, hi: int, kv_len: int, visual: bool) -> tuple:
+        """Capture one batched step. The warm-up writes slot kv_len - 1 of every row, at or after any row's next
+        write (the bucket holds the highest slot), and the valid mask is restored: nothing a request reads changes."""
+        eng, dev, view = self.engine, self.engine.device, self.cache.rows(0, hi)
+        static = (
+            torch.full((hi, 1), eng.tok.pad_id, dtype=torch.long, device=dev),
+            torch.zeros(hi, 1, dtype=torch.long, device=dev),
+            torch.zeros(hi, 1, dtype=torch.bool, device=dev),
+            torch.full((hi, 1), kv_len - 1, dtype=torch.long, device=dev),
+        )
+        s_ids, s_pos, s_valid, s_slot = static
+        vs = eng.visual if visual else None
+
+        def run():
+            return eng.lm(
+                s_ids,
+                position_ids=s_pos,
+                cache=view,
+                cache_pos=s_slot,
+                attention_mask=s_valid,
+                kv_len=kv_len,
+                vocab_slice=vs,
+            ).logits
+
+        saved = view.valid.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = run()
+        view.valid.copy_(saved)
+        return graph, static, out
+
     @torch.no_grad()
     def step(self) -> None:
         """One decode step: one forward over the rows of every running request, then each request samples."""
@@ -146,7 +205,7 @@ class BatchEngine:
             visual = all(m.need.visual for m in live)
             top = max(m.need.slot for m in live)
             kv_len = min(eng.max_len, (top // eng.graph_bucket + 1) * eng.graph_bucket)  # as Engine._step
-            logits = eng.forward(self.cache.rows(0, hi), ids, pos, slot, valid, kv_len, visual=visual)[:, -1]
+            logits = self._forward(hi, ids, pos, valid, slot, kv_len, visual)
             for m in live:
                 lg = logits[m.rows]
                 m.logits = lg[:, eng.visual] if m.need.visual and not visual else lg
