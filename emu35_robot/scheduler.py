@@ -121,9 +121,7 @@ class Scheduler:
             self.metrics.in_flight.set(self._running)
 
     def _batched(self, job: Job) -> bool:
-        """Joins the batch: a generation request, unless batching is off or it asks for Jacobi decoding (the batch
-        cannot take its multi-token forwards: it runs alone like an Explore turn, one of its events per batch step)."""
-        return job.request is not None and self.max_batch > 0 and not job.request.jacobi_window
+        return job.request is not None and self.max_batch > 0
 
     def _admit(self) -> list[Job]:
         """Under the lock: take jobs from the front of the queue while they fit (FIFO: a job that must wait blocks

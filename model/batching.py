@@ -7,7 +7,9 @@ serves every running request: the rows are at different lengths, so each row wri
 (`cache_pos` [B, 1]) with its own RoPE position and valid-slot mask. Sampling, CFG, logit bias, the image grammar and
 the seeded generator stay per request: the per-request logic is `Engine._decode_steps` itself, a coroutine that asks
 for each step's logits, so a request decodes the same tokens whether it runs alone or in a batch (up to the last bit
-of the float arithmetic, which may differ between batch sizes).
+of the float arithmetic, which may differ between batch sizes). A request running a Jacobi window (model/jacobi.py)
+brings T > 1 tokens to the step: the forward then takes T tokens per row, and a request with fewer repeats its last
+token at its last slot (the same write twice).
 
 The forward spans rows [0, highest occupied row]: free pairs are taken lowest first, and rows of free or cancelled
 pairs inside that span run a dummy token at slot 0 that no request reads (a pair's valid mask is cleared when it is
@@ -83,8 +85,6 @@ class BatchEngine:
         eng, tok = self.engine, self.engine.tok
         t_start = time.perf_counter()
         image_sampling, cfg, size, max_new = eng._resolve(req)
-        if req.jacobi_window:
-            raise ValueError("jacobi_window: Jacobi decoding runs alone (Engine.generate, sessions), not in a batch")
         ref_codes = eng.encode_images(req.images, req.input_image_area or eng.lm.config.image_area)
         strings = [image_string(tok, c) for c in ref_codes]
         cond = tok.encode(task_prompt(req.task, req.question, strings))
@@ -132,10 +132,10 @@ class BatchEngine:
         m.done()
 
     def _forward(self, hi: int, ids, pos, valid, slot, kv_len: int, visual: bool) -> torch.Tensor:
-        """Rows [0, hi) one token each (ids/pos/valid/slot [hi, 1]) -> logits [hi, V']."""
+        """Rows [0, hi), T tokens each (ids/pos/valid/slot [hi, T]) -> logits [hi, T, V']."""
         eng = self.engine
-        if not self.cuda_graphs:
-            return eng.forward(self.cache.rows(0, hi), ids, pos, slot, valid, kv_len, visual=visual)[:, -1]
+        if not self.cuda_graphs or ids.shape[1] > 1:
+            return eng.forward(self.cache.rows(0, hi), ids, pos, slot, valid, kv_len, visual=visual)
         key = (hi, kv_len, visual)
         if key not in self._graphs:
             self._graphs[key] = self._capture(hi, kv_len, visual)
@@ -143,7 +143,7 @@ class BatchEngine:
         for s, x in zip(static, (ids, pos, valid, slot)):
             s.copy_(x)
         graph.replay()
-        return out[:, -1]
+        return out
 
     def _capture(self, hi: int, kv_len: int, visual: bool) -> tuple:
         """Capture one batched step. The warm-up writes slot kv_len - 1 of every row, at or after any row's next
@@ -195,20 +195,25 @@ class BatchEngine:
             self.steps += 1
             self.peak = max(self.peak, len(live))
             hi = max(m.rows.stop for m in live)
-            ids = torch.full((hi, 1), eng.tok.pad_id, dtype=torch.long, device=dev)
-            pos = torch.zeros(hi, 1, dtype=torch.long, device=dev)
-            valid = torch.zeros(hi, 1, dtype=torch.bool, device=dev)
-            slot = torch.zeros(hi, 1, dtype=torch.long, device=dev)
+            T = max(m.need.ids.shape[1] for m in live)  # > 1 when a request runs a Jacobi window
+            ids = torch.full((hi, T), eng.tok.pad_id, dtype=torch.long, device=dev)
+            pos = torch.zeros(hi, T, dtype=torch.long, device=dev)
+            valid = torch.zeros(hi, T, dtype=torch.bool, device=dev)
+            slot = torch.zeros(hi, T, dtype=torch.long, device=dev)
             for m in live:
-                n = m.need
-                ids[m.rows], pos[m.rows], valid[m.rows], slot[m.rows] = n.ids, n.pos, n.valid, n.slot
+                n, t = m.need, m.need.ids.shape[1]
+                # a request with fewer tokens repeats its last one (same slot, same values): a harmless double write
+                cols = torch.arange(T, device=dev).clamp(max=t - 1)
+                ids[m.rows], pos[m.rows], valid[m.rows] = n.ids[:, cols], n.pos[:, cols], n.valid[:, cols]
+                slot[m.rows] = n.slot + cols
             visual = all(m.need.visual for m in live)
-            top = max(m.need.slot for m in live)
+            top = max(m.need.slot + m.need.ids.shape[1] - 1 for m in live)
             kv_len = min(eng.max_len, (top // eng.graph_bucket + 1) * eng.graph_bucket)  # as Engine._step
-            logits = self._forward(hi, ids, pos, valid, slot, kv_len, visual)
+            logits = self._forward(hi, ids, pos, valid, slot, kv_len, visual)  # [hi, T, V']
             for m in live:
-                lg = logits[m.rows]
-                m.logits = lg[:, eng.visual] if m.need.visual and not visual else lg
+                t = m.need.ids.shape[1]
+                lg = logits[m.rows, :t] if t > 1 else logits[m.rows, 0]
+                m.logits = lg[..., eng.visual] if m.need.visual and not visual else lg
         for m in list(self.members):
             if m.need is not None:
                 m.need = None

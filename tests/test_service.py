@@ -113,8 +113,8 @@ def test_generate_every_task(client, engine, task):
     assert g.images and g.images[0].codes.shape == (3, 3)
 
 
-def test_jacobi_window_decodes_outside_the_batch_and_keeps_greedy_output(client, engine):
-    """The server batches requests (max_batch 1 here); a Jacobi request runs alone, the batch would refuse it."""
+def test_jacobi_window_through_the_service_keeps_greedy_output(client, engine):
+    """The server batches requests (max_batch 1 here): the Jacobi request's windows run in the batch."""
     greedy = SamplingParams(temperature=0.0)
     kw = dict(size=(3, 4), max_new_tokens=40, text_sampling=greedy, image_sampling=greedy)
     plain = client.generate("t2i", "a red cube", options=force_images(engine, **kw))
