@@ -9,7 +9,9 @@ the seeded generator stay per request: the per-request logic is `Engine._decode_
 for each step's logits, so a request decodes the same tokens whether it runs alone or in a batch (up to the last bit
 of the float arithmetic, which may differ between batch sizes). A request running a Jacobi window (model/jacobi.py)
 brings T > 1 tokens to the step: the forward then takes T tokens per row, and a request with fewer repeats its last
-token at its last slot (the same write twice).
+token at its last slot (the same write twice). Since every row then computes T tokens, windows are capped so that
+rows x T stays within `max_step_tokens` (128: about where a decode GEMM at 34B stops being bound by reading the
+weights on an H200, so a window costs the batch nothing; a guess from the roofline, not yet measured).
 
 The forward spans rows [0, highest occupied row]: free pairs are taken lowest first, and rows of free or cancelled
 pairs inside that span run a dummy token at slot 0 that no request reads (a pair's valid mask is cleared when it is
@@ -38,6 +40,7 @@ class _Member:
     rows: slice
     pair: int
     core: object  # the request's `Engine._decode_steps` coroutine
+    state: _DecodeState
     cancel: threading.Event
     emit: Callable[[object], None]  # events, then an exception if the request failed
     done: Callable[[], None]
@@ -49,10 +52,13 @@ class BatchEngine:
     """Decode up to `max_streams` requests at once on `engine`'s model. Not thread-safe: one thread calls `add` and
     `step` (the service's decoding worker)."""
 
-    def __init__(self, engine: Engine, max_streams: int = 8, cuda_graphs: bool = False):
+    def __init__(self, engine: Engine, max_streams: int = 8, cuda_graphs: bool = False, max_step_tokens: int = 128):
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         self.engine, self.max_streams = engine, max_streams
+        # Jacobi windows widen every row of a step to the longest window: rows x tokens is capped where a decode
+        # GEMM stops being bound by reading the weights (~165 rows on an H200 in bf16), so windows stay free
+        self.max_step_tokens = max_step_tokens
         self.cuda_graphs = cuda_graphs and engine.device.type == "cuda" and engine.mirror is None
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None
@@ -104,12 +110,14 @@ class BatchEngine:
         cancel = cancel if cancel is not None else threading.Event()
         new = [[(t, True) for t in r] for r in rows]
         core = eng._decode_steps(req, cancel, image_sampling, cfg, state, new, max_new, t_start, len(cond))
-        m = _Member(span, pair, core, cancel, emit, done)
+        m = _Member(span, pair, core, state, cancel, emit, done)
         self.members.append(m)
         self._advance(m)  # the prefill and the first token
 
     def _advance(self, m: _Member) -> None:
         """Run the request's own logic until it needs the next step (or finishes)."""
+        rows = 2 * max(p.pair for p in self.members) + 2  # the forward's span, at most
+        m.state.window_cap = max(0, self.max_step_tokens // rows - 1)
         try:
             while True:
                 item = m.core.send(m.logits)

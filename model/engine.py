@@ -203,6 +203,7 @@ class _DecodeState:
     next_pos: Tensor  # [B]
     slot: int = 0  # slots [0, slot) hold the history
     pending: tuple[int, bool] | None = None  # (token, valid for the unconditional row)
+    window_cap: int | None = None  # the most Jacobi drafts per forward the driver allows (a batch: see BatchEngine)
 
 
 @dataclass
@@ -498,11 +499,15 @@ class Engine:
             else:
                 yield item
 
-    def _jacobi_span(self, req: GenerationRequest, grammar: ImageGrammar, budget: int) -> int:
-        """Drafts for the next forward: within the image, short of its EOI (which is forced), within the budget."""
-        if req.jacobi_window <= 0 or grammar.mode != "rows":
+    def _jacobi_span(self, req: GenerationRequest, state: _DecodeState, budget: int) -> int:
+        """Drafts for the next forward: within the image, short of its EOI (which is forced), within the budget and
+        the driver's cap."""
+        grammar, window = state.grammar, req.jacobi_window
+        if state.window_cap is not None:
+            window = min(window, state.window_cap)
+        if window <= 0 or grammar.mode != "rows":
             return 0
-        return max(0, min(req.jacobi_window, grammar.h * (grammar.w + 1) - 1 - grammar.k, budget))
+        return max(0, min(window, grammar.h * (grammar.w + 1) - 1 - grammar.k, budget))
 
     def _drafts(self, carry: Tensor | None, m: int, gen: torch.Generator) -> tuple[list[int], Tensor]:
         """m draft indices into the visual slice and the q [m, V'] they were drawn from: from the last forward's p
@@ -614,7 +619,7 @@ class Engine:
                 break
             slot = L + len(generated) - 1  # t's slot: every token before it is in the cache
             forwards += 1
-            m = self._jacobi_span(req, grammar, max_new - len(generated) - 1)
+            m = self._jacobi_span(req, state, max_new - len(generated) - 1)
             if m == 0:
                 # the unconditional row keeps image tokens (BOI..EOI) and skips text: an invalid slot, same position
                 u_valid = was_image or grammar.in_image()

@@ -110,14 +110,17 @@ def test_window_is_validated(engine):
             list(engine.generate(vla(engine.tok, jacobi_window=bad)))
 
 
-def test_jacobi_requests_in_a_continuous_batch_decode_what_they_decode_alone(engine):
+@pytest.mark.parametrize("max_step_tokens", [128, 12], ids=["windows-fit", "windows-capped"])
+def test_jacobi_requests_in_a_continuous_batch_decode_what_they_decode_alone(engine, max_step_tokens):
     """Windows of different lengths and one-token steps share one forward (shorter rows repeat their last token);
-    requests join mid-decode. Greedy, so float rounding between batch shapes cannot flip a sample."""
+    requests join mid-decode. Greedy, so float rounding between batch shapes cannot flip a sample. With rows x
+    tokens capped at 12 (6 rows: windows of 1) the tokens are the same and the windowed request takes more forwards."""
     greedy = dict(text_sampling=GREEDY, image_sampling=GREEDY)
     reqs = [vla(engine.tok, jacobi_window=4, **greedy), vla(engine.tok, jacobi_window=0, **greedy),
             vla(engine.tok, jacobi_window=16, cfg_scale=1.0, **greedy)]  # fmt: skip
-    alone = [list(engine.generate(r))[-1].token_ids for r in reqs]
-    batch, out = BatchEngine(engine, max_streams=3), {}
+    solo = [list(engine.generate(r))[-1] for r in reqs]
+    alone = [f.token_ids for f in solo]
+    batch, out = BatchEngine(engine, max_streams=3, max_step_tokens=max_step_tokens), {}
     step = 0
     while step < 3 or batch.active:
         if step < 3:
@@ -125,3 +128,5 @@ def test_jacobi_requests_in_a_continuous_batch_decode_what_they_decode_alone(eng
         batch.step()
         step += 1
     assert [out[i].token_ids for i in range(3)] == alone
+    capped = out[2].timings["decode_forwards"] > solo[2].timings["decode_forwards"]
+    assert capped == (max_step_tokens == 12)
