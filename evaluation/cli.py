@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cfg-scale", type=float, default=None)
     g.add_argument("--plan-seed", type=int, default=None, help="fixed decoding seed (default: from episode seed)")
     g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
+    g.add_argument("--jacobi-window", type=int, default=None, help="speculative Jacobi decoding of key-frames")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -60,6 +61,7 @@ def config_from_args(args: argparse.Namespace):
         cfg_scale=args.cfg_scale,
         seed=args.plan_seed,
         logit_bias=bias,
+        jacobi_window=args.jacobi_window,
         timeout_s=args.timeout,
         token=args.token or os.environ.get("EMU35_ROBOT_TOKEN"),
     )

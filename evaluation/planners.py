@@ -144,6 +144,7 @@ class GrpcOptions:
     cfg_scale: float | None = None
     seed: int | None = None  # None: derived from the episode seed and attempt, so runs reproduce
     logit_bias: dict[int, float] = field(default_factory=dict)
+    jacobi_window: int | None = None  # speculative Jacobi decoding of key-frames (same distribution, fewer forwards)
     timeout_s: float | None = 600.0
     token: str | None = None
 
@@ -172,6 +173,7 @@ class GrpcPlanner:
             cfg_scale=o.cfg_scale,
             seed=seed,
             logit_bias=dict(o.logit_bias),
+            jacobi_window=o.jacobi_window,
         )
         h, w = ctx.image.shape[:2]
         t0 = time.perf_counter()

@@ -142,7 +142,7 @@ def test_one_episode_planned_by_the_grpc_service(grpc_server, tmp_path):
     out = tmp_path / "grpc"
     args = ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", address, "--episodes", "1",
             "--out", str(out), "--keyframe-grid", "3x3", "--max-subgoals", "2", "--max-new-tokens", "160",
-            "--logit-bias", f"{tok.boi_id}=50", *SMALL]  # fmt: skip
+            "--logit-bias", f"{tok.boi_id}=50", "--jacobi-window", "4", *SMALL]  # fmt: skip
     assert cli_main(args) == 0
     (r,) = read_records(out / EPISODES_FILE)
     assert r["error"] is None and r["planner_errors"] == [], r
