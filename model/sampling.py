@@ -39,7 +39,10 @@ def sample(scores: Tensor, params: SamplingParams, generator: torch.Generator | 
     if params.temperature == 0:
         return scores.argmax(-1)
     probs, idx = _kept(scores, params)
-    pick = torch.multinomial(probs, 1, generator=generator)  # [N, 1]: among the top-k only, when there is a top-k
+    if idx is not None:  # draw in vocabulary order, as over the whole vocabulary: in score order, two near-equal
+        idx, order = idx.sort(-1)  # logits that swap places by a last-bit difference (batched vs alone) would
+        probs = probs.gather(-1, order)  # move every draw between them to the other token
+    pick = torch.multinomial(probs, 1, generator=generator)  # [N, 1]: among the kept candidates only
     return (pick if idx is None else idx.gather(-1, pick)).squeeze(-1)
 
 
