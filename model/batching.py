@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import Engine, GenerationRequest, StepRequest, _DecodeState
+from .engine import Engine, GenerationRequest, StepRequest, _DecodeState, capture_graph
 from .prompts import task_prompt, unconditional_prompt
 from .sequence import image_string
 
@@ -177,19 +177,9 @@ class BatchEngine:
                 vocab_slice=vs,
             ).logits
 
-        saved = view.valid.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = run()
-        view.valid.copy_(saved)
+        graph, out = capture_graph(run, view.valid, self._pool)
         return graph, static, out
 
     @torch.no_grad()
@@ -216,7 +206,7 @@ class BatchEngine:
                 slot[m.rows] = n.slot + cols
             visual = all(m.need.visual for m in live)
             top = max(m.need.slot + m.need.ids.shape[1] - 1 for m in live)
-            kv_len = min(eng.max_len, (top // eng.graph_bucket + 1) * eng.graph_bucket)  # as Engine._step
+            kv_len = eng.kv_bucket(top)
             logits = self._forward(hi, ids, pos, valid, slot, kv_len, visual)  # [hi, T, V']
             for m in live:
                 t = m.need.ids.shape[1]

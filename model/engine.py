@@ -219,6 +219,23 @@ class StepRequest:
     visual: bool
 
 
+def capture_graph(run, valid: Tensor, pool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    """Warm `run` (one decode forward on static inputs) up twice on a side stream, capture it into a CUDA graph on
+    `pool`, and restore `valid`, the cache's mask, which the warm-ups wrote. Returns (graph, its output)."""
+    saved = valid.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = run()
+    valid.copy_(saved)
+    return graph, out
+
+
 # ---- the engine -----------------------------------------------------------------------------------------------------
 class Engine:
     """Decode requests on one model. One request at a time (a lock); `model.batching.BatchEngine` batches them."""
@@ -354,12 +371,16 @@ class Engine:
                 vocab_slice=self.visual if visual else None,
             ).logits
 
+    def kv_bucket(self, top: int) -> int:
+        """The attended length of a step whose highest slot is `top`: a multiple of graph_bucket (one graph each)."""
+        return min(self.max_len, (top // self.graph_bucket + 1) * self.graph_bucket)
+
     def _step(
         self, cache, ids: Tensor, pos: Tensor, valid: Tensor, slot: int, visual_head: bool, graphs: bool = True
     ) -> Tensor:
         """One decode step: ids/pos/valid [B, 1] -> logits [B, V'] (V' = visual slice when visual_head). Captured graphs
         are bound to the engine's own caches, so a session's cache (graphs=False) runs eagerly."""
-        kv_len = min(self.max_len, (slot // self.graph_bucket + 1) * self.graph_bucket)
+        kv_len = self.kv_bucket(slot)
         with self._mirrored("step", cache, ids, pos, valid, kv_len, slot=slot, visual=visual_head, graphs=graphs):
             return self._run_step(cache, ids, pos, valid, slot, visual_head, graphs, kv_len)
 
@@ -409,19 +430,9 @@ class Engine:
                 vocab_slice=vs,
             ).logits
 
-        saved_valid = cache.valid.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = run()
-        cache.valid.copy_(saved_valid)
+        graph, out = capture_graph(run, cache.valid, self._pool)
         return graph, static, out
 
     # ---- generation -----------------------------------------------------------------------------------------
