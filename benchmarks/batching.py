@@ -12,17 +12,15 @@ weights, the official-size vocabulary; tiny on a CPU, the 34B shape on one GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.decode import bench_config, device_name, random_model, sync  # noqa: E402
+from benchmarks.decode import bench_config, random_model, sync, write_record  # noqa: E402
 from model.batching import BatchEngine  # noqa: E402
 from model.engine import Engine, Finished, GenerationRequest  # noqa: E402
 from model.random_checkpoint import official_size_ranks  # noqa: E402
@@ -89,19 +87,8 @@ def main() -> None:
         agg, seq = batched(eng, n, args.tokens, args.graphs), sequential(eng, n, args.tokens)
         rows.append({"streams": n, "batched_tokens_per_s": agg, "sequential_tokens_per_s": seq})
         print(f"{n:>3} streams: batched {agg:8.1f} tok/s, one at a time {seq:8.1f} tok/s, x{agg / seq:.2f}", flush=True)
-    res = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(dev),
-        "threads": torch.get_num_threads(),
-        "shape": args.shape,
-        "dtype": args.dtype,
-        "tokens_per_request": args.tokens,
-        "batch_cuda_graphs": args.graphs,
-        "torch": torch.__version__,
-        "results": rows,
-    }
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+    fields = dict(tokens_per_request=args.tokens, batch_cuda_graphs=args.graphs, results=rows)
+    write_record(args.out, dev, shape=args.shape, dtype=args.dtype, **fields)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,20 @@ def device_name(dev: torch.device) -> str:
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
 
 
+def write_record(out: str | None, dev: torch.device, **fields) -> dict:
+    """The run's JSON record (date, device, threads, torch, then `fields`), written to `out` when given."""
+    res = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **fields,
+    }
+    if out:
+        Path(out).write_text(json.dumps(res, indent=2))
+    return res
+
+
 def random_model(config: Emu35Config, device, dtype) -> Emu35:
     with torch.device("meta"):
         lm = Emu35(config)

@@ -17,17 +17,15 @@ trained model's in any way we know): its speed-up must be judged on trained weig
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.decode import bench_config, device_name, random_model, sync  # noqa: E402
+from benchmarks.decode import bench_config, random_model, sync, write_record  # noqa: E402
 from model.engine import Engine, Finished, GenerationRequest, ImageFinished  # noqa: E402
 from model.random_checkpoint import official_size_ranks, tiny_ranks  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
@@ -117,17 +115,7 @@ def main() -> None:
                 f"{r['ms_per_image_token']:.2f} ms per image token",
                 flush=True,
             )
-    res = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(dev),
-        "threads": torch.get_num_threads(),
-        "shape": args.shape,
-        "dtype": args.dtype,
-        "torch": torch.__version__,
-        "results": rows,
-    }
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+    write_record(args.out, dev, shape=args.shape, dtype=args.dtype, results=rows)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,9 @@ smaller and its images far simpler than Emu3.5's, so the rate is indicative, not
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.decode import write_record  # noqa: E402
 from model.engine import Engine, GenerationRequest  # noqa: E402
 from model.prompts import task_prompt  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, random_emu35, tiny_ranks  # noqa: E402
@@ -120,19 +118,8 @@ def main() -> None:
         dt = (time.perf_counter() - t) / args.images
         rows.append({"window": window, "tokens_per_forward": gen / fwd, "s_per_image": dt})
         print(f"window {window:>2}: {gen / fwd:.2f} tokens/forward, {1000 * dt:.0f} ms per image", flush=True)
-    res = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "frames": len(seqs),
-        "train_steps": args.steps,
-        "final_loss": loss.item(),
-        "top_k": args.top_k,
-        "results": rows,
-    }
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+    fields = dict(frames=len(seqs), train_steps=args.steps, final_loss=loss.item(), top_k=args.top_k, results=rows)
+    write_record(args.out, torch.device("cpu"), **fields)
 
 
 if __name__ == "__main__":
