@@ -14,6 +14,7 @@ from emu35_robot.training.sequences import (
     explore_sequences,
     explore_text,
     keyframe_per_subgoal,
+    padded,
     unconditional_text,
 )
 from model import ImageSegment, TextSegment, parse_stream
@@ -95,7 +96,11 @@ def test_vla_sequences_have_the_official_layout(data):
         assert all(s.complete and s.codes.shape == (4, 4) for s in images)
         assert len(images) == 1 + len(rec.subgoals) - k
         assert words[0] == f"<|extra_203|>You are a helpful assistant for vla task. USER: {rec.instruction}"
-        assert words[1] == " ASSISTANT: <|extra_100|>" + rec.subgoals[k]
+        assert words[1] == " ASSISTANT: <|extra_100|>" + padded(rec.subgoals[k])
+        # every key-frame after the first starts a fixed distance after the image before it: a copy is one offset
+        ids = tok.encode(prompt + answer)
+        starts = [i for i, t in enumerate(ids) if t == tok.boi_id]
+        assert len({b - a for a, b in zip(starts[1:], starts[2:])}) <= 1
         assert words[-1] == "<|extra_204|>"
         np.testing.assert_array_equal(images[-1].codes, codes[kf[-1]])  # the last key-frame closes every plan
     # CFG's unconditional stream: the unconditional prompt with the first view, then only the key-frames

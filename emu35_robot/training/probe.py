@@ -53,7 +53,7 @@ def probe(
             question=rec.instruction,
             images=[Image.fromarray(frames[0])],
             seed=seed + j,
-            max_new_tokens=320 * (len(rec.subgoals) + 1),  # a plan that loops is cut, not run to max_len
+            max_new_tokens=360 * (len(rec.subgoals) + 1),  # a plan that loops is cut, not run to max_len
             cfg_scale=cfg_scale,
             image_sampling=SamplingParams(top_k=1) if greedy else None,
             **({"text_sampling": SamplingParams(top_k=1)} if greedy else {}),
