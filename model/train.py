@@ -39,6 +39,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     visual_weight: float = 0.5
     max_len: int = 1024  # longer sequences are cut (their tail is lost: size data so this never happens)
+    # Share of the answer's visual tokens replaced, as inputs only, by random codes (targets stay clean). Why: an
+    # image token is mostly predictable from its neighbours in the same image, and with clean neighbours a small
+    # model learns that shortcut instead of copying from the reference image, then drifts once it samples its own
+    # tokens. Corrupted neighbours make the reference the reliable source.
+    input_noise: float = 0.0
     bf16: bool = True  # autocast on CUDA; CPU runs float32
     log_every: int = 10
     ckpt_every: int = 200
@@ -53,9 +58,10 @@ def token_weights(ids: Tensor, visual_start: int, visual_end: int, pad_id: int, 
     return w
 
 
-def lm_loss(lm: Emu35, ids: Tensor, weights: Tensor) -> Tensor:
-    """Weighted next-token cross-entropy. ids, weights [B, T]; the weight of a target token applies to its loss."""
-    logits = lm(ids[:, :-1]).logits  # [B, T-1, V]
+def lm_loss(lm: Emu35, ids: Tensor, weights: Tensor, inputs: Tensor | None = None) -> Tensor:
+    """Weighted next-token cross-entropy. ids, weights [B, T]; the weight of a target token applies to its loss.
+    `inputs` [B, T]: what the model reads instead of `ids` (e.g. corrupted tokens); the targets are always `ids`."""
+    logits = lm((ids if inputs is None else inputs)[:, :-1]).logits  # [B, T-1, V]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     w = weights[:, 1:].reshape(-1)
     return (ce * w).sum() / w.sum().clamp(min=1.0)
@@ -69,6 +75,18 @@ def collate(seqs: Sequence[Sequence[int]], pad_id: int, max_len: int) -> Tensor:
         s = s[:T]  # a list or a 1-D integer array
         out[i, : len(s)] = torch.as_tensor(np.asarray(s), dtype=torch.long)
     return out
+
+
+def corrupt_visual(
+    ids: Tensor, weights: Tensor, visual: tuple[int, int], p: float, gen: torch.Generator | None = None
+) -> Tensor:
+    """A copy of ids [B, T] whose trained visual tokens (weight > 0) are each replaced, with probability p, by a
+    uniformly drawn visual token. `gen`: a CPU generator (the Trainer's, saved in its checkpoints)."""
+    if p <= 0:
+        return ids
+    lo, hi = visual
+    pick = (torch.rand(ids.shape, generator=gen) < p).to(ids.device) & (weights > 0) & (ids >= lo) & (ids < hi)
+    return torch.where(pick, torch.randint(lo, hi, ids.shape, generator=gen).to(ids.device), ids)
 
 
 def mask_prompts(weights: Tensor, loss_from: Sequence[int]) -> Tensor:
@@ -160,6 +178,7 @@ class Trainer:
         self.order: list[int] = []
         self.cursor = 0
         self.rng = random.Random(cfg.seed)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed)  # input_noise draws
 
     # ---- data order: a shuffled permutation per epoch, kept in the checkpoint so a resume sees the same batches
     def _next_batch(self) -> list[int]:
@@ -208,7 +227,7 @@ class Trainer:
             self.save_fn(tmp / "model")
         else:
             self.save_fn(tmp / "model", model_state)
-        state = {"optimizer": opt_state, "torch_rng": torch.get_rng_state()}
+        state = {"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "noise_rng": self.noise_gen.get_state()}
         torch.save(state, tmp / "trainer.pt")
         meta = {
             "step": self.step,
@@ -249,6 +268,8 @@ class Trainer:
         else:
             self.opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        if "noise_rng" in state:  # checkpoints written before input_noise existed lack it
+            self.noise_gen.set_state(state["noise_rng"])
         self.step, self.order, self.cursor = meta["step"], meta["order"], meta["cursor"]
         r = meta["rng"]
         self.rng.setstate((r[0], tuple(r[1]), r[2]))
@@ -285,8 +306,9 @@ class Trainer:
                     w = token_weights(ids, *self.visual, self.pad_id, cfg.visual_weight)
                     if self.loss_from is not None:
                         w = mask_prompts(w, [self.loss_from[i] for i in idx])
+                    inputs = corrupt_visual(ids, w, self.visual, cfg.input_noise, self.noise_gen)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                        loss = lm_loss(lm, ids, w) / cfg.grad_accum
+                        loss = lm_loss(lm, ids, w, inputs) / cfg.grad_accum
                     loss.backward()
                     total += float(loss.detach())
                     tokens += int((w > 0).sum())

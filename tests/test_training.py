@@ -9,7 +9,7 @@ import torch
 from model import Emu35
 from model.lora import apply_lora, load_lora, merge_lora, save_lora
 from model.random_checkpoint import config_for_tokenizer, random_emu35, write_tokenizer
-from model.train import TrainConfig, Trainer, lm_loss, mask_prompts, token_weights
+from model.train import TrainConfig, Trainer, corrupt_visual, lm_loss, mask_prompts, token_weights
 from model.train_vq import VQTrainConfig, ibq_straight_through, psnr, train_vq
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
 
@@ -68,10 +68,28 @@ def test_weighted_loss_matches_manual(tiny):
         torch.testing.assert_close(lm_loss(lm, ids, w), want)
 
 
-def test_train_loss_drops_and_resume_is_exact(tiny, tmp_path):
+def test_corrupt_visual_replaces_only_trained_visual_tokens(tiny):
+    tok, cfg = tiny
+    visual = (cfg.visual_token_start, cfg.visual_token_start + cfg.num_visual_tokens)
+    ids = torch.tensor([[tok.bos_id, 5, 6] + [tok.code_to_id(i % 64) for i in range(2000)] + [tok.pad_id]])
+    w = token_weights(ids, *visual, cfg.pad_token_id, 0.5)
+    w = mask_prompts(w, [1000])  # the first 1000 tokens are prompt: their images are never corrupted
+    assert torch.equal(corrupt_visual(ids, w, visual, 0.0), ids)
+    torch.manual_seed(0)
+    out = corrupt_visual(ids, w, visual, 0.25)
+    changed = out != ids
+    assert not changed[0, :1000].any() and not changed[0, -1]  # prompt and padding untouched
+    assert 0.19 < changed[0, 1000:-1].float().mean() < 0.29  # p=0.25 over 1,003 tokens: std 0.014
+    assert ((out >= visual[0]) & (out < visual[1]))[changed].all()
+
+
+@pytest.mark.parametrize("input_noise", [0.0, 0.3])
+def test_train_loss_drops_and_resume_is_exact(tiny, tmp_path, input_noise):
     tok, cfg = tiny
     data = sequences(tok)
-    tc = TrainConfig(steps=30, batch_size=4, lr=3e-3, warmup=3, log_every=5, ckpt_every=15, bf16=False)
+    tc = TrainConfig(
+        steps=30, batch_size=4, lr=3e-3, warmup=3, log_every=5, ckpt_every=15, bf16=False, input_noise=input_noise
+    )
     lm = random_emu35(cfg, seed=0)
     hist = Trainer(lm, data, tmp_path / "a", tc).fit(progress=False)
     assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]

@@ -8,6 +8,7 @@ import torch
 
 from emu35_robot.training.collect import collect, collect_explore, load, load_explore
 from emu35_robot.training.sequences import (
+    GAP_TOKENS,
     encode_frames,
     encode_pairs,
     episode_texts,
@@ -96,11 +97,13 @@ def test_vla_sequences_have_the_official_layout(data):
         assert all(s.complete and s.codes.shape == (4, 4) for s in images)
         assert len(images) == 1 + len(rec.subgoals) - k
         assert words[0] == f"<|extra_203|>You are a helpful assistant for vla task. USER: {rec.instruction}"
-        assert words[1] == " ASSISTANT: <|extra_100|>" + padded(rec.subgoals[k])
-        # every key-frame after the first starts a fixed distance after the image before it: a copy is one offset
-        ids = tok.encode(prompt + answer)
+        assert words[1] == " ASSISTANT: <|extra_100|>" + padded(rec.subgoals[k], True, tok)
+        assert words[1].rstrip() == " ASSISTANT: <|extra_100|>" + rec.subgoals[k]
+        # every key-frame starts the same distance after the image before it, the view included: a copy is one offset
+        ids = tok.encode(prompt) + tok.encode(answer)
         starts = [i for i, t in enumerate(ids) if t == tok.boi_id]
-        assert len({b - a for a, b in zip(starts[1:], starts[2:])}) <= 1
+        ends = [i for i, t in enumerate(ids) if t == tok.eoi_id]
+        assert [b - a for a, b in zip(ends, starts[1:])] == [GAP_TOKENS + 1] * (len(starts) - 1)
         assert words[-1] == "<|extra_204|>"
         np.testing.assert_array_equal(images[-1].codes, codes[kf[-1]])  # the last key-frame closes every plan
     # CFG's unconditional stream: the unconditional prompt with the first view, then only the key-frames
@@ -194,3 +197,19 @@ def test_probe_scores_free_running_plans_against_recorded_keyframes(data, bundle
     assert r["episodes"] == 2 and len(r["per_episode"]) == 2
     assert 0.0 <= r["placement_agreement"] < 1.0 and r["texts_exact"] == 0.0
     assert all(e["total"] > 0 for e in r["per_episode"])  # the recorded key-frames show blocks
+
+
+def test_a_subgoal_too_long_for_the_fixed_gap_is_refused():
+    tok = TextTokenizer(byte_level_ranks(), vision_token_list(16))
+    assert len(padded("pick up the red block", False, tok)) == GAP_TOKENS
+    with pytest.raises(ValueError, match="fixed gap"):
+        padded("x" * GAP_TOKENS, True, tok)
+
+
+def test_pairs_encode_the_same_in_worker_processes():
+    tok = TextTokenizer(byte_level_ranks(), vision_token_list(16))
+    image = image_string(tok, np.arange(16).reshape(4, 4) % 16)
+    pairs = [
+        (task_prompt("vla", f"task {i}", [image]), padded(f"pick up block {i}", True, tok) + image) for i in range(600)
+    ]
+    assert encode_pairs(pairs, tok, workers=2) == encode_pairs(pairs, tok, workers=1)

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
         p.add_argument("--until", type=int, default=None, help="stop after this step (time-boxed slices)")
         if name == "lm":
             p.add_argument("--augment", type=int, default=3, help="recoloured/mirrored copies of each training episode")
+            p.add_argument("--input-noise", type=float, default=0.15, help="share of image tokens read corrupted")
+            p.add_argument("--init", default=None, help="fine-tune this model dir (e.g. a bundle's model/)")
         if name == "vq":
             p.add_argument("--init", default=None, help="fine-tune this vision_tokenizer dir instead of afresh")
     a = ts.add_parser("all", help="vq -> lm -> package in one go; each stage resumes or is skipped when done")
@@ -39,6 +41,8 @@ def add_parser(sub) -> None:
     a.add_argument("--lm-steps", type=int, default=4000)
     a.add_argument("--lm-batch", type=int, default=32)
     a.add_argument("--augment", type=int, default=3, help="recoloured/mirrored copies of each training episode")
+    a.add_argument("--input-noise", type=float, default=0.15, help="share of image tokens read corrupted")
+    a.add_argument("--lm-init", default=None, help="fine-tune this model dir (e.g. a bundle's model/)")
     a.add_argument("--device", default="cuda")
     pr = ts.add_parser("probe", help="free-running plans on recorded episodes, scored against their key-frames")
     pr.add_argument("--bundle", required=True)
@@ -80,14 +84,26 @@ def run(args: argparse.Namespace) -> int:
         init = Path(args.init) if args.init else None
         print(pipeline.stage_vq(_data(args), Path(args.run), args.steps, args.batch, args.device, args.until, init))
     elif args.train_command == "lm":
+        init = Path(args.init) if args.init else None
         hist = pipeline.stage_lm(
-            _data(args), Path(args.run), args.steps, args.batch, args.device, args.until, args.augment
+            _data(args),
+            Path(args.run),
+            args.steps,
+            args.batch,
+            args.device,
+            args.until,
+            args.augment,
+            args.input_noise,
+            init,
         )
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}")
     elif args.train_command == "all":
         data, run_dir, init = _data(args), Path(args.run), Path(args.vq_init) if args.vq_init else None
         print(pipeline.stage_vq(data, run_dir, args.vq_steps, args.vq_batch, args.device, init=init), flush=True)
-        hist = pipeline.stage_lm(data, run_dir, args.lm_steps, args.lm_batch, args.device, augment=args.augment)
+        lm_init = Path(args.lm_init) if args.lm_init else None
+        hist = pipeline.stage_lm(
+            data, run_dir, args.lm_steps, args.lm_batch, args.device, None, args.augment, args.input_noise, lm_init
+        )
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}", flush=True)
         print(f"wrote {pipeline.package(run_dir, Path(args.out))}")
     elif args.train_command == "probe":

@@ -7,6 +7,7 @@ time-boxed machine can run it in slices (`--until`).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -155,25 +156,39 @@ def load_sequences(path: Path) -> dict[str, list[tuple[np.ndarray, int]]]:
 
 
 def build_sequences(
-    split_episodes: tuple, tok: TextTokenizer, vq: VisionTokenizer, augment: int, seed: int = 0
+    split_episodes: tuple, tok: TextTokenizer, vq: VisionTokenizer, augment: int, seed: int = 0, workers: int = 0
 ) -> dict:
     """From `episodes(data)`: held-out episodes as recorded; training episodes as recorded plus `augment`
-    recoloured/mirrored copies."""
+    recoloured/mirrored copies. `workers` processes encode the text (0: one per core)."""
     train, held, e_train, e_held = split_episodes
     rng = np.random.default_rng(seed)
+    w = workers or os.cpu_count() or 1
     seqs = {
-        "train": vla_sequences(train, tok, vq) + explore_sequences(e_train, tok, vq),
-        "held_out": vla_sequences(held, tok, vq) + explore_sequences(e_held, tok, vq),
+        "train": vla_sequences(train, tok, vq, w) + explore_sequences(e_train, tok, vq, w),
+        "held_out": vla_sequences(held, tok, vq, w) + explore_sequences(e_held, tok, vq, w),
     }
     for _ in range(augment):
-        seqs["train"] += vla_sequences([augment_episode(r, f, rng) for r, f in train], tok, vq)
-        seqs["train"] += explore_sequences([augment_explore(r, f, rng) for r, f in e_train], tok, vq)
+        seqs["train"] += vla_sequences([augment_episode(r, f, rng) for r, f in train], tok, vq, w)
+        seqs["train"] += explore_sequences([augment_explore(r, f, rng) for r, f in e_train], tok, vq, w)
     return seqs
 
 
+INPUT_NOISE = 0.15  # share of answer image tokens the decoder reads corrupted (TrainConfig.input_noise)
+
+
 def stage_lm(
-    data: Data, run: Path, steps: int, batch: int, device: str, until: int | None = None, augment: int = 3
+    data: Data,
+    run: Path,
+    steps: int,
+    batch: int,
+    device: str,
+    until: int | None = None,
+    augment: int = 3,
+    input_noise: float = INPUT_NOISE,
+    init: Path | None = None,
 ) -> list[dict]:
+    """Train the decoder from scratch, or fine-tune one (`init`: a model dir in the official layout, e.g. a
+    previous bundle's model/, whose vocabulary must match)."""
     tok = TextTokenizer(byte_level_ranks(), vision_token_list(N_CODES))
     tok.save_pretrained(run / "tokenizer")
     vq = VisionTokenizer.from_pretrained(run / "vq" / "vision_tokenizer", device=device)
@@ -192,13 +207,29 @@ def stage_lm(
     )
     config = config_for_tokenizer(tok, **LM_SHAPE)
     torch.manual_seed(0)
-    lm = Emu35(config)
-    with torch.no_grad():
-        for n, p in lm.named_parameters():
-            p.fill_(1.0) if n.endswith("norm.weight") else p.normal_(0.0, 0.02)
+    if init is not None:
+        lm = Emu35.from_pretrained(init, dtype=torch.float32).requires_grad_(True)  # loaded frozen, for inference
+        if lm.config.vocab_size != config.vocab_size:
+            raise ValueError(
+                f"{init}: vocabulary of {lm.config.vocab_size} tokens, this recipe's is {config.vocab_size}"
+            )
+    else:
+        lm = Emu35(config)
+        with torch.no_grad():
+            for n, p in lm.named_parameters():
+                p.fill_(1.0) if n.endswith("norm.weight") else p.normal_(0.0, 0.02)
     lm = lm.to(device)
     print(f"lm: {sum(p.numel() for p in lm.parameters()):,} params", flush=True)
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=1e-3, warmup=200, max_len=2560, log_every=25, ckpt_every=500)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        lr=1e-3,
+        warmup=200,
+        max_len=2560,
+        log_every=25,
+        ckpt_every=500,
+        input_noise=input_noise,
+    )
     train = seqs["train"]
     hist = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train]).fit(until=until)
     if hist and hist[-1]["step"] == steps:

@@ -11,6 +11,8 @@ explore prompt with the start view, its narration, EOS, then per command
 
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 
 from model.prompts import task_prompt, unconditional_prompt
@@ -22,11 +24,15 @@ from model.vision_tokenizer import VisionTokenizer
 from .collect import EpisodeRecord, ExploreRecord
 
 EOS = "<|extra_204|>"
-# Subgoal texts are padded with spaces to this many bytes (one byte-level token each; the engine strips them), so
-# every key-frame starts the same number of tokens after the image before it. Why: a key-frame is mostly a copy of
-# the previous image, and a copy at a fixed distance is one RoPE attention head's job; at a distance that moves with
-# the subgoal's wording the small decoder instead memorised whole scenes (held-out loss 6.5x training loss).
-SUBGOAL_WIDTH = 48
+# The text between two images of a plan is padded with trailing spaces (one byte-level token each; captions are
+# stripped) to this many tokens, so every key-frame starts the same distance after the image before it, the view
+# included: the view is followed by " ASSISTANT: <|extra_100|>" and the first subgoal, later key-frames by their
+# subgoal alone. Why: a key-frame is mostly a copy of the image before it, and a copy at one fixed distance is one
+# RoPE attention head's job. At distances that moved with the wording, a 14M decoder memorised scenes (held-out loss
+# 6.5x training); with later gaps fixed but the first 13 tokens longer, it copied key-frame to key-frame under
+# teacher forcing but drew its first key-frame from scratch when free-running.
+GAP_TOKENS = 64
+AFTER_VIEW = " ASSISTANT: <|extra_100|>"  # how the vla prompt ends (model.prompts)
 EXPLORE_QUESTIONS = (
     "Explore this tabletop.",
     "Look around the table.",
@@ -44,8 +50,13 @@ def keyframe_per_subgoal(rec: EpisodeRecord) -> list[int] | None:
     return [last[k] for k in range(len(rec.subgoals))]
 
 
-def padded(subgoal: str) -> str:
-    return subgoal.ljust(SUBGOAL_WIDTH)
+def padded(subgoal: str, first: bool, tok: TextTokenizer) -> str:
+    """The subgoal with trailing spaces so that the text between its image and the one before is GAP_TOKENS long."""
+    lead = len(tok.encode(AFTER_VIEW)) if first else 0
+    n = len(tok.encode(subgoal))
+    if lead + n > GAP_TOKENS:
+        raise ValueError(f"subgoal {subgoal!r} is {n} tokens; at most {GAP_TOKENS - lead} fit the fixed gap")
+    return subgoal + " " * (GAP_TOKENS - lead - n)
 
 
 Pair = tuple[str, str]  # (prompt, answer): the loss covers the answer only
@@ -59,8 +70,10 @@ def episode_texts(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer) -> 
     out = []
     for k in range(len(rec.subgoals)):
         view = 0 if k == 0 else kf[k - 1]
-        answer = "".join(padded(rec.subgoals[i]) + images[kf[i]] for i in range(k, len(rec.subgoals)))
-        out.append((task_prompt("vla", rec.instruction, [images[view]]), answer + EOS))
+        answer = "".join(padded(rec.subgoals[i], i == k, tok) + images[kf[i]] for i in range(k, len(rec.subgoals)))
+        prompt = task_prompt("vla", rec.instruction, [images[view]])
+        assert prompt.endswith(AFTER_VIEW)
+        out.append((prompt, answer + EOS))
     return out
 
 
@@ -73,26 +86,57 @@ def unconditional_text(rec: EpisodeRecord, codes: np.ndarray, tok: TextTokenizer
     return unconditional_prompt([image_string(tok, codes[0])]), "".join(image_string(tok, codes[i]) for i in kf) + EOS
 
 
-def encode_pairs(pairs: list[Pair], tok: TextTokenizer) -> list[tuple[list[int], int]]:
-    """(ids, loss_from) per pair. Prompt and answer are encoded apart, as the engine does at inference."""
+def _encode_pair(tok: TextTokenizer, pair: Pair) -> tuple[list[int], int]:
+    p = tok.encode(pair[0])
+    return p + tok.encode(pair[1]), len(p)
+
+
+_worker_tok: TextTokenizer | None = None
+
+
+def _init_worker(tok: TextTokenizer) -> None:
+    global _worker_tok
+    _worker_tok = tok
+
+
+def _encode_in_worker(pair: Pair) -> tuple[np.ndarray, int]:
+    ids, n = _encode_pair(_worker_tok, pair)
+    return np.asarray(ids, dtype=np.int32), n  # an array pickles back 5x smaller than a list
+
+
+def encode_pairs(pairs: list[Pair], tok: TextTokenizer, workers: int = 1) -> list[tuple[list[int], int]]:
+    """(ids, loss_from) per pair. Prompt and answer are encoded apart, as the engine does at inference. With
+    `workers` > 1 (and many pairs) forked processes share the work: tens of thousands of sequences, each a few
+    thousand special tokens, take minutes on one core."""
+    if workers <= 1 or len(pairs) < 512 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_encode_pair(tok, pair) for pair in pairs]
+    with multiprocessing.get_context("fork").Pool(workers, _init_worker, (tok,)) as pool:
+        return [(ids.tolist(), n) for ids, n in pool.imap(_encode_in_worker, pairs, chunksize=64)]
+
+
+def encode_episodes(vq: VisionTokenizer, episodes: list[tuple], chunk: int = 256) -> list[np.ndarray]:
+    """Codes of every episode's frames, encoding the frames of up to `chunk` episodes together: one small forward
+    per episode leaves a GPU waiting on kernel launches (minutes over tens of thousands of episodes). A CPU is
+    fastest at small batches (a 256-frame batch ran 2.5x slower per frame: its activations leave the caches)."""
+    batch = 256 if vq.quant_conv.weight.device.type == "cuda" else 16
     out = []
-    for prompt, answer in pairs:
-        p = tok.encode(prompt)
-        out.append((p + tok.encode(answer), len(p)))
+    for i in range(0, len(episodes), chunk):
+        frames = [f for _, f in episodes[i : i + chunk]]
+        codes = encode_frames(vq, np.concatenate(frames), batch=batch)
+        out += np.split(codes, np.cumsum([len(f) for f in frames])[:-1])
     return out
 
 
 def vla_sequences(
-    episodes: list[tuple[EpisodeRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer
+    episodes: list[tuple[EpisodeRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer, workers: int = 1
 ) -> list[tuple[list[int], int]]:
     pairs = []
-    for rec, frames in episodes:
-        codes = encode_frames(vq, frames)
+    for (rec, _), codes in zip(episodes, encode_episodes(vq, episodes)):
         texts = episode_texts(rec, codes, tok)
         if texts:
             texts.append(unconditional_text(rec, codes, tok))
         pairs += texts
-    return encode_pairs(pairs, tok)
+    return encode_pairs(pairs, tok, workers)
 
 
 def explore_text(rec: ExploreRecord, codes: np.ndarray, tok: TextTokenizer) -> Pair:
@@ -112,10 +156,9 @@ def explore_unconditional_text(codes: np.ndarray, tok: TextTokenizer) -> Pair:
 
 
 def explore_sequences(
-    episodes: list[tuple[ExploreRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer
+    episodes: list[tuple[ExploreRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer, workers: int = 1
 ) -> list[tuple[list[int], int]]:
     pairs = []
-    for rec, frames in episodes:
-        codes = encode_frames(vq, frames)
+    for (rec, _), codes in zip(episodes, encode_episodes(vq, episodes)):
         pairs += [explore_text(rec, codes, tok), explore_unconditional_text(codes, tok)]
-    return encode_pairs(pairs, tok)
+    return encode_pairs(pairs, tok, workers)

@@ -1,0 +1,58 @@
+"""The Emu3.5-mini recipe end to end on a tiny shape: collect -> vq -> lm (stopped, resumed) -> package -> load,
+then fine-tuning a packaged model. The real run is the same code at the sizes in pipeline.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("sim_envs")
+
+from emu35_robot.training import pipeline  # noqa: E402
+from emu35_robot.training.collect import collect  # noqa: E402
+from model.engine import load_engine  # noqa: E402
+
+SIZE = 64
+
+
+@pytest.fixture
+def tiny_recipe(monkeypatch):
+    monkeypatch.setattr(pipeline, "N_CODES", 64)
+    monkeypatch.setattr(
+        pipeline,
+        "VQ_SHAPE",
+        dict(n_embed=64, embed_dim=8, ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=8,
+             attn_resolutions=(), resolution=SIZE),
+    )  # fmt: skip
+    monkeypatch.setattr(
+        pipeline,
+        "LM_SHAPE",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+             head_dim=16, max_position_embeddings=4096, image_area=SIZE**2),
+    )  # fmt: skip
+
+
+def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert collect(data, ["sim_envs/PlaceInZone-mujoco-v0"], range(3), size=SIZE, progress=False) == 3
+    vq = pipeline.stage_vq(data, run, steps=2, batch=2, device="cpu")
+    assert vq["steps"] == 2 and vq["psnr"] > 0
+
+    assert pipeline.stage_lm(data, run, steps=4, batch=2, device="cpu", until=2, augment=1) == []  # logs at step 4
+    assert json.loads((run / "lm" / "checkpoint" / "trainer.json").read_text())["step"] == 2
+    hist = pipeline.stage_lm(data, run, steps=4, batch=2, device="cpu", augment=1)  # resumes: same sequences file
+    assert [h["step"] for h in hist] == [4]
+    result = json.loads((run / "lm" / "lm_result.json").read_text())
+    assert result["steps"] == 4 and result["probe"]["greedy"]["episodes"] == 1  # 5 % of 3 episodes, at least one
+
+    bundle = pipeline.package(run, tmp_path / "bundle")
+    engine = load_engine(bundle / "model", bundle / "tokenizer", bundle / "vision_tokenizer", "cpu")
+    assert engine.lm.config.num_visual_tokens == 64
+
+    shutil.copytree(run / "vq", tmp_path / "tuned" / "vq")  # a new run on the same tokenizer, the decoder fine-tuned
+    tuned = pipeline.stage_lm(
+        data, tmp_path / "tuned", steps=1, batch=2, device="cpu", augment=0, init=bundle / "model"
+    )
+    assert [h["step"] for h in tuned] == [1]
