@@ -41,6 +41,26 @@ class VQTrainConfig:
     ckpt_every: int = 500
     seed: int = 0
     bf16: bool = True
+    # Reconstruction weight of saturated pixels (saturation >= 0.2) is 1 + colour_weight. Why: in tabletop frames
+    # the blocks and zones are ~3 % of the pixels and the only part a planner reads; with uniform weight a
+    # tokenizer at 25 dB PSNR drew every block the same red and dropped pastel zones.
+    colour_weight: float = 0.0
+
+
+def colour_mask(x: Tensor) -> Tensor:
+    """x [B, 3, H, W] in [-1, 1] -> [B, 1, H, W] 1.0 where the HSV saturation is at least 0.2."""
+    rgb = (x.float() + 1) / 2
+    hi, lo = rgb.amax(1, keepdim=True), rgb.amin(1, keepdim=True)
+    return ((hi - lo) >= 0.2 * hi.clamp(min=1e-3)).float()
+
+
+def reconstruction_loss(x_rec: Tensor, x: Tensor, colour_weight: float = 0.0) -> Tensor:
+    """L1 + MSE, each a weighted mean over pixels (weights 1 + colour_weight on saturated pixels)."""
+    d = x_rec.float() - x.float()
+    if colour_weight <= 0:
+        return d.abs().mean() + d.pow(2).mean()
+    w = 1 + colour_weight * colour_mask(x)
+    return ((d.abs() + d.pow(2)) * w).mean() / w.mean()
 
 
 def ibq_straight_through(z: Tensor, codebook: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
@@ -63,7 +83,7 @@ def vq_losses(vq: VisionTokenizer, x: Tensor, cfg: VQTrainConfig) -> tuple[Tenso
     E = F.normalize(vq.quantize.embedding.weight, dim=1)
     z_q, codes, soft = ibq_straight_through(z, E, cfg.tau)
     x_rec = vq.decoder(vq.post_quant_conv(z_q))
-    rec = F.l1_loss(x_rec, x) + F.mse_loss(x_rec, x)
+    rec = reconstruction_loss(x_rec, x, cfg.colour_weight)
     e_hard = E[codes].permute(0, 3, 1, 2)  # [B, D, h, w]
     quant = cfg.beta * F.mse_loss(z, e_hard.detach()) + F.mse_loss(e_hard, z.detach())
     p = soft.reshape(-1, soft.shape[-1]).float()

@@ -10,7 +10,7 @@ from model import Emu35
 from model.lora import apply_lora, load_lora, merge_lora, save_lora
 from model.random_checkpoint import config_for_tokenizer, random_emu35, write_tokenizer
 from model.train import TrainConfig, Trainer, corrupt_visual, lm_loss, mask_prompts, token_weights
-from model.train_vq import VQTrainConfig, ibq_straight_through, psnr, train_vq
+from model.train_vq import VQTrainConfig, colour_mask, ibq_straight_through, psnr, reconstruction_loss, train_vq
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
 
 
@@ -169,3 +169,14 @@ def test_vq_training_improves_and_resumes(tmp_path):
     assert res["psnr"] > before + 2
     again = VisionTokenizer.from_pretrained(tmp_path / "vision_tokenizer")
     assert abs(psnr(again, frames[:4]) - res["psnr"]) < 1e-6
+
+
+def test_colour_weight_emphasises_saturated_pixels():
+    x = torch.full((1, 3, 4, 4), 0.2)  # grey
+    x[0, :, 0, 0] = torch.tensor([1.0, -1.0, -1.0])  # one red pixel
+    assert colour_mask(x).flatten().tolist() == [1.0] + [0.0] * 15
+    off_red, off_grey = x.clone(), x.clone()
+    off_red[0, :, 0, 0] += 0.5
+    off_grey[0, :, 1, 1] += 0.5
+    torch.testing.assert_close(reconstruction_loss(off_red, x), reconstruction_loss(off_grey, x))  # unweighted
+    assert reconstruction_loss(off_red, x, 20.0) > 10 * reconstruction_loss(off_grey, x, 20.0)

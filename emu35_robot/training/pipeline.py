@@ -43,6 +43,7 @@ VQ_SHAPE = dict(
     attn_resolutions=(16,),
     resolution=IMAGE_SIZE,
 )
+VQ_COLOUR_WEIGHT = 20.0  # blocks and zones weigh 21x the table in reconstruction (VQTrainConfig.colour_weight)
 LM_SHAPE = dict(
     hidden_size=384,
     intermediate_size=1024,
@@ -93,7 +94,15 @@ def stage_vq(
     if init is not None:
         vq.load_state_dict(VisionTokenizer.from_pretrained(init).state_dict())
     lr, warmup = (1.5e-4, 50) if init is not None else (4e-4, 200)
-    cfg = VQTrainConfig(steps=steps, batch_size=batch, lr=lr, warmup=warmup, log_every=50, ckpt_every=500)
+    cfg = VQTrainConfig(
+        steps=steps,
+        batch_size=batch,
+        lr=lr,
+        warmup=warmup,
+        log_every=50,
+        ckpt_every=500,
+        colour_weight=VQ_COLOUR_WEIGHT,
+    )
     print(
         f"vq: {len(frames)} training frames, {len(held_frames)} held-out, {sum(p.numel() for p in vq.parameters()):,}"
         " params",
