@@ -38,7 +38,7 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     assert collect(data, ["sim_envs/PlaceInZone-mujoco-v0"], range(3), size=SIZE, progress=False) == 3
     vq = pipeline.stage_vq(data, run, steps=2, batch=2, device="cpu")
-    assert vq["steps"] == 2 and vq["psnr"] > 0
+    assert vq["steps"] == 2 and vq["psnr"] > 0 and 0 <= vq["blob_agreement"] <= 1
 
     assert pipeline.stage_lm(data, run, steps=4, batch=2, device="cpu", until=2, augment=1) == []  # logs at step 4
     assert json.loads((run / "lm" / "checkpoint" / "trainer.json").read_text())["step"] == 2
