@@ -29,8 +29,9 @@ EOS = "<|extra_204|>"
 # included: the view is followed by " ASSISTANT: <|extra_100|>" and the first subgoal, later key-frames by their
 # subgoal alone. Why: a key-frame is mostly a copy of the image before it, and a copy at one fixed distance is one
 # RoPE attention head's job. At distances that moved with the wording, a 14M decoder memorised scenes (held-out loss
-# 6.5x training); with later gaps fixed but the first 13 tokens longer, it copied key-frame to key-frame under
-# teacher forcing but drew its first key-frame from scratch when free-running.
+# 6.5x training). With only the subgoals padded (the first gap 13 tokens longer than the rest), the next one was no
+# longer overfit, but its free-running first key-frames still lost the view's scene (its tokenizer also lost the
+# block colours, so the two causes are not separated yet).
 GAP_TOKENS = 64
 AFTER_VIEW = " ASSISTANT: <|extra_100|>"  # how the vla prompt ends (model.prompts)
 EXPLORE_QUESTIONS = (
