@@ -123,10 +123,9 @@ def reconstruction_blob_agreement(vq: VisionTokenizer, frames: np.ndarray, tol_p
     agree = total = 0
     for i in range(0, len(frames), 64):
         x = frames[i : i + 64]
-        y = vq.decode(torch.as_tensor(encode_frames(vq, x)).to(vq.quant_conv.weight.device))
-        y = ((y.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-        for a, b in zip(y, x):
-            ok, n = blob_agreement(a, b, tol_px)
+        decoded = vq.decode_pil(torch.as_tensor(encode_frames(vq, x)).to(vq.quant_conv.weight.device))
+        for a, b in zip(decoded, x):
+            ok, n = blob_agreement(np.asarray(a), b, tol_px)
             agree, total = agree + ok, total + n
     return agree / max(total, 1)
 
