@@ -42,6 +42,9 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
 
     assert pipeline.stage_lm(data, run, steps=4, batch=2, device="cpu", until=2, augment=1) == []  # logs at step 4
     assert json.loads((run / "lm" / "checkpoint" / "trainer.json").read_text())["step"] == 2
+    stopped = pipeline.package(run, tmp_path / "stopped")  # a time box ran out: package step 2, measure it
+    result = pipeline.result_of_stopped_run(data, run, stopped, step=2, probe_n=1)
+    assert result["steps"] == 2 and result["held_out_loss"] > 0 and result["probe"]["sampled"]["episodes"] == 1
     hist = pipeline.stage_lm(data, run, steps=4, batch=2, device="cpu", augment=1)  # resumes: same sequences file
     assert [h["step"] for h in hist] == [4]
     result = json.loads((run / "lm" / "lm_result.json").read_text())

@@ -47,6 +47,10 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _loss(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str = "") -> str:
     vq, lm = _json(run / "vq" / "vq_result.json"), _json(run / "lm" / "lm_result.json")
     loss_log = run / "lm" / "loss.jsonl"
@@ -70,8 +74,8 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
         f"{vq.get('psnr', float('nan')):.2f} dB, {vq.get('codes_used_held_out')} codes in use on held-out frames |",
         f"| tokenizer (`tokenizer/`) | {mb(sizes['tokenizer'])} | byte-level ranks + specials + visual tokens |",
         "",
-        f"Decoder training: {lm.get('steps')} steps; answer loss {lm.get('train_loss', float('nan')):.3f} (train), "
-        f"{lm.get('held_out_loss', float('nan')):.3f} (held-out episodes)"
+        f"Decoder training: {lm.get('steps')} steps; answer loss {_loss(lm.get('train_loss'))} (train), "
+        f"{_loss(lm.get('held_out_loss'))} (held-out episodes)"
         + (f"; {log[-1].get('tokens_per_s', 0):,.0f} tokens/s." if log else "."),
     ]
     for mode, p in (lm.get("probe") or {}).items():

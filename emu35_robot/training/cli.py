@@ -50,6 +50,13 @@ def add_parser(sub) -> None:
     pr.add_argument("--n", type=int, default=32)
     pr.add_argument("--greedy", action="store_true")
     pr.add_argument("--device", default="cpu")
+    rs = ts.add_parser("result", help="lm_result.json (held-out loss, probes) of a run stopped before its last step")
+    rs.add_argument("--run", required=True)
+    rs.add_argument("--bundle", required=True, help="the bundle packaged from that run's last checkpoint")
+    rs.add_argument("--data", required=True, help="collection dir(s) the run trained on")
+    rs.add_argument("--step", type=int, required=True, help="the step of the checkpoint the bundle was packaged from")
+    rs.add_argument("--n", type=int, default=32, help="held-out episodes per probe")
+    rs.add_argument("--device", default="cpu")
     cd = ts.add_parser("card", help="write BUNDLE/MODEL_CARD.md from the run's records and an evaluation report")
     cd.add_argument("--run", required=True)
     cd.add_argument("--bundle", required=True)
@@ -115,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
         engine = load_engine(b / "model", b / "tokenizer", b / "vision_tokenizer", args.device, max_len=4096)
         result = probe(engine, pipeline.episodes(_data(args))[1], args.n, greedy=args.greedy)
         print(json.dumps({k: v for k, v in result.items() if k != "per_episode"}, indent=2))
+    elif args.train_command == "result":
+        r = pipeline.result_of_stopped_run(
+            _data(args), Path(args.run), Path(args.bundle), args.step, args.n, args.device
+        )
+        print(json.dumps(r, indent=2))
     elif args.train_command == "card":
         from .card import model_card
 

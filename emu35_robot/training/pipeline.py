@@ -183,6 +183,13 @@ def load_sequences(path: Path) -> dict[str, list[tuple[np.ndarray, int]]]:
     return out
 
 
+def held_out_sequences(split_episodes: tuple, tok: TextTokenizer, vq: VisionTokenizer, workers: int = 0) -> list:
+    """The held-out episodes' sequences, as recorded (never augmented)."""
+    _, held, _, e_held = split_episodes
+    w = workers or os.cpu_count() or 1
+    return vla_sequences(held, tok, vq, w) + explore_sequences(e_held, tok, vq, w)
+
+
 def build_sequences(
     split_episodes: tuple, tok: TextTokenizer, vq: VisionTokenizer, augment: int, seed: int = 0, workers: int = 0
 ) -> dict:
@@ -193,7 +200,7 @@ def build_sequences(
     w = workers or os.cpu_count() or 1
     seqs = {
         "train": vla_sequences(train, tok, vq, w) + explore_sequences(e_train, tok, vq, w),
-        "held_out": vla_sequences(held, tok, vq, w) + explore_sequences(e_held, tok, vq, w),
+        "held_out": held_out_sequences(split_episodes, tok, vq, w),
     }
     for _ in range(augment):
         seqs["train"] += vla_sequences([augment_episode(r, f, rng) for r, f in train], tok, vq, w)
@@ -261,11 +268,43 @@ def stage_lm(
     train = seqs["train"]
     hist = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train]).fit(until=until)
     if hist and hist[-1]["step"] == steps:
-        result = {"steps": steps, "train_loss": hist[-1]["loss"], "held_out_loss": held_out_loss(lm, seqs["held_out"])}
-        result["probe"] = probe_held_out(lm, tok, vq, (split_episodes or episodes(data))[1])
-        (run / "lm" / "lm_result.json").write_text(json.dumps(result, indent=2))
-        print(result, flush=True)
+        held = (split_episodes or episodes(data))[1]
+        print(write_lm_result(run, lm, tok, vq, seqs["held_out"], held, steps, hist[-1]["loss"]), flush=True)
     return hist
+
+
+def write_lm_result(
+    run: Path,
+    lm: Emu35,
+    tok: TextTokenizer,
+    vq: VisionTokenizer,
+    held_seqs: list,
+    held: list,
+    steps: int,
+    train_loss: float | None,
+    probe_n: int = 32,
+) -> dict:
+    """`run/lm/lm_result.json`, the model card's source: losses and free-running probes on held-out episodes."""
+    result = {"steps": steps, "train_loss": train_loss, "held_out_loss": held_out_loss(lm, held_seqs)}
+    result["probe"] = probe_held_out(lm, tok, vq, held, probe_n)
+    (run / "lm" / "lm_result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def result_of_stopped_run(
+    data: Data, run: Path, bundle: Path, step: int, probe_n: int = 32, device: str = "cpu"
+) -> dict:
+    """lm_result.json for a run stopped before its last step (a time box ran out) and packaged from the checkpoint
+    of `step` into `bundle`: the training loss is the loss log's at that step, the held-out loss and probes are
+    measured on `bundle` itself."""
+    log = [json.loads(x) for x in (run / "lm" / "loss.jsonl").read_text().splitlines()]
+    train_loss = next((r["loss"] for r in reversed(log) if r["step"] <= step), None)  # None: none logged yet
+    tok = TextTokenizer.from_pretrained(bundle / "tokenizer")
+    vq = VisionTokenizer.from_pretrained(bundle / "vision_tokenizer", device=device)
+    lm = Emu35.from_pretrained(bundle / "model", dtype=torch.float32, device=device)
+    split_episodes = episodes(data)
+    held_seqs = held_out_sequences(split_episodes, tok, vq)
+    return write_lm_result(run, lm, tok, vq, held_seqs, split_episodes[1], step, train_loss, probe_n)
 
 
 def package(run: Path, out: Path, card: str = "") -> Path:
