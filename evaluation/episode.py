@@ -161,8 +161,11 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
             from .video import write_episode_video
 
             path = Path(out_dir) / "videos" / re.sub(r"[^A-Za-z0-9_-]", "-", spec.key.replace("|", "_"))
-            written = write_episode_video(path, cap.frames, plan_frames, spec, info["instruction"])
-            record["video"], record["video_format"] = os.path.relpath(written, out_dir), written.suffix[1:]
+            try:  # the episode's result stands whether or not its video could be written
+                written = write_episode_video(path, cap.frames, plan_frames, spec, info["instruction"])
+                record["video"], record["video_format"] = os.path.relpath(written, out_dir), written.suffix[1:]
+            except Exception as e:  # e.g. the ffmpeg subprocess died
+                record["video_error"] = f"{type(e).__name__}: {e}"[:500]
         return record
     finally:
         env.close()

@@ -74,7 +74,7 @@ def write_episode_video(
     if not out:
         out = [np.full((64, 64, 3), 245, np.uint8)]
     hw = np.array([f.shape[:2] for f in out]).max(axis=0)
-    hw += hw % 2  # even sizes for yuv420p
+    hw += -hw % 16  # H.264 macro blocks: 16-pixel multiples, so the writer need not resize (and warn)
     stack = np.stack([np.pad(f, ((0, hw[0] - f.shape[0]), (0, hw[1] - f.shape[1]), (0, 0)), constant_values=245)
                       for f in out])  # fmt: skip
     if mp4_available():

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -56,6 +57,8 @@ def test_oracle_and_random_on_both_engines_with_workers(tmp_path):
         if r["planner"] == "oracle":
             assert r["plans"][0]["texts"] == r["canonical_subgoals"]
         assert (out / r["video"]).is_file()
+        frame = iio.imread(out / r["video"], index=0)
+        assert frame.shape[0] % 16 == 0 and frame.shape[1] % 16 == 0  # whole codec macro blocks: never resized
 
     oracle = [r for r in records if r["planner"] == "oracle"]
     random = [r for r in records if r["planner"] == "random"]
@@ -153,3 +156,13 @@ def test_one_episode_planned_by_the_grpc_service(grpc_server, tmp_path):
     assert 0 < r["time_to_first_subgoal_s"] <= r["plan_latency_s"]
     assert r["subgoals"] and all("ssim" in s for s in r["subgoals"])  # fidelity against the service's images
     assert (out / r["video"]).is_file() and r["video"] in (out / "report.html").read_text()
+
+
+def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):
+    from evaluation.episode import run_episode
+    from evaluation.planners import OraclePlanner
+
+    (tmp_path / "videos").write_text("a file where the videos folder would go")
+    spec = EpisodeSpec("PlaceInZone", "mujoco", "oracle", 0)
+    r = run_episode(spec, EvalConfig(image_size=64, video_every=6), OraclePlanner(64), tmp_path)
+    assert r["success"] and r["video"] is None and r["video_error"].startswith(("FileExistsError", "NotADirectory"))
