@@ -179,6 +179,7 @@ class Trainer:
         self.cursor = 0
         self.rng = random.Random(cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed)  # input_noise draws
+        self._done_s, self._t_fit = 0.0, None  # training seconds of finished slices; start of the running one
 
     # ---- data order: a shuffled permutation per epoch, kept in the checkpoint so a resume sees the same batches
     def _next_batch(self) -> list[int]:
@@ -192,6 +193,10 @@ class Trainer:
             batch.append(self.order[self.cursor])
             self.cursor += 1
         return batch[self.rank :: self.world]
+
+    def elapsed_s(self) -> float:
+        """Seconds spent training so far, over every slice of a resumed run (up to the checkpoint it resumed)."""
+        return self._done_s + (time.perf_counter() - self._t_fit if self._t_fit is not None else 0.0)
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     @property
@@ -231,6 +236,7 @@ class Trainer:
         torch.save(state, tmp / "trainer.pt")
         meta = {
             "step": self.step,
+            "elapsed_s": self.elapsed_s(),
             "order": self.order,
             "cursor": self.cursor,
             "rng": self.rng.getstate(),
@@ -271,6 +277,7 @@ class Trainer:
         if "noise_rng" in state:  # checkpoints written before input_noise existed lack it
             self.noise_gen.set_state(state["noise_rng"])
         self.step, self.order, self.cursor = meta["step"], meta["order"], meta["cursor"]
+        self._done_s = meta.get("elapsed_s", 0.0)
         r = meta["rng"]
         self.rng.setstate((r[0], tuple(r[1]), r[2]))
         return True
@@ -292,7 +299,7 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
-        t0 = time.perf_counter()
+        t0 = self._t_fit = time.perf_counter()
         tokens = 0
         with open(log_path, "a") as log:
             while self.step < stop:
@@ -326,6 +333,7 @@ class Trainer:
                         "lr": lr,
                         "grad_norm": float(norm),
                         "tokens_per_s": tokens / (time.perf_counter() - t0),
+                        "elapsed_s": self.elapsed_s(),
                     }
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
@@ -336,6 +344,7 @@ class Trainer:
                     self.save()
         if bar is not None:
             bar.close()
+        self._done_s, self._t_fit = self.elapsed_s(), None
         lm.eval()
         history = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
         if self.rank == 0:

@@ -175,14 +175,15 @@ def train_vq(
     dev = vq.quant_conv.weight.device
     opt = torch.optim.AdamW(vq.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
-    step = 0
+    step, done_s = 0, 0.0  # done_s: training seconds of earlier slices (a resumed run keeps counting)
     ck = out / "checkpoint"
     if (ck / "state.json").is_file():
         vq.load_state_dict(VisionTokenizer.from_pretrained(ck / "vision_tokenizer").state_dict())
         st = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
         opt.load_state_dict(st["optimizer"])
         g.set_state(st["generator"])
-        step = json.loads((ck / "state.json").read_text())["step"]
+        state = json.loads((ck / "state.json").read_text())
+        step, done_s = state["step"], state.get("elapsed_s", 0.0)
     vq.train()
     use_bf16 = cfg.bf16 and dev.type == "cuda"
     if dev.type == "cuda":
@@ -222,7 +223,13 @@ def train_vq(
         if step % cfg.log_every == 0 or step == cfg.steps:
             log.write(
                 json.dumps(
-                    {"step": step, "loss": float(loss.detach()), "lr": lr, "s": time.perf_counter() - t0, **stats}
+                    {
+                        "step": step,
+                        "loss": float(loss.detach()),
+                        "lr": lr,
+                        "s": done_s + time.perf_counter() - t0,
+                        **stats,
+                    }
                 )
                 + "\n"
             )
@@ -235,7 +242,8 @@ def train_vq(
             tmp = out / "checkpoint.tmp"
             vq.save_pretrained(tmp / "vision_tokenizer")
             torch.save({"optimizer": opt.state_dict(), "generator": g.get_state()}, tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}))
+            state = {"step": step, "elapsed_s": done_s + time.perf_counter() - t0, "config": asdict(cfg)}
+            (tmp / "state.json").write_text(json.dumps(state))
             replace_dir(tmp, ck)
     log.close()
     if bar is not None:
@@ -244,6 +252,7 @@ def train_vq(
     normalize_codebook(vq)
     result = {
         "steps": step,
+        "train_s": done_s + time.perf_counter() - t0,
         "psnr": psnr(vq, held_out) if len(held_out) else None,
         "codes_used_held_out": codes_in_use(vq, held_out) if len(held_out) else None,
     }

@@ -33,12 +33,24 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     run = tmp_path / "run"
     (run / "vq").mkdir(parents=True)
     (run / "lm").mkdir()
-    (run / "vq" / "vq_result.json").write_text(json.dumps({"psnr": 28.5, "codes_used_held_out": 1000}))
-    (run / "lm" / "lm_result.json").write_text(json.dumps({"steps": 40, "train_loss": 0.1, "held_out_loss": 0.2}))
+    vq = {"psnr": 28.5, "codes_used_held_out": 1000, "train_s": 120.0, "device": "NVIDIA H200"}
+    (run / "vq" / "vq_result.json").write_text(json.dumps(vq))
+    episodes = {"vla_train": 90, "vla_held_out": 10, "explore_train": 18, "explore_held_out": 2}
+    lm = {"steps": 40, "train_loss": 0.1, "held_out_loss": 0.2, "train_s": 600.0, "device": "NVIDIA H200",
+          "episodes": episodes, "train_sequences": 400, "held_out_sequences": 12,
+          "init": "an earlier bundle"}  # fmt: skip
+    (run / "lm" / "lm_result.json").write_text(json.dumps(lm))
     (run / "lm" / "loss.jsonl").write_text(json.dumps({"step": 40, "loss": 0.1, "tokens_per_s": 1234.0}) + "\n")
-    report = {"rows": [row("Stack", "mujoco", "oracle", 4, 4), row("Stack", "mujoco", "mini", 4, 4, 1.0)]}
+    rows = [row("Stack", "mujoco", "oracle", 4, 4), row("Stack", "mujoco", "mini", 4, 4, 1.0)]
+    report = {"rows": rows, "overall": [dict(r, planner=r["planner"]) for r in rows]}
     text = model_card(run, bundle.root, report, "mini")
     cfg = json.loads((bundle.model / "config.json").read_text())
     assert f"{cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}" in text
     assert "held-out PSNR 28.50 dB" in text and "0.100 (train), 0.200 (held-out" in text and "1,234 tokens/s" in text
     assert "| Stack | mujoco | 4/4 | 4/4 | 1.00 ok | 1.00 |" in text and "): met." in text
+    assert "tokenizer 2.0 min on NVIDIA H200, decoder 10.0 min on NVIDIA H200" in text
+    assert "100 expert episodes (10 held out) and 20 camera walks (2 held out)" in text
+    assert (
+        "400 for training" in text and "12 held out" in text and "decoder was fine-tuned from an earlier bundle" in text
+    )
+    assert "Overall: 4/4 episodes (100%) against the oracle's 4/4" in text

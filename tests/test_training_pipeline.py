@@ -39,16 +39,22 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
     assert collect(data, ["sim_envs/PlaceInZone-mujoco-v0"], range(3), size=SIZE, progress=False) == 3
     vq = pipeline.stage_vq(data, run, steps=2, batch=2, device="cpu")
     assert vq["steps"] == 2 and vq["psnr"] > 0 and 0 <= vq["blob_agreement"] <= 1
+    assert vq["train_s"] > 0 and vq["device"].startswith("CPU")
 
     assert pipeline.stage_lm(data, run, steps=4, batch=2, device="cpu", until=2, augment=1) == []  # logs at step 4
-    assert json.loads((run / "lm" / "checkpoint" / "trainer.json").read_text())["step"] == 2
+    first = json.loads((run / "lm" / "checkpoint" / "trainer.json").read_text())
+    assert first["step"] == 2 and first["elapsed_s"] > 0
     stopped = pipeline.package(run, tmp_path / "stopped")  # a time box ran out: package step 2, measure it
     result = pipeline.result_of_stopped_run(data, run, stopped, step=2, probe_n=1)
-    assert result["steps"] == 2 and result["held_out_loss"] > 0 and result["probe"]["sampled"]["episodes"] == 1
+    assert result["steps"] == 2 and result["train_s"] == first["elapsed_s"] and result["held_out_loss"] > 0
+    assert result["probe"]["sampled"]["episodes"] == 1
     hist = pipeline.stage_lm(data, run, steps=4, batch=2, device="cpu", augment=1)  # resumes: same sequences file
     assert [h["step"] for h in hist] == [4]
     result = json.loads((run / "lm" / "lm_result.json").read_text())
     assert result["steps"] == 4 and result["probe"]["greedy"]["episodes"] == 1  # 5 % of 3 episodes, at least one
+    assert result["train_s"] > first["elapsed_s"]  # the resumed slice adds to the first one's time
+    assert result["train_sequences"] > 0 and result["held_out_sequences"] > 0
+    assert result["episodes"] == {"vla_train": 2, "vla_held_out": 1, "explore_train": 0, "explore_held_out": 0}
 
     bundle = pipeline.package(run, tmp_path / "bundle")
     engine = load_engine(bundle / "model", bundle / "tokenizer", bundle / "vision_tokenizer", "cpu")

@@ -112,8 +112,17 @@ def stage_vq(
     result = train_vq(vq, frames, held_frames, run / "vq", cfg, until=until)
     if result["steps"] == steps and len(held_frames):
         result["blob_agreement"] = reconstruction_blob_agreement(vq, held_frames[:512])
+        result["device"] = device_name(device)
+        if init is not None:
+            result["init"] = str(init)
         (run / "vq" / "vq_result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def device_name(device: str | torch.device) -> str:
+    """What a run's records say it trained on: the GPU's name, or the CPU's core count."""
+    d = torch.device(device)
+    return torch.cuda.get_device_name(d) if d.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
 
 
 @torch.no_grad()
@@ -266,11 +275,22 @@ def stage_lm(
         input_noise=input_noise,
     )
     train = seqs["train"]
-    hist = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train]).fit(until=until)
+    trainer = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train])
+    hist = trainer.fit(until=until)
     if hist and hist[-1]["step"] == steps:
-        held = (split_episodes or episodes(data))[1]
-        print(write_lm_result(run, lm, tok, vq, seqs["held_out"], held, steps, hist[-1]["loss"]), flush=True)
+        split_episodes = split_episodes or episodes(data)
+        facts = {"train_s": trainer.elapsed_s(), "device": device_name(device), "train_sequences": len(train)}
+        facts["episodes"] = episode_counts(split_episodes)
+        if init is not None:
+            facts["init"] = str(init)
+        result = write_lm_result(run, lm, tok, vq, seqs["held_out"], split_episodes[1], steps, hist[-1]["loss"], facts)
+        print(result, flush=True)
     return hist
+
+
+def episode_counts(split_episodes: tuple) -> dict:
+    """How many recorded episodes each split of `episodes(data)` holds (the model card's data line)."""
+    return dict(zip(("vla_train", "vla_held_out", "explore_train", "explore_held_out"), map(len, split_episodes)))
 
 
 def write_lm_result(
@@ -282,10 +302,13 @@ def write_lm_result(
     held: list,
     steps: int,
     train_loss: float | None,
+    facts: dict | None = None,
     probe_n: int = 32,
 ) -> dict:
-    """`run/lm/lm_result.json`, the model card's source: losses and free-running probes on held-out episodes."""
-    result = {"steps": steps, "train_loss": train_loss, "held_out_loss": held_out_loss(lm, held_seqs)}
+    """`run/lm/lm_result.json`, the model card's source: losses and free-running probes on held-out episodes,
+    plus `facts` about the run (training seconds, device, sequence count) where known."""
+    result = {"steps": steps, "train_loss": train_loss, **(facts or {}), "held_out_loss": held_out_loss(lm, held_seqs)}
+    result["held_out_sequences"] = len(held_seqs)
     result["probe"] = probe_held_out(lm, tok, vq, held, probe_n)
     (run / "lm" / "lm_result.json").write_text(json.dumps(result, indent=2))
     return result
@@ -304,7 +327,11 @@ def result_of_stopped_run(
     lm = Emu35.from_pretrained(bundle / "model", dtype=torch.float32, device=device)
     split_episodes = episodes(data)
     held_seqs = held_out_sequences(split_episodes, tok, vq)
-    return write_lm_result(run, lm, tok, vq, held_seqs, split_episodes[1], step, train_loss, probe_n)
+    facts = {"episodes": episode_counts(split_episodes)}
+    ck = run / "lm" / "checkpoint" / "trainer.json"
+    if ck.is_file() and json.loads(ck.read_text())["step"] == step:  # the checkpoint packaged: its training time
+        facts["train_s"] = json.loads(ck.read_text()).get("elapsed_s")
+    return write_lm_result(run, lm, tok, vq, held_seqs, split_episodes[1], step, train_loss, facts, probe_n)
 
 
 def package(run: Path, out: Path, card: str = "") -> Path:
