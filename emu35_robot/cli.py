@@ -28,10 +28,11 @@ def _model_info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .mini import mini_available
 
-    if args.checkpoint is None and not mini_available():
+    if args.checkpoint == "random" or (args.checkpoint is None and not mini_available()):
         from .demo_roundtrip import run_roundtrip
 
-        print("emu35-robot demo: no trained model shipped yet: the model round trip on a tiny random checkpoint")
+        why = "as asked" if args.checkpoint == "random" else "the Emu3.5-mini weights are missing from this install"
+        print(f"emu35-robot demo: the model round trip on a tiny random checkpoint ({why})")
         run_roundtrip(args.out, new_tokens=args.new_tokens, seed=args.seed)
         return 0
     from .demo import run_demo
@@ -81,7 +82,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         help="bundle dir (model/, tokenizer/, vision_tokenizer/) or model dir; default: the shipped Emu3.5-mini "
-        "(a tiny random checkpoint until it ships); 'random': the tiny random checkpoint",
+        "(emu35_robot/weights/emu35-mini); 'random': a tiny random checkpoint (noise, for trying the service)",
     )
     p.add_argument("--tokenizer", default=None, help="tokenizer dir, when --model is a model dir")
     p.add_argument("--vision-tokenizer", default=None, help="vision tokenizer dir, when --model is a model dir")
@@ -141,8 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the shipped Emu3.5-mini plans a MuJoCo episode over gRPC; the key-frame executor runs it"
     )
     d.add_argument("--out", default="emu35_demo", help="output directory")
-    d.add_argument("--checkpoint", default=None, help="trained bundle dir (default: the shipped Emu3.5-mini)")
-    d.add_argument("--task", default="Stack", help="task family: PlaceInZone, Stack, Tower, SortByColour, ClearTable")
+    d.add_argument(
+        "--checkpoint",
+        default=None,
+        help="trained bundle dir (default: the shipped Emu3.5-mini); 'random': the model round trip on a tiny "
+        "random checkpoint instead of an episode",
+    )
+    d.add_argument(
+        "--task", default="PlaceInZone", help="task family: PlaceInZone, Stack, Tower, SortByColour, ClearTable"
+    )
     d.add_argument("--engine", default="mujoco", choices=["mujoco", "pybullet"])
     d.add_argument("--seed", type=int, default=10000, help="scene seed (training used seeds below 10000)")
     d.add_argument("--device", default="cpu")

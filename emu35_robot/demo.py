@@ -37,7 +37,7 @@ def plan_strip(view: np.ndarray, result, record: dict, instruction: str) -> Imag
 def run_demo(
     out: str | Path,
     checkpoint: str | Path | None = None,
-    task: str = "Stack",
+    task: str = "PlaceInZone",
     engine: str = "mujoco",
     seed: int = 10000,
     device: str = "cpu",

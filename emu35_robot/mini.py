@@ -1,8 +1,9 @@
 """Where the shipped Emu3.5-mini lives: the default model of `serve`, `demo`, `eval` and the ROS bridge.
 
-Not shipped yet (issue 7): until it is, these commands fall back to a tiny random checkpoint. Once trained, it is
-a bundle in the official layouts (model/ config.json + safetensors, tokenizer/ vocabulary files, vision_tokenizer/
-config.yaml + model.ckpt), trained by `emu35-robot train` on our simulator demonstrations; see its MODEL_CARD.md.
+A bundle in the official layouts (model/ config.json + bf16 safetensors, tokenizer/ vocabulary files,
+vision_tokenizer/ config.yaml + model.ckpt), trained by `emu35-robot train` on our simulator demonstrations; its
+MODEL_CARD.md says on what, for how long, and how well it plans. An install without these files falls back to a
+tiny random checkpoint.
 """
 
 from __future__ import annotations

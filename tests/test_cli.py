@@ -27,7 +27,7 @@ def test_model_info_bad_path_is_a_clear_error(tmp_path):
 
 
 def test_demo_round_trip(tmp_path):
-    r = run("demo", "--out", str(tmp_path), "--new-tokens", "8")
+    r = run("demo", "--checkpoint", "random", "--out", str(tmp_path), "--new-tokens", "8")
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["cached_equals_full"] and summary["prompt_image_parsed_back"]
