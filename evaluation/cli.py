@@ -15,7 +15,12 @@ def _csv(s: str) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="all", help="comma-separated task families, or 'all'")
     p.add_argument("--engines", default="mujoco,pybullet", help="comma-separated: mujoco, pybullet")
-    p.add_argument("--planner", default="oracle", help="comma-separated: oracle, random, or host:port of the service")
+    p.add_argument(
+        "--planner",
+        default="oracle,mini",
+        help="comma-separated: oracle, random, mini (the shipped Emu3.5-mini, served in-process), or host:port of "
+        "`emu35-robot serve`",
+    )
     p.add_argument("--episodes", type=int, default=10, help="episodes (seeds) per task x engine x planner")
     p.add_argument("--seed", type=int, default=0, help="first seed; episode i uses seed + i")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (or Ray CPUs with --ray local)")
@@ -23,7 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (episodes.jsonl, report.*, videos/)")
     p.add_argument("--executor", default="keyframe", choices=["keyframe", "language"])
     p.add_argument("--replans", type=int, default=1, help="re-plans allowed per episode (closed loop)")
-    p.add_argument("--image-size", type=int, default=96, help="camera and key-frame size, pixels")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="camera and key-frame size, pixels (default: 128 when `mini` is a planner, as it was trained; else 96)",
+    )
     p.add_argument("--max-steps-per-subgoal", type=int, default=120)
     p.add_argument("--placement-tol", type=float, default=0.03, help="metres, for key-frame placement agreement")
     p.add_argument("--no-video", action="store_true", help="skip the per-episode videos")
@@ -68,7 +78,7 @@ def config_from_args(args: argparse.Namespace):
     return EvalConfig(
         executor=args.executor,
         replans=args.replans,
-        image_size=args.image_size,
+        image_size=args.image_size or (128 if "mini" in _csv(args.planner) else 96),
         max_steps_per_subgoal=args.max_steps_per_subgoal,
         placement_tol_m=args.placement_tol,
         video=not args.no_video,

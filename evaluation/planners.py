@@ -216,15 +216,36 @@ class RecordingPlanner:
         return result
 
 
+class ShippedModelPlanner(GrpcPlanner):
+    """``mini``: the shipped Emu3.5-mini behind a service this process starts on a free loopback port, asked over
+    gRPC exactly like an address, so an evaluation needs no separate ``emu35-robot serve``."""
+
+    def __init__(self, options: GrpcOptions | None = None) -> None:
+        import atexit
+
+        from emu35_robot.mini import MINI_BUNDLE, mini_available
+        from emu35_robot.server import PlannerServer
+
+        if not mini_available():
+            raise FileNotFoundError(f"planner 'mini': the Emu3.5-mini weights are not in {MINI_BUNDLE}")
+        self.server = PlannerServer(port=0, host="127.0.0.1", grace_s=2).start().load(MINI_BUNDLE, max_len=4096)
+        atexit.register(self.server.stop, 0)
+        super().__init__(f"127.0.0.1:{self.server.port}", options)
+        self.name = "mini"
+
+
 REFERENCE_PLANNERS = ("oracle", "random")
 
 
 def make_planner(name: str, image_size: int, grpc_options: GrpcOptions | None = None) -> Planner:
-    """``oracle``, ``random`` or a ``host:port`` of ``emu35-robot serve``."""
+    """``oracle``, ``random``, ``mini`` (the shipped model, served in-process) or a ``host:port`` of
+    ``emu35-robot serve``."""
     if name == "oracle":
         return OraclePlanner(image_size)
     if name == "random":
         return RandomPlanner()
+    if name == "mini":
+        return ShippedModelPlanner(grpc_options)
     if ":" not in name:
-        raise ValueError(f"planner must be 'oracle', 'random' or a gRPC address host:port, got {name!r}")
+        raise ValueError(f"planner must be 'oracle', 'random', 'mini' or a gRPC address host:port, got {name!r}")
     return GrpcPlanner(name, grpc_options)

@@ -68,3 +68,15 @@ def test_plan_for_a_held_out_seed_has_the_right_structure_and_succeeds(server, t
     assert [sg.text for sg in plan.subgoals] == record["canonical_subgoals"]
     assert record["success"], record["subgoals"]
     assert record["placement_agreement"] >= 0.5
+
+
+def test_eval_planner_mini_serves_the_shipped_model_itself(tmp_path):
+    from emu35_robot.cli import main as cli_main
+
+    out = tmp_path / "eval"
+    args = ["eval", "--planner", "mini", "--tasks", TASK, "--engines", ENGINE, "--episodes", "1", "--seed", str(SEED),
+            "--image-size", str(IMAGE_SIZE), "--no-video", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert cli_main(args) == 0
+    (r,) = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert r["planner"] == "mini" and not r.get("error") and r["plans"] and r["tokens_generated"] > 0
+    assert json.loads((out / "report.json").read_text())["overall"][0]["planner"] == "mini"
