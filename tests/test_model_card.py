@@ -38,7 +38,7 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     episodes = {"vla_train": 90, "vla_held_out": 10, "explore_train": 18, "explore_held_out": 2}
     lm = {"steps": 40, "train_loss": 0.1, "held_out_loss": 0.2, "train_s": 600.0, "device": "NVIDIA H200",
           "episodes": episodes, "train_sequences": 400, "held_out_sequences": 12,
-          "init": "an earlier bundle"}  # fmt: skip
+          "init": "an earlier bundle", "input_noise": 0.15}  # fmt: skip
     (run / "lm" / "lm_result.json").write_text(json.dumps(lm))
     (run / "lm" / "loss.jsonl").write_text(json.dumps({"step": 40, "loss": 0.1, "tokens_per_s": 1234.0}) + "\n")
     rows = [row("Stack", "mujoco", "oracle", 4, 4), row("Stack", "mujoco", "mini", 4, 4, 1.0)]
@@ -46,7 +46,11 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     text = model_card(run, bundle.root, report, "mini")
     cfg = json.loads((bundle.model / "config.json").read_text())
     assert f"{cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}" in text
-    assert "held-out PSNR 28.50 dB" in text and "0.100 (train), 0.200 (held-out" in text and "1,234 tokens/s" in text
+    assert (
+        "held-out PSNR 28.50 dB" in text
+        and "0.100 (train, 15% of image inputs corrupted), 0.200 (held-out" in text
+        and "1,234 tokens/s" in text
+    )
     assert "| Stack | mujoco | 4/4 | 4/4 | 1.00 ok | 1.00 |" in text and "): met." in text
     assert "tokenizer 2.0 min on NVIDIA H200, decoder 10.0 min on NVIDIA H200" in text
     assert "100 expert episodes (10 held out) and 20 camera walks (2 held out)" in text

@@ -52,7 +52,9 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
     assert [h["step"] for h in hist] == [4]
     result = json.loads((run / "lm" / "lm_result.json").read_text())
     assert result["steps"] == 4 and result["probe"]["greedy"]["episodes"] == 1  # 5 % of 3 episodes, at least one
-    assert result["train_s"] > first["elapsed_s"]  # the resumed slice adds to the first one's time
+    assert (
+        result["train_s"] > first["elapsed_s"] and result["input_noise"] == pipeline.INPUT_NOISE
+    )  # the resumed slice adds to the first one's time
     assert result["train_sequences"] > 0 and result["held_out_sequences"] > 0
     assert result["episodes"] == {"vla_train": 2, "vla_held_out": 1, "explore_train": 0, "explore_held_out": 0}
 

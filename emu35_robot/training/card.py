@@ -80,7 +80,9 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
         + " |",
         f"| tokenizer (`tokenizer/`) | {mb(sizes['tokenizer'])} | byte-level ranks + specials + visual tokens |",
         "",
-        f"Decoder training: {lm.get('steps')} steps; answer loss {_loss(lm.get('train_loss'))} (train), "
+        f"Decoder training: {lm.get('steps')} steps; answer loss {_loss(lm.get('train_loss'))} (train"
+        + (f", {lm['input_noise']:.0%} of image inputs corrupted" if lm.get("input_noise") else "")
+        + "), "
         f"{_loss(lm.get('held_out_loss'))} (held-out episodes)"
         + (f"; {log[-1].get('tokens_per_s', 0):,.0f} tokens/s." if log else "."),
     ]

@@ -281,6 +281,7 @@ def stage_lm(
         split_episodes = split_episodes or episodes(data)
         facts = {"train_s": trainer.elapsed_s(), "device": device_name(device), "train_sequences": len(train)}
         facts["episodes"] = episode_counts(split_episodes)
+        facts["input_noise"] = input_noise
         if init is not None:
             facts["init"] = str(init)
         result = write_lm_result(run, lm, tok, vq, seqs["held_out"], split_episodes[1], steps, hist[-1]["loss"], facts)
