@@ -64,6 +64,7 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
 
     shutil.copytree(run / "vq", tmp_path / "tuned" / "vq")  # a new run on the same tokenizer, the decoder fine-tuned
     tuned = pipeline.stage_lm(
-        data, tmp_path / "tuned", steps=1, batch=2, device="cpu", augment=0, init=bundle / "model"
+        data, tmp_path / "tuned", steps=1, batch=2, device="cpu", augment=0, init=bundle / "model", lr=2e-4
     )
     assert [h["step"] for h in tuned] == [1]
+    assert json.loads((tmp_path / "tuned" / "lm" / "lm_result.json").read_text())["peak_lr"] == 2e-4

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
             p.add_argument("--augment", type=int, default=3, help="recoloured/mirrored copies of each training episode")
             p.add_argument("--input-noise", type=float, default=0.15, help="share of image tokens read corrupted")
             p.add_argument("--init", default=None, help="fine-tune this model dir (e.g. a bundle's model/)")
+            p.add_argument(
+                "--lr", type=float, default=1e-3, help="peak learning rate (lower to continue a trained model)"
+            )
         if name == "vq":
             p.add_argument("--init", default=None, help="fine-tune this vision_tokenizer dir instead of afresh")
     a = ts.add_parser("all", help="vq -> lm -> package in one go; each stage resumes or is skipped when done")
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             args.augment,
             args.input_noise,
             init,
+            args.lr,
         )
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}")
     elif args.train_command == "all":

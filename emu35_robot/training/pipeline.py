@@ -230,9 +230,10 @@ def stage_lm(
     augment: int = 3,
     input_noise: float = INPUT_NOISE,
     init: Path | None = None,
+    lr: float = 1e-3,
 ) -> list[dict]:
     """Train the decoder from scratch, or fine-tune one (`init`: a model dir in the official layout, e.g. a
-    previous bundle's model/, whose vocabulary must match)."""
+    previous bundle's model/, whose vocabulary must match; continuing a trained model wants a lower peak `lr`)."""
     tok = TextTokenizer(byte_level_ranks(), vision_token_list(N_CODES))
     tok.save_pretrained(run / "tokenizer")
     vq = VisionTokenizer.from_pretrained(run / "vq" / "vision_tokenizer", device=device)
@@ -267,7 +268,7 @@ def stage_lm(
     cfg = TrainConfig(
         steps=steps,
         batch_size=batch,
-        lr=1e-3,
+        lr=lr,
         warmup=200,
         max_len=2560,
         log_every=25,
@@ -284,6 +285,7 @@ def stage_lm(
         facts["input_noise"] = input_noise
         if init is not None:
             facts["init"] = str(init)
+        facts["peak_lr"] = lr
         result = write_lm_result(run, lm, tok, vq, seqs["held_out"], split_episodes[1], steps, hist[-1]["loss"], facts)
         print(result, flush=True)
     return hist
