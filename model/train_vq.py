@@ -199,6 +199,7 @@ def train_vq(
         bar = tqdm(total=cfg.steps, initial=step, desc="train vq", unit="step")
     log = open(out / "vq_loss.jsonl", "a")
     t0 = time.perf_counter()
+    elapsed = lambda: done_s + time.perf_counter() - t0  # noqa: E731 - seconds over every slice of the run
     stop = min(cfg.steps, until if until is not None else cfg.steps)
     while step < stop:
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
@@ -227,7 +228,7 @@ def train_vq(
                         "step": step,
                         "loss": float(loss.detach()),
                         "lr": lr,
-                        "s": done_s + time.perf_counter() - t0,
+                        "s": elapsed(),
                         **stats,
                     }
                 )
@@ -242,7 +243,7 @@ def train_vq(
             tmp = out / "checkpoint.tmp"
             vq.save_pretrained(tmp / "vision_tokenizer")
             torch.save({"optimizer": opt.state_dict(), "generator": g.get_state()}, tmp / "optimizer.pt")
-            state = {"step": step, "elapsed_s": done_s + time.perf_counter() - t0, "config": asdict(cfg)}
+            state = {"step": step, "elapsed_s": elapsed(), "config": asdict(cfg)}
             (tmp / "state.json").write_text(json.dumps(state))
             replace_dir(tmp, ck)
     log.close()
@@ -252,7 +253,7 @@ def train_vq(
     normalize_codebook(vq)
     result = {
         "steps": step,
-        "train_s": done_s + time.perf_counter() - t0,
+        "train_s": elapsed(),
         "psnr": psnr(vq, held_out) if len(held_out) else None,
         "codes_used_held_out": codes_in_use(vq, held_out) if len(held_out) else None,
     }

@@ -33,7 +33,7 @@ def targets_table(report: dict, planner: str, oracle: str = "oracle") -> tuple[s
                          f"{'-' if o is None else o['successes']} | missing | - |")  # fmt: skip
             continue
         ratio = m["success_rate"] / o["success_rate"] if o["success_rate"] else 0.0
-        place = (m.get("placement_agreement") or {}).get("mean")
+        place = _placement(m)
         ok &= ratio >= SUCCESS_RATIO and place is not None and place >= PLACEMENT
         lines.append(
             f"| {task} | {engine} | {m['successes']}/{m['episodes']} | {o['successes']}/{o['episodes']} | "
@@ -45,6 +45,11 @@ def targets_table(report: dict, planner: str, oracle: str = "oracle") -> tuple[s
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _placement(row: dict) -> float | None:
+    """A report row's mean key-frame placement agreement, None where it has none (e.g. no key-frames)."""
+    return (row.get("placement_agreement") or {}).get("mean")
 
 
 def _loss(x: float | None) -> str:
@@ -86,13 +91,12 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
         f"{_loss(lm.get('held_out_loss'))} (held-out episodes)"
         + (f"; {log[-1].get('tokens_per_s', 0):,.0f} tokens/s." if log else "."),
     ]
+    stages = (("tokenizer", vq), ("decoder", lm))
     hw = [f"{name} {r['train_s'] / 60:.1f} min on {r.get('device', 'an unrecorded device')}"
-          for name, r in (("tokenizer", vq), ("decoder", lm)) if r.get("train_s")]  # fmt: skip
+          for name, r in stages if r.get("train_s")]  # fmt: skip
     if hw:
         out.append("Training time: " + ", ".join(hw) + ".")
-    for name, r in (("tokenizer", vq), ("decoder", lm)):
-        if r.get("init"):
-            out.append(f"The {name} was fine-tuned from {r['init']}.")
+    out += [f"The {name} was fine-tuned from {r['init']}." for name, r in stages if r.get("init")]
     if lm.get("episodes"):
         e = lm["episodes"]
         out.append(
@@ -125,11 +129,11 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
         overall = {r["planner"]: r for r in report.get("overall", [])}
         if planner in overall and "oracle" in overall:
             m, o = overall[planner], overall["oracle"]
-            place = lambda r: (r.get("placement_agreement") or {}).get("mean") or 0.0  # noqa: E731
             out += [
                 "",
                 f"Overall: {m['successes']}/{m['episodes']} episodes ({m['success_rate']:.0%}) against the oracle's "
-                f"{o['successes']}/{o['episodes']}; placement agreement {place(m):.2f} against the oracle's "
-                f"{place(o):.2f} (a block held in the air never agrees, so even the true key-frames stay below 1).",
+                f"{o['successes']}/{o['episodes']}; placement agreement {_placement(m) or 0.0:.2f} against the "
+                f"oracle's {_placement(o) or 0.0:.2f} (a block held in the air never agrees, so even the true "
+                "key-frames stay below 1).",
             ]
     return "\n".join(out) + "\n"

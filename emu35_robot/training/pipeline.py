@@ -280,12 +280,15 @@ def stage_lm(
     hist = trainer.fit(until=until)
     if hist and hist[-1]["step"] == steps:
         split_episodes = split_episodes or episodes(data)
-        facts = {"train_s": trainer.elapsed_s(), "device": device_name(device), "train_sequences": len(train)}
-        facts["episodes"] = episode_counts(split_episodes)
-        facts["input_noise"] = input_noise
-        if init is not None:
-            facts["init"] = str(init)
-        facts["peak_lr"] = lr
+        facts = {
+            "train_s": trainer.elapsed_s(),
+            "device": device_name(device),
+            "train_sequences": len(train),
+            "episodes": episode_counts(split_episodes),
+            "input_noise": input_noise,
+            "peak_lr": lr,
+            **({"init": str(init)} if init is not None else {}),
+        }
         result = write_lm_result(run, lm, tok, vq, seqs["held_out"], split_episodes[1], steps, hist[-1]["loss"], facts)
         print(result, flush=True)
     return hist
@@ -332,8 +335,9 @@ def result_of_stopped_run(
     held_seqs = held_out_sequences(split_episodes, tok, vq)
     facts = {"episodes": episode_counts(split_episodes)}
     ck = run / "lm" / "checkpoint" / "trainer.json"
-    if ck.is_file() and json.loads(ck.read_text())["step"] == step:  # the checkpoint packaged: its training time
-        facts["train_s"] = json.loads(ck.read_text()).get("elapsed_s")
+    meta = json.loads(ck.read_text()) if ck.is_file() else {}
+    if meta.get("step") == step:  # the checkpoint packaged is at hand: its training time
+        facts["train_s"] = meta.get("elapsed_s")
     return write_lm_result(run, lm, tok, vq, held_seqs, split_episodes[1], step, train_loss, facts, probe_n)
 
 
