@@ -4,7 +4,7 @@
 # One H200: the CUDA tests (graphs, Jacobi windows beside them, FP8), whole 720x720 and 1024x1024 images token by
 # token and with Jacobi windows, and continuous batching at the 34B shape (about 8 minutes, mostly image decoding).
 # With two GPUs or more it adds tensor parallelism: the raw sharded step (torchrun) and the serving path.
-# A step that fails is logged and the next one runs.
+# A step that fails is logged and the next one runs. ONLY="name ..." runs just those steps (e.g. ONLY="tp_spmd").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: gpu_pending.sh OUT_DIR}
@@ -17,13 +17,16 @@ gpus=$($py -c 'import torch; print(torch.cuda.device_count())')
 step() {  # step NAME COMMAND...: run, log, keep going
   local name=$1
   shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo "== $name: $*" | tee -a "$out/steps.txt"
   local t0=$SECONDS
   "$@" >"$out/$name.log" 2>&1
   echo "   exit $? after $((SECONDS - t0)) s" | tee -a "$out/steps.txt"
 }
 
-if $py -c 'import pytest' 2>/dev/null; then
+if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" cuda_tests "* ]]; then
+  :
+elif $py -c 'import pytest' 2>/dev/null; then
   step cuda_tests $py -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py
 else
   echo "== cuda_tests: skipped, no pytest here (carry its wheel)" | tee -a "$out/steps.txt"

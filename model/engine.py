@@ -408,6 +408,12 @@ class Engine:
         graph.replay()
         return out[:, -1]
 
+    def release_graphs(self) -> None:
+        """Drop every captured decode graph (the next step captures again), finishing the work in flight first."""
+        if self._graphs and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._graphs.clear()
+
     def _capture(self, cache, B: int, kv_len: int, vs: slice | None):
         dev = self.device
         static = (

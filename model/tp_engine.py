@@ -65,6 +65,7 @@ class Mirror:
         self.closed = False
         self.broken: str | None = None
         self.on_broken = None  # callable(reason)
+        self.before_leave = None  # callable(): drops the leader's captured graphs before the group is destroyed
 
     def _send(self, msg: dict) -> None:
         if self.broken is not None:
@@ -149,9 +150,13 @@ class Mirror:
             with contextlib.suppress(RuntimeError):
                 self._send_all(dict(op="stop"))
             self.closed = True
-            self._stop_procs(timeout_s)
             if self.owns_group and dist.is_initialized():
+                # Leave the group together with the followers, which leave as they stop: with NCCL and captured
+                # graphs, leaving is collective, so waiting for the followers to exit first hangs both sides.
+                if self.before_leave is not None:
+                    self.before_leave()
                 dist.destroy_process_group()
+            self._stop_procs(timeout_s)
 
 
 def follow(engine: Engine, conn: Connection) -> None:
@@ -233,6 +238,7 @@ def _follower_main(
     try:
         follow(engine, conn)
     finally:
+        engine.release_graphs()  # graphs hold NCCL work: drop them before leaving the group
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -299,4 +305,5 @@ def start_tensor_parallel(
         mirror.close(timeout_s=5.0)
         raise
     engine.mirror = mirror
+    mirror.before_leave = engine.release_graphs
     return engine

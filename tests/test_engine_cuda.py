@@ -80,7 +80,8 @@ def test_jacobi_windows_beside_graph_steps_keep_greedy_output(bundle):
         return list(eng.generate(req))[-1]
 
     plain, fast = run(0), run(8)
-    assert fast.token_ids == plain.token_ids and plain.image_tokens == 48
+    assert fast.token_ids == plain.token_ids
+    assert plain.image_tokens >= 48  # the BOI bias starts a new 6x8 image after each EOI: several fit in 200 tokens
     assert fast.timings["decode_forwards"] < plain.timings["decode_forwards"]
 
 
