@@ -7,6 +7,7 @@ on GPU), the CFG combination and sampling for every stream, and the host read of
 
     python benchmarks/decode.py --shape tiny                       # CPU smoke run
     python benchmarks/decode.py --shape 34b --device cuda --out r.json
+    python benchmarks/decode.py --shape 34b --variants fused,skinny,fp8,skinny_fp8   # the Triton skinny GEMMs
 
 Prints a table and, with --out, writes every number as JSON.
 """
@@ -31,9 +32,12 @@ from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
 from model.sampling import IMAGE_SAMPLING, cfg_combine, sample  # noqa: E402
+from model.skinny_mm import drop_skinny  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
+
+VARIANTS = ("eager", "graphs", "compiled", "fused", "skinny", "fp8", "skinny_fp8")
 
 
 def sync(device):
@@ -157,9 +161,16 @@ def bytes_read_per_step(lm: Emu35, visual: slice | None) -> int:
 
 
 @torch.no_grad()
+def chunk_logits(lm: Emu35, ids: Tensor) -> Tensor:
+    """Logits [n * T, V] of n independent sequences ids [n, T], one forward each: T <= 16 rows per product, so a
+    skinny variant's float8 kernel computes them (more rows take the _scaled_mm / cuBLAS path)."""
+    return torch.cat([lm(row[None]).logits[0] for row in ids])
+
+
+@torch.no_grad()
 def fp8_accuracy(lm: Emu35, ref: Tensor, ids: Tensor) -> dict:
-    """Relative logit error and top-k agreement of the quantized model against bf16 logits `ref` [T, V]."""
-    out = lm(ids).logits[0]
+    """Relative logit error and top-k agreement of the quantized model against bf16 logits `ref` [n * T, V]."""
+    out = chunk_logits(lm, ids)
     top10 = lambda x: x.topk(10, dim=-1).indices  # noqa: E731
     overlap = (top10(out)[:, :, None] == top10(ref)[:, None, :]).any(-1).float().mean()
     return {
@@ -199,8 +210,9 @@ def main() -> None:
         "--variants",
         default="graphs,compiled,fused,fp8",
         help="eager; graphs; compiled (graphs + fused elementwise kernels); fused (compiled + fused "
-        "q/k/v and gate/up weights); fp8 (fused + float8 weights). fused and fp8 change the model in place: "
-        "keep this order",
+        "q/k/v and gate/up weights); skinny (fused + Triton skinny GEMMs, model/skinny_mm.py); fp8 (fused + float8 "
+        "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel). They "
+        f"change the model in place: keep the order {','.join(VARIANTS)}",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -255,30 +267,36 @@ def main() -> None:
         cfg = s.endswith("cfg")
         n = int(s[:-3] if cfg else s)
         specs.append((n * (2 if cfg else 1), cfg, s))
-    variants = args.variants.split(",") if dev.type == "cuda" else ["eager"]
+    variants = args.variants.split(",")
+    if any(v not in VARIANTS for v in variants) or variants != sorted(variants, key=VARIANTS.index):
+        ap.error(f"--variants: some of {','.join(VARIANTS)}, in that order")
+    variants = variants if dev.type == "cuda" else ["eager"]
     max_len = args.prompt + args.warmup + args.steps + 1
+    ref = None
     for variant in variants:
-        ref = None
-        if variant == "fp8":  # bf16 logits of the same weights, to measure what FP8 costs
+        fp8 = variant in ("fp8", "skinny_fp8")
+        if fp8 and ref is None:  # bf16 logits of the same weights, to measure what FP8 costs
             acc_ids = torch.randint(
-                0, config.vocab_size, (1, 256), device=dev, generator=torch.Generator(dev).manual_seed(1)
+                0, config.vocab_size, (16, 16), device=dev, generator=torch.Generator(dev).manual_seed(1)
             )
-            with torch.no_grad():
-                ref = lm(acc_ids).logits[0]
+            ref = chunk_logits(lm, acc_ids)
+        if variant == "fp8":  # a previous skinny variant's bf16 projections back to nn.Linear for quantize_fp8
+            drop_skinny(lm)
         eng = Engine(
             lm,
             tok,
             vq,
             max_len=max(max_len, args.prefill + 1),
             cuda_graphs=variant != "eager",
-            compile_kernels=variant in ("compiled", "fused", "fp8"),
-            fuse_projections=variant in ("fused", "fp8"),
-            fp8=variant == "fp8",
+            compile_kernels=variant not in ("eager", "graphs"),
+            fuse_projections=variant not in ("eager", "graphs", "compiled"),
+            fp8=fp8,
+            skinny=variant in ("skinny", "skinny_fp8"),
         )
-        if ref is not None:
-            res["fp8_accuracy"] = fp8_accuracy(lm, ref, acc_ids)
-            print(f"fp8 against bf16 on the same weights: {res['fp8_accuracy']}", flush=True)
-            del ref
+        if fp8:
+            key = f"{variant}_accuracy"
+            res[key] = fp8_accuracy(lm, ref, acc_ids)
+            print(f"{variant} against bf16 on the same weights: {res[key]}", flush=True)
         for rows, cfg, label in specs:
             visual = cfg  # CFG steps are image rows: the head computes only the visual slice
             try:

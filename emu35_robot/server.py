@@ -159,10 +159,12 @@ class PlannerServer:
         max_len: int = 8192,
         warmup: bool = True,
         tensor_parallel: int = 1,
+        fp8: bool = False,
     ) -> PlannerServer:
         """Load the checkpoint, warm the engine up with one short request, then report SERVING. `tensor_parallel` N > 1
         spawns N - 1 more ranks (one GPU each from `device` on: cuda:0 and cuda:1 for N = 2) that each hold 1/N of
-        every block (model/tp_engine.py); this process is rank 0 and serves."""
+        every block (model/tp_engine.py); this process is rank 0 and serves. `fp8`: float8 weights (model/fp8.py,
+        through the Triton kernel of model/skinny_mm.py where it runs)."""
         model_dir, tok_dir, vq_dir, random_weights = resolve_checkpoint(model, tokenizer, vision_tokenizer)
         if random_weights:
             log.warning(
@@ -174,11 +176,17 @@ class PlannerServer:
         if tensor_parallel > 1:
             from model.tp_engine import start_tensor_parallel
 
-            engine = start_tensor_parallel(model_dir, tok_dir, vq_dir, tensor_parallel, device, torch_dtype, max_len)
+            cuda = str(device).startswith("cuda")
+            engine = start_tensor_parallel(
+                model_dir, tok_dir, vq_dir, tensor_parallel, device, torch_dtype, max_len, compile_kernels=cuda, fp8=fp8
+            )
             engine.mirror.on_broken = self._tensor_parallel_broken
             log.info("tensor parallel: rank 0 of %d on %s", tensor_parallel, engine.device)
         else:
-            engine = load_engine(model_dir, tok_dir, vq_dir, device, torch_dtype, max_len)
+            engine = load_engine(model_dir, tok_dir, vq_dir, device, torch_dtype, max_len, fp8=fp8)
+        if fp8:
+            n = sum(isinstance(w, torch.Tensor) and w.dtype == torch.float8_e4m3fn for w in engine.lm.buffers())
+            log.info("float8 weights in %d projections (rank 0)", n)
         info = ModelInfo(
             name=(model_dir.parent.name if model_dir.name == "model" else model_dir.name),
             checkpoint=str(model_dir),
@@ -280,6 +288,7 @@ def serve_forever(args) -> int:
         device=args.device,
         max_len=args.max_len,
         tensor_parallel=args.tensor_parallel,
+        fp8=args.fp8,
     )
     print("emu35-robot: SERVING", file=sys.stderr, flush=True)
     server.wait()

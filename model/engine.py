@@ -251,12 +251,21 @@ class Engine:
         compile_kernels: bool = False,
         fuse_projections: bool | None = None,
         fp8: bool = False,
+        skinny: bool | None = None,
     ):
         self.lm, self.tok, self.vq = lm, tok, vq
         self.device = lm.device
         if self.device.type == "cuda" if fuse_projections is None else fuse_projections:
             lm.fuse_projections()  # in place: the engine owns its model for inference
-        if fp8:  # float8 weights with per-channel scales (model/fp8.py): half the bytes per decode step
+        if skinny is None:  # float8 weights go through the Triton kernel where it runs: 1.42x bf16 per step at 34B
+            from .skinny_mm import skinny_available
+
+            skinny = fp8 and skinny_available(self.device, fp8=True)
+        if skinny:  # decode products (<= 16 rows) through a Triton kernel (model/skinny_mm.py), float8 weights with fp8
+            from .skinny_mm import use_skinny
+
+            use_skinny(lm, fp8=fp8)  # autotunes at each shape's first eager call: capture_graph warms up eagerly
+        elif fp8:  # float8 weights with per-channel scales (model/fp8.py): half the bytes per decode step
             from .fp8 import quantize_fp8
 
             quantize_fp8(lm)
@@ -695,14 +704,20 @@ def load_engine(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     max_len: int = 8192,
+    fp8: bool = False,
 ) -> Engine:
-    """An engine on the three official-layout parts: bf16 on CUDA and float32 elsewhere unless `dtype` says."""
-    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    """An engine on the three official-layout parts, set up to serve: bf16 on CUDA and float32 elsewhere unless
+    `dtype` says; on CUDA with fused projections, compiled elementwise kernels and CUDA graphs (benchmarks/RESULTS.md:
+    26.5 -> 19.3 ms per 34B step); `fp8`: float8 weights (through the Triton kernel where it runs)."""
+    cuda = str(device).startswith("cuda")
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     return Engine(
         Emu35.from_pretrained(model_dir, dtype=dtype, device=device),
         TextTokenizer.from_pretrained(tokenizer_dir),
         VisionTokenizer.from_pretrained(vision_tokenizer_dir, device=device),
         max_len=max_len,
+        compile_kernels=cuda,
+        fp8=fp8,
     )
 
 

@@ -21,16 +21,17 @@ def cli(*args, env=None):
     )
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["one-rank", "tensor-parallel-2"])
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-rank", "tensor-parallel-2-fp8"])
 def served(bundle, tmp_path_factory, request):
-    """The server; with --tensor-parallel 2 it spawns a second rank (gloo on CPU) holding half of every block."""
+    """The server; with --tensor-parallel 2 it spawns a second rank (gloo on CPU) holding half of every block, and
+    loads float8 weights (--fp8; on a CPU the quantized numbers are multiplied in float32)."""
     log = tmp_path_factory.mktemp("serve") / "stderr.txt"
     env = dict(os.environ, EMU35_ROBOT_TOKEN="")
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "emu35_robot", "serve", "--model", str(bundle.root), "--host", "127.0.0.1",
              "--port", "0", "--threads", "1", "--max-len", "1024", "--grace", "10",
-             "--tensor-parallel", str(request.param)],
+             "--tensor-parallel", str(request.param), *(["--fp8"] if request.param == 2 else [])],
             stderr=err, stdout=subprocess.DEVNULL, env=env,
         )  # fmt: skip
         t = time.time()
@@ -43,6 +44,8 @@ def served(bundle, tmp_path_factory, request):
         assert proc.wait(30) == 0
     assert "shutting down" in log.read_text() and "stopped" in log.read_text()
     assert ("tensor parallel: rank 0 of 2" in log.read_text()) == (request.param == 2)
+    fp8 = re.search(r"float8 weights in (\d+) projections", log.read_text())
+    assert (fp8 is not None and int(fp8.group(1)) == 14) == (request.param == 2)  # 2 blocks x 7 (unfused on a CPU)
 
 
 def test_cli_plan_generate_explore(served, tmp_path):

@@ -1,0 +1,221 @@
+"""Skinny GEMMs (model/skinny_mm.py): the torch fallback's numerics, SkinnyLinear and use_skinny anywhere; the Triton
+kernel where Triton can run (CUDA, or its CPU interpreter: `TRITON_INTERPRET=1 pytest tests/test_skinny_mm.py`)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import Emu35
+from model.fp8 import Fp8Linear
+from model.skinny_mm import (
+    INTERPRET,
+    SkinnyLinear,
+    drop_skinny,
+    skinny_available,
+    skinny_mm,
+    skinny_mm_reference,
+    triton,
+    use_skinny,
+)
+
+
+def rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def weights(N, K, seed=0):
+    """bf16 W [N, K] with rows of different magnitude, and its float8 e4m3 form + per-channel scales [N]."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(N, K, generator=g) * torch.logspace(-2, 0, N)[:, None]).bfloat16()
+    lin = torch.nn.Linear(K, N, bias=False).requires_grad_(False)
+    lin.weight.copy_(w.float())
+    f = Fp8Linear(lin)
+    return w, f.weight, f.scale.reshape(-1)
+
+
+def test_reference_numerics():
+    w, wq, s = weights(96, 200)
+    x = torch.randn(5, 200).bfloat16()
+    ref = x.float() @ w.float().T
+    y = skinny_mm_reference(x, w)
+    assert y.dtype == torch.bfloat16 and y.shape == (5, 96)
+    assert rel(y, ref) < 1e-2
+    yq = skinny_mm_reference(x, wq, s)
+    assert yq.dtype == torch.bfloat16 and rel(yq, ref) < 4e-2  # weight-only e4m3: 3 mantissa bits
+    assert rel(yq, ref) > 1e-3  # the weights really were quantized
+    assert torch.equal(skinny_mm_reference(x, wq, s[None]), yq)  # Fp8Linear's [1, N] scales work too
+
+
+def test_skinny_mm_falls_back_where_triton_cannot_run():
+    w, wq, s = weights(40, 64)
+    x = torch.randn(3, 64)  # float32 activations: never the kernel
+    assert torch.equal(skinny_mm(x, w), skinny_mm_reference(x, w))
+    assert torch.equal(skinny_mm(x, wq, s), skinny_mm_reference(x, wq, s))
+    xb = torch.randn(17, 64).bfloat16()  # more rows than the kernel takes
+    assert torch.equal(skinny_mm(xb, w), skinny_mm_reference(xb, w))
+    with pytest.raises(ValueError):
+        skinny_mm(xb, w[:, :10])
+
+
+def test_skinny_linear_matches_fallback():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=False).bfloat16().requires_grad_(False)
+    m = SkinnyLinear(lin)
+    assert m.weight is lin.weight and set(m.state_dict()) == {"weight"}
+    x = torch.randn(3, 5, 64).bfloat16()  # 15 rows: the kernel where it runs
+    y = m(x)
+    assert y.shape == (3, 5, 48) and y.dtype == torch.bfloat16
+    if skinny_available(x.device):  # the interpreter: float32 sums in another order, bf16 rounding
+        assert rel(y, skinny_mm_reference(x.reshape(-1, 64), lin.weight).reshape(3, 5, 48)) < 1e-2
+    else:  # the bf16 fallback: what the nn.Linear computed
+        assert torch.equal(y, F.linear(x, lin.weight))
+    big = torch.randn(4, 5, 64).bfloat16()  # 20 rows: F.linear
+    assert torch.equal(m(big), F.linear(big, lin.weight))
+
+    q = SkinnyLinear(lin, fp8=True)
+    f = Fp8Linear(lin)
+    assert set(q.state_dict()) == {"weight", "scale"} and q.fp8
+    assert torch.equal(q.weight.float(), f.weight.float()) and torch.equal(q.scale, f.scale)
+    assert not q.use_scaled_mm  # CPU: rows > 16 take the dequantized product
+    for xx in (x, big):
+        ref = F.linear(xx.float(), lin.weight.float())
+        assert rel(q(xx), ref) < 4e-2
+    assert torch.equal(q(big), skinny_mm_reference(big.reshape(-1, 64), q.weight, q.scale).reshape(4, 5, 48))
+    assert SkinnyLinear(f).weight is f.weight  # from an Fp8Linear: its own buffers
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_use_skinny_logits_close(bundle, fp8):
+    lm = Emu35.from_pretrained(bundle.model)  # bf16
+    g = torch.Generator().manual_seed(0)
+    short = torch.randint(0, lm.config.vocab_size, (1, 12), generator=g)  # 12 rows: the kernel where it runs
+    long = torch.randint(0, lm.config.vocab_size, (2, 20), generator=g)  # 40 rows: F.linear / fallback
+    with torch.no_grad():
+        lm.fuse_projections()
+        ref = [lm(ids).logits for ids in (short, long)]
+        layers = lm.config.num_hidden_layers
+        assert use_skinny(lm, fp8=fp8) == 4 * layers  # qkv, o, gate_up, down; the head stays
+        assert use_skinny(lm, fp8=fp8) == 0  # already done
+        assert isinstance(lm.model.layers[0].mlp.down_proj, SkinnyLinear)
+        assert isinstance(lm.lm_head, torch.nn.Linear)
+        out = [lm(ids).logits for ids in (short, long)]
+    for o, r in zip(out, ref):
+        assert o.shape == r.shape
+        if fp8:  # ~3% per projection, compounding over the blocks (tests/test_fp8.py)
+            assert rel(o, r) < 0.12 and (o.argmax(-1) == r.argmax(-1)).float().mean() > 0.8
+        else:
+            assert rel(o, r) < 2e-2
+
+
+def test_use_skinny_upgrades_and_drops():
+    lin = torch.nn.Linear(32, 16, bias=False).bfloat16()
+    model = torch.nn.ModuleDict({"o_proj": lin, "other": torch.nn.Linear(32, 16, bias=False)})
+    assert use_skinny(model) == 1 and not model["o_proj"].fp8
+    assert isinstance(model["other"], torch.nn.Linear)  # not a projection name
+    assert use_skinny(model, fp8=True) == 1 and model["o_proj"].fp8  # bf16 -> float8
+    assert drop_skinny(model) == 0  # float8 ones stay
+    model["o_proj"] = SkinnyLinear(lin)
+    assert drop_skinny(model) == 1 and model["o_proj"].weight is lin.weight
+
+
+# ---- the Triton kernel ------------------------------------------------------------------------------------------
+def kernel_device():
+    if triton is None:
+        pytest.skip("Triton is not installed")
+    if torch.cuda.is_available() and not INTERPRET:
+        return torch.device("cuda")
+    if INTERPRET:
+        return torch.device("cpu")
+    pytest.skip("no CUDA GPU (set TRITON_INTERPRET=1 to run the kernel in Triton's CPU interpreter)")
+
+
+def check(x, w, scale, config, tol):
+    """Run into a NaN-poisoned buffer one element longer than the output: every output element is written, nothing
+    past it."""
+    M, N = x.shape[0], w.shape[0]
+    buf = torch.full((M * N + 1,), float("nan"), dtype=torch.bfloat16, device=x.device)
+    y = skinny_mm(x, w, scale, out=buf[: M * N].view(M, N), config=config)
+    assert y.data_ptr() == buf.data_ptr()
+    assert torch.isnan(buf[-1]) and not torch.isnan(y).any(), (M, config)
+    ref = skinny_mm_reference(x, w, scale).float()
+    err = (y.float() - ref).abs().max() / ref.abs().max()
+    assert err < tol, (M, N, config, float(err))
+
+
+@pytest.fixture
+def few_configs(monkeypatch):
+    """Autotune over 3 of the configs (the autotuned launch path, without compiling all of them)."""
+    import model.skinny_mm as sk
+
+    if triton is not None and hasattr(sk, "_tuned_kernel"):
+        monkeypatch.setattr(sk._tuned_kernel, "configs", sk._CONFIGS[::7])
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_kernel_all_rows_odd_shapes(fp8, few_configs):
+    dev = kernel_device()
+    if not skinny_available(dev, fp8):
+        pytest.skip("float8 needs sm89+")
+    # the interpreter rounds float32 -> bf16 toward zero (one bf16 ulp); a GPU rounds to nearest
+    tol = 1e-2 if INTERPRET else 5e-3
+    if INTERPRET:  # tiles of one and several K slices
+        tiles = [(16, 128, 1), (32, 256, 4), (64, 512, 2)]
+        configs = [dict(BLOCK_N=n, BLOCK_K=k, SLICES=s) for n, k, s in tiles]
+    else:  # every config the autotuner may pick
+        from model.skinny_mm import _CONFIGS
+
+        configs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in _CONFIGS]
+    g = torch.Generator().manual_seed(1)
+    for N, K in [(77, 300), (48, 512)]:  # N and K off the blocks (masks, clamped rows); K a multiple of every BLOCK_K
+        w, wq, s = weights(N, K, seed=N)
+        w, scale = (wq, s) if fp8 else (w, None)
+        w, scale = w.to(dev), None if scale is None else scale.to(dev)
+        for M in range(1, 17):
+            x = torch.randn(M, K, generator=g).bfloat16().to(dev)
+            for c in configs:
+                check(x, w, scale, c, tol)
+    if dev.type == "cuda":  # autotuned (the last shape), two row buckets
+        for M in (2, 16):
+            check(torch.randn(M, K, generator=g).bfloat16().to(dev), w, scale, None, tol)
+    if fp8 and dev.type == "cuda":  # Triton's own float8 conversion, the slower fallback
+        import model.skinny_mm as sk
+
+        sk.FP8_ASM = False
+        try:
+            for M in (1, 5, 16):
+                check(torch.randn(M, K, generator=g).bfloat16().to(dev), w, scale, configs[0], tol)
+        finally:
+            sk.FP8_ASM = True
+
+
+def test_e4m3_bit_conversion():
+    """_e4m3_to_bf16's integer recipe, emulated with torch for all 256 bytes: prmt gives each 16-bit lane the byte
+    below and its sign bit copied above; (lane << 4) & 0x87F0 as bf16, times 2^120, is the e4m3 value."""
+    b = torch.arange(256, dtype=torch.int32)
+    lane = torch.where(b >= 128, 0xFF00, 0) | b
+    fake = ((lane << 4) & 0x87F0).to(torch.int16).view(torch.bfloat16)
+    got = fake.float() * 2.0**120
+    want = b.to(torch.uint8).view(torch.float8_e4m3fn).float()
+    nan = want.isnan()  # 0x7F / 0xFF: never produced by absmax scaling
+    assert nan.sum() == 2 and torch.equal(got[~nan], want[~nan])
+    assert torch.tensor(2.0**120).bfloat16().view(torch.int16).item() == 0x7B80  # the multiplier in the asm
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or triton is None, reason="needs a CUDA GPU and Triton")
+def test_engine_skinny_graphs_equal_eager(bundle, few_configs):
+    from model import TextTokenizer, VisionTokenizer
+    from model.engine import Engine, GenerationRequest
+
+    def tokens(graphs, fp8):
+        lm = Emu35.from_pretrained(bundle.model, dtype=torch.bfloat16, device="cuda")
+        vq = VisionTokenizer.from_pretrained(bundle.vision_tokenizer, device="cuda")
+        tok = TextTokenizer.from_pretrained(bundle.tokenizer)
+        eng = Engine(lm, tok, vq, max_len=1024, graph_bucket=256, cuda_graphs=graphs, skinny=True, fp8=fp8)
+        assert isinstance(lm.model.layers[0].self_attn.qkv_proj, SkinnyLinear)
+        req = GenerationRequest(task="vla", question="pick up the cube", image_size=(3, 4), max_new_tokens=80, seed=3)
+        return list(eng.generate(req))[-1].token_ids
+
+    for fp8 in (False, True):
+        if fp8 and not skinny_available(torch.device("cuda"), True):
+            continue
+        assert tokens(False, fp8) == tokens(True, fp8)
