@@ -101,7 +101,8 @@ def main() -> None:
     grids = [tuple(int(x) for x in g.split("x")) for g in args.grids.split(",")]
     max_len = max(h * (w + 1) for h, w in grids) + 256
     vq = VisionTokenizer(tiny_vision_config(n_embed=args.codes)).to(dev)  # decodes the official code range; small
-    eng = Engine(random_model(config, dev, dtype), tok, vq, max_len=max_len)
+    # as `serve` sets it up (model.engine.load_engine): compiled elementwise kernels on CUDA
+    eng = Engine(random_model(config, dev, dtype), tok, vq, max_len=max_len, compile_kernels=dev.type == "cuda")
     capture_graphs(eng)
     one_image(eng, 2, 2, 0, args.seed)  # warm-up
     rows = []
