@@ -50,11 +50,10 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    server = PlannerServer(port=0, host="127.0.0.1", grace_s=2).start()
+    server = PlannerServer.loopback(checkpoint, device=device)
     try:
-        server.load(checkpoint, device=device, max_len=4096)
         info = server.runtime.model
-        address = f"127.0.0.1:{server.port}"
+        address = server.address
         print(f"[1/3] serving {info.name} ({info.parameters:,} parameters, {device}) on {address}", flush=True)
         planner = RecordingPlanner(GrpcPlanner(address, GrpcOptions(timeout_s=300)))
         spec = EpisodeSpec(task, engine, "emu35-mini", seed)

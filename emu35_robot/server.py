@@ -108,6 +108,21 @@ class PlannerServer:
         self._stopped = threading.Event()
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
+    @classmethod
+    def loopback(cls, model: str | Path | None = None, max_len: int = 4096, **load_kw) -> PlannerServer:
+        """A started server on a free 127.0.0.1 port with `model` loaded (None: the shipped mini), for in-process
+        clients (the demo, `eval --planner mini`, tests); `address` reaches it and `stop()` ends it."""
+        server = cls(port=0, host="127.0.0.1", grace_s=2).start()
+        try:
+            return server.load(model, max_len=max_len, **load_kw)
+        except BaseException:
+            server.stop(0)
+            raise
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
     def start(self) -> PlannerServer:
         lim = self.limits
         interceptors = []

@@ -228,9 +228,9 @@ class ShippedModelPlanner(GrpcPlanner):
 
         if not mini_available():
             raise FileNotFoundError(f"planner 'mini': the Emu3.5-mini weights are not in {MINI_BUNDLE}")
-        self.server = PlannerServer(port=0, host="127.0.0.1", grace_s=2).start().load(MINI_BUNDLE, max_len=4096)
+        self.server = PlannerServer.loopback(MINI_BUNDLE)
         atexit.register(self.server.stop, 0)
-        super().__init__(f"127.0.0.1:{self.server.port}", options)
+        super().__init__(self.server.address, options)
         self.name = "mini"
 
 

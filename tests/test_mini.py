@@ -41,7 +41,7 @@ def test_bundle_is_in_the_official_layouts_and_within_budget():
 def server():
     from emu35_robot.server import PlannerServer
 
-    s = PlannerServer(port=0, host="127.0.0.1", grace_s=2).start().load(None, max_len=4096)  # None: the default
+    s = PlannerServer.loopback(None)  # None: the default model
     yield s
     s.stop(0)
 
@@ -56,7 +56,7 @@ def test_plan_for_a_held_out_seed_has_the_right_structure_and_succeeds(server, t
     from evaluation.planners import GrpcOptions, GrpcPlanner, RecordingPlanner
     from sim_envs.tasks import parse_subgoal
 
-    planner = RecordingPlanner(GrpcPlanner(f"127.0.0.1:{server.port}", GrpcOptions(timeout_s=300)))
+    planner = RecordingPlanner(GrpcPlanner(server.address, GrpcOptions(timeout_s=300)))
     cfg = EvalConfig(executor="keyframe", replans=1, image_size=IMAGE_SIZE, video=False)
     record = run_episode(EpisodeSpec(TASK, ENGINE, "mini", SEED), cfg, planner, tmp_path)
     plan = planner.calls[0][1]
