@@ -80,6 +80,7 @@ def run_demo(
         "plan_latency_s": record["plan_latency_s"],
         "tokens_generated": record["tokens_generated"],
         "video": record["video"],
+        **({"video_error": record["video_error"]} if record.get("video_error") else {}),
         "plan_strip": "plan_strip.png",
         "wall_s": time.perf_counter() - t0,
     }
@@ -87,9 +88,12 @@ def run_demo(
     for i, s in enumerate(record["subgoals"]):
         print(f"      {i + 1}. {s['text']!r}: {'done' if s['success'] else 'failed: ' + s['message']}")
     verdict = "SUCCESS" if record["success"] else "did not succeed"
+    if record.get("video_error"):
+        print(f"      no video: {record['video_error']}", flush=True)
+    wrote = [out / "plan_strip.png", *([out / record["video"]] if record["video"] else []), out / "demo.json"]
     print(
         f"[3/3] {verdict}: {record['instruction']!r} in {summary['wall_s']:.0f}s "
         f"(plan {record['plan_latency_s']:.1f}s, {record['tokens_generated']} tokens); "
-        f"wrote {out / 'plan_strip.png'}, {out / str(record['video'])}, {out / 'demo.json'}"
+        f"wrote {', '.join(map(str, wrote))}"
     )
     return summary
