@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The GPU measurements issue 9 still lacks, in one call on a GPU machine, each writing its JSON and log to OUT_DIR:
+# The GPU measurements issue 9 still needs, each writing its JSON and log to OUT_DIR:
 #   bash benchmarks/gpu_pending.sh OUT_DIR
-# One H200: the CUDA tests (graphs, Jacobi windows beside them, FP8), whole 720x720 and 1024x1024 images token by
-# token and with Jacobi windows, and continuous batching at the 34B shape (about 8 minutes, mostly image decoding).
-# With two GPUs or more it adds tensor parallelism: the raw sharded step (torchrun) and the serving path.
-# A step that fails is logged and the next one runs. ONLY="name ..." runs just those steps (e.g. ONLY="tp_spmd").
+# One H200: the CUDA tests (graphs, Jacobi beside them, FP8, the Triton skinny kernel), the decode step (cuBLAS bf16,
+# Triton bf16, Triton FP8), the same step at commit 1cd583f when OLD_TREE names an export of it (the 2026-11-24
+# figures: `git archive 1cd583f model benchmarks | tar -x -C DIR`), whole 720x720 and 1024x1024 images, and continuous
+# batching at the 34B shape. With two GPUs it adds tensor parallelism: the raw sharded step and the serving path.
+# Every step has a time limit (a hung step must not eat the device budget); one that fails or times out is logged and
+# the next one runs. ONLY="name ..." runs just those steps (e.g. ONLY="decode tp_spmd"). All steps: about 25 minutes,
+# more than one 10-minute device call: split them with ONLY.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: gpu_pending.sh OUT_DIR}
@@ -14,28 +17,27 @@ gpus=$($py -c 'import torch; print(torch.cuda.device_count())')
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $py -c 'import torch; print(torch.__version__)'; } \
   >"$out/machine.txt" 2>&1
 
-step() {  # step NAME COMMAND...: run, log, keep going
-  local name=$1
-  shift
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep going
+  local name=$1 limit=$2
+  shift 2
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo "== $name: $*" | tee -a "$out/steps.txt"
   local t0=$SECONDS
-  "$@" >"$out/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
   echo "   exit $? after $((SECONDS - t0)) s" | tee -a "$out/steps.txt"
 }
 
-if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" cuda_tests "* ]]; then
-  :
-elif $py -c 'import pytest' 2>/dev/null; then
-  step cuda_tests $py -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py
-else
-  echo "== cuda_tests: skipped, no pytest here (carry its wheel)" | tee -a "$out/steps.txt"
+step cuda_tests 300 $py -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_skinny_mm.py
+step decode 300 $py benchmarks/decode.py --shape 34b --variants fused,skinny,skinny_fp8 --streams 1cfg,8cfg \
+  --out "$out/decode_34b.json"
+if [ -n "${OLD_TREE:-}" ]; then
+  step decode_1cd583f 240 $py "$OLD_TREE/benchmarks/decode.py" --shape 34b --variants fused --streams 1cfg,8cfg \
+    --out "$out/decode_34b_1cd583f.json"
 fi
-step image_time $py benchmarks/image_time.py --shape 34b --device cuda --grids 45x45,64x64 --windows 0,16 \
+step image_time 420 $py benchmarks/image_time.py --shape 34b --device cuda --grids 45x45,64x64 --windows 0 \
   --out "$out/image_time_34b.json"
-step batching $py benchmarks/batching.py --shape 34b --device cuda --out "$out/batching_34b.json"
-step batching_graphs $py benchmarks/batching.py --shape 34b --device cuda --graphs --out "$out/batching_34b_graphs.json"
+step batching 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --out "$out/batching_34b_graphs.json"
 if [ "$gpus" -ge 2 ]; then
-  step tp_spmd torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out "$out/tensor_parallel_34b.json"
-  step tp_serving $py benchmarks/tensor_parallel.py --engine --world 2 --out "$out/tensor_parallel_engine_34b.json"
+  step tp_spmd 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out "$out/tensor_parallel_34b.json"
+  step tp_serving 240 $py benchmarks/tensor_parallel.py --engine --world 2 --out "$out/tensor_parallel_engine_34b.json"
 fi
