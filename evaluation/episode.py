@@ -19,6 +19,7 @@ import numpy as np
 
 from sim_envs import env_id
 from sim_envs.executors import Executor, KeyframeExecutor, LanguageExecutor, Subgoal
+from sim_envs.tasks import is_held
 
 from .metrics import placement_agreement, psnr, ssim
 from .planners import GrpcOptions, PlanContext, Planner, PlanResult
@@ -137,14 +138,17 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                 if sg.keyframe is not None:
                     h, w = sg.keyframe.shape[:2]
                     achieved = r.frame if r.frame is not None else u.render_camera("front", w, h)
-                    agree, total = placement_agreement(
-                        sg.keyframe, achieved, u.camera_model("front", w, h), colours, cfg.placement_tol_m
-                    )
+                    cam, ws = u.camera_model("front", w, h), u.world_state()
+                    agree, total = placement_agreement(sg.keyframe, achieved, cam, colours, cfg.placement_tol_m)
+                    held = [b.colour for b in scene.blocks if is_held(ws, b.name)]
+                    rest = placement_agreement(sg.keyframe, achieved, cam, colours, cfg.placement_tol_m, skip=held)
                     rec.update(
                         psnr=_finite(psnr(achieved, sg.keyframe)),
                         ssim=ssim(achieved, sg.keyframe),
                         placement_agree=agree,
                         placement_total=total,
+                        placement_rest_agree=rest[0],
+                        placement_rest_total=rest[1],
                     )
                 subgoals.append(rec)
                 done = bool(u.task.success(u.world_state()))
@@ -169,6 +173,11 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
         return record
     finally:
         env.close()
+
+
+def _ratio(rows: list[dict], num: str, den: str) -> float | None:
+    d = sum(r.get(den, 0) for r in rows)
+    return sum(r.get(num, 0) for r in rows) / d if d else None
 
 
 def _summarise(spec, cfg, info, u, plans, subgoals, done) -> dict[str, Any]:
@@ -196,6 +205,7 @@ def _summarise(spec, cfg, info, u, plans, subgoals, done) -> dict[str, Any]:
         "psnr_mean": _mean([s["psnr"] for s in fid]),
         "ssim_mean": _mean([s["ssim"] for s in fid]),
         "placement_agreement": (sum(s["placement_agree"] for s in fid) / total_place) if total_place else None,
+        "placement_agreement_resting": _ratio(fid, "placement_rest_agree", "placement_rest_total"),
         "steps": int(sum(s["steps"] for s in subgoals)),
         "planner_errors": [p["error"] for p in plans if p["error"]],
         "plans": plans,

@@ -6,7 +6,7 @@ Everything is numpy/OpenCV so the harness needs no scikit-image or scipy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import cv2
 import numpy as np
@@ -44,11 +44,18 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def placement_agreement(
-    predicted: np.ndarray, achieved: np.ndarray, cam: CameraModel, colours: Sequence[str], tol: float = 0.03
+    predicted: np.ndarray,
+    achieved: np.ndarray,
+    cam: CameraModel,
+    colours: Sequence[str],
+    tol: float = 0.03,
+    skip: Collection[str] = (),
 ) -> tuple[int, int]:
     """(blocks placed alike, blocks considered): each scene block is located by colour segmentation in both
     images and back-projected onto the table; it agrees when both are found within ``tol`` metres, or both
-    are missing (e.g. hidden in the gripper). Judges the image a planner drew, not its pixels."""
+    are missing (e.g. hidden in the gripper). Judges the image a planner drew, not its pixels. ``skip``: colours
+    left out (a block held in the air has no placement, and its back-projection moves with its height)."""
+    colours = [c for c in colours if c not in skip]
     p, q = detect_blocks(predicted, cam, colours), detect_blocks(achieved, cam, colours)
     agree = 0
     for c in colours:

@@ -26,6 +26,7 @@ MEANS = (  # record field -> report column
     ("psnr_mean", "PSNR dB"),
     ("ssim_mean", "SSIM"),
     ("placement_agreement", "placement agree"),
+    ("placement_agreement_resting", "placement agree, resting"),
 )
 
 

@@ -47,6 +47,10 @@ def test_oracle_and_random_on_both_engines_with_workers(tmp_path):
         assert r["ssim_mean"] == pytest.approx(np.mean([s["ssim"] for s in sgs]))
         agree = sum(s["placement_agree"] for s in sgs) / sum(s["placement_total"] for s in sgs)
         assert r["placement_agreement"] == pytest.approx(agree)
+        rest = sum(s["placement_rest_agree"] for s in sgs) / sum(s["placement_rest_total"] for s in sgs)
+        assert r["placement_agreement_resting"] == pytest.approx(rest)
+        picks = [s for s in sgs if s["success"] and s["text"].startswith("pick up")]
+        assert all(s["placement_rest_total"] == s["placement_total"] - 1 for s in picks)  # the held block is left out
         if not r["success"] and sgs[-1]["success"] is False:  # stopped by a failed subgoal: re-planned if allowed
             assert r["replans"] == 1
         for p in r["plans"]:

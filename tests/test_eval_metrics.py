@@ -57,6 +57,12 @@ def test_placement_agreement_on_rendered_frames():
     after = u.render_camera("front")
     agree, total = placement_agreement(before, after, cam, colours)
     assert total == len(colours) and agree == total - 1  # only the stacked block moved
+    moved = [
+        c
+        for c in colours
+        if placement_agreement(before, after, cam, colours, skip=[x for x in colours if x != c])[0] == 0
+    ]
+    assert placement_agreement(before, after, cam, colours, skip=moved) == (total - 1, total - 1)
     env.close()
 
 
