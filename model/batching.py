@@ -3,15 +3,21 @@
 `BatchEngine` owns one KV cache of 2 * max_streams rows; a request holds one pair of rows (row 0 conditional, row 1
 unconditional with CFG; the second row stays unused without CFG) for as long as it decodes. Its prompt is prefilled
 alone, into a view of its own rows (the same forward `Engine.generate` runs), and from then on one forward per step
-serves every running request: the rows are at different lengths, so each row writes its own cache slot
-(`cache_pos` [B, 1]) with its own RoPE position and valid-slot mask. Sampling, CFG, logit bias, the image grammar and
-the seeded generator stay per request: the per-request logic is `Engine._decode_steps` itself, a coroutine that asks
-for each step's logits, so a request decodes the same tokens whether it runs alone or in a batch (up to the last bit
-of the float arithmetic, which may differ between batch sizes). A request running a Jacobi window (model/jacobi.py)
-brings T > 1 tokens to the step: the forward then takes T tokens per row, and a request with fewer repeats its last
-token at its last slot (the same write twice). Since every row then computes T tokens, windows are capped so that
-rows x T stays within `max_step_tokens` (128: about where a decode GEMM at 34B stops being bound by reading the
-weights on an H200, so a window costs the batch nothing; a guess from the roofline, not yet measured).
+serves every running request: the rows are at different lengths, so each row writes its own cache slot (`cache_pos`
+[B, 1]) with its own RoPE position and valid-slot mask. CFG, logit bias, the image grammar and the seeded generator stay
+per request: the per-request logic is `Engine._decode_steps` itself, a coroutine that asks for each step's logits (a
+`StepRequest`) and for each token it samples (a `Draw` of its scores), so a request decodes the same tokens whether it
+runs alone or in a batch (up to the last bit of the float arithmetic, which may differ between batch sizes). A step
+keeps the device busy and the host out of its way: the requests' inputs (token, position, valid flag per row: CPU
+tensors) are assembled on the host and copied over once per step without waiting; after the forward every request runs
+on to its draw, the draws are launched together (`engine.draw_tokens`: one top-k per group of requests with the same
+sampling params, each row's random draw from its own generator, exactly as alone), and their tokens are read back in one
+transfer, the step's only wait for the device (a Jacobi window's verification still reads its own results). A request
+running a Jacobi window (model/jacobi.py) brings T > 1 tokens to the step: the forward then takes T tokens per row, and
+a request with fewer repeats its last token at its last slot (the same write twice). Since every row then computes T
+tokens, windows are capped so that rows x T stays within `max_step_tokens` (128: about where a decode GEMM at 34B stops
+being bound by reading the weights on an H200, so a window costs the batch nothing; a guess from the roofline, not yet
+measured).
 
 The forward spans rows [0, highest occupied row]: free pairs are taken lowest first, and rows of free or cancelled
 pairs inside that span run a dummy token at slot 0 that no request reads (a pair's valid mask is cleared when it is
@@ -28,9 +34,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .engine import Engine, GenerationRequest, StepRequest, _DecodeState, capture_graph
+from .engine import Draw, Engine, GenerationRequest, StepRequest, _DecodeState, capture_graph, draw_tokens
 from .prompts import task_prompt, unconditional_prompt
 from .sequence import image_string
 
@@ -44,8 +51,9 @@ class _Member:
     cancel: threading.Event
     emit: Callable[[object], None]  # events, then an exception if the request failed
     done: Callable[[], None]
-    need: StepRequest | None = None
-    logits: torch.Tensor | None = None
+    need: StepRequest | None = None  # the step it waits for
+    draw: Draw | None = None  # the token it waits for
+    answer: object = None  # what it is sent next: the step's logits or the drawn token
 
 
 class BatchEngine:
@@ -108,23 +116,46 @@ class BatchEngine:
             grammar=eng._grammar(size, ref_codes),
             gen=eng._generator(req.seed),
             cache=view,
-            next_pos=torch.zeros(len(rows), dtype=torch.long, device=eng.device),
+            next_pos=torch.zeros(len(rows), dtype=torch.long),
         )
         cancel = cancel if cancel is not None else threading.Event()
         new = [[(t, True) for t in r] for r in rows]
         core = eng._decode_steps(req, cancel, image_sampling, cfg, state, new, max_new, t_start, len(cond))
         m = _Member(span, pair, core, state, cancel, emit, done)
         self.members.append(m)
-        self._advance(m)  # the prefill and the first token
+        self._run([m])  # the prefill and the first token
+
+    def _run(self, members: list[_Member]) -> None:
+        """Run each request's own logic until it needs the next step (or finishes). Every draw they ask for on the
+        way is launched before any token is read, and the tokens are read together: one host sync per round."""
+        while members:
+            for m in members:
+                self._advance(m)
+            members = [m for m in members if m.draw is not None]
+            if not members:
+                return
+            try:
+                tokens = draw_tokens([m.draw for m in members])
+            except Exception as e:  # these requests fail, as if their own logic had raised
+                for m in members:
+                    m.core.close()
+                    m.emit(e)
+                    self._release(m)
+                return
+            for m, t in zip(members, tokens):
+                m.draw, m.answer = None, t
 
     def _advance(self, m: _Member) -> None:
-        """Run the request's own logic until it needs the next step (or finishes)."""
+        """Run the request's own logic until it needs a draw or the next step (or finishes)."""
         rows = 2 * max(p.pair for p in self.members) + 2  # the forward's span, at most
         m.state.window_cap = max(0, self.max_step_tokens // rows - 1)
         try:
             while True:
-                item = m.core.send(m.logits)
-                m.logits = None
+                item = m.core.send(m.answer)
+                m.answer = None
+                if isinstance(item, Draw):
+                    m.draw = item
+                    return
                 if isinstance(item, StepRequest):
                     m.need = item
                     return
@@ -139,20 +170,22 @@ class BatchEngine:
         self.members.remove(m)
         self.free.append(m.pair)
         self.free.sort()
-        m.need = None
+        m.need = m.draw = None
         m.done()
 
     def _forward(self, hi: int, ids, pos, valid, slot, kv_len: int, visual: bool) -> torch.Tensor:
-        """Rows [0, hi), T tokens each (ids/pos/valid/slot [hi, T]) -> logits [hi, T, V']."""
+        """Rows [0, hi), T tokens each (ids/pos/valid/slot [hi, T], CPU tensors: copied to the device without waiting
+        for it) -> logits [hi, T, V']."""
         eng = self.engine
         if not self.cuda_graphs or ids.shape[1] > 1:
+            ids, pos, valid, slot = (x.to(eng.device, non_blocking=True) for x in (ids, pos, valid, slot))
             return eng.forward(self.cache.rows(0, hi), ids, pos, slot, valid, kv_len, visual=visual)
         key = (hi, kv_len, visual)
         if key not in self._graphs:
             self._graphs[key] = self._capture(hi, kv_len, visual)
         graph, static, out = self._graphs[key]
         for s, x in zip(static, (ids, pos, valid, slot)):
-            s.copy_(x)
+            s.copy_(x, non_blocking=True)
         graph.replay()
         return out
 
@@ -187,8 +220,9 @@ class BatchEngine:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One decode step: one forward over the rows of every running request, then each request samples."""
-        eng, dev = self.engine, self.engine.device
+        """One decode step: one forward over the rows of every running request, then every request draws its next
+        token, all read back at once."""
+        eng = self.engine
         # a cancelled request skips the forward: it sees its cancel Event before it would read the logits
         live = [m for m in self.members if m.need is not None and not m.cancel.is_set()]
         self.last = len(live)
@@ -197,25 +231,28 @@ class BatchEngine:
             self.peak = max(self.peak, len(live))
             hi = max(m.rows.stop for m in live)
             T = max(m.need.ids.shape[1] for m in live)  # > 1 when a request runs a Jacobi window
-            ids = torch.full((hi, T), eng.tok.pad_id, dtype=torch.long, device=dev)
-            pos = torch.zeros(hi, T, dtype=torch.long, device=dev)
-            valid = torch.zeros(hi, T, dtype=torch.bool, device=dev)
-            slot = torch.zeros(hi, T, dtype=torch.long, device=dev)
+            # the step's inputs are assembled on the host (pinned on CUDA) and copied over once each
+            pin = eng.device.type == "cuda"
+            ints = torch.zeros(3, hi, T, dtype=torch.long, pin_memory=pin)  # ids, pos, slot
+            valid = torch.zeros(hi, T, dtype=torch.bool, pin_memory=pin)
+            a_ids, a_pos, a_slot = ints.numpy()
+            a_valid = valid.numpy()
+            a_ids[:] = eng.tok.pad_id
             for m in live:
                 n, t = m.need, m.need.ids.shape[1]
                 # a request with fewer tokens repeats its last one (same slot, same values): a harmless double write
-                cols = torch.arange(T, device=dev).clamp(max=t - 1)
-                ids[m.rows], pos[m.rows], valid[m.rows] = n.ids[:, cols], n.pos[:, cols], n.valid[:, cols]
-                slot[m.rows] = n.slot + cols
+                cols = np.minimum(np.arange(T), t - 1)
+                a_ids[m.rows], a_pos[m.rows] = n.ids.numpy()[:, cols], n.pos.numpy()[:, cols]
+                a_valid[m.rows], a_slot[m.rows] = n.valid.numpy()[:, cols], n.slot + cols
             visual = all(m.need.visual for m in live)
             top = max(m.need.slot + m.need.ids.shape[1] - 1 for m in live)
             kv_len = eng.kv_bucket(top)
-            logits = self._forward(hi, ids, pos, valid, slot, kv_len, visual)  # [hi, T, V']
+            logits = self._forward(hi, ints[0], ints[1], valid, ints[2], kv_len, visual)  # [hi, T, V']
             for m in live:
                 t = m.need.ids.shape[1]
                 lg = logits[m.rows, :t] if t > 1 else logits[m.rows, 0]
-                m.logits = lg[..., eng.visual] if m.need.visual and not visual else lg
-        for m in list(self.members):
-            if m.need is not None:
-                m.need = None
-                self._advance(m)
+                m.answer = lg[..., eng.visual] if m.need.visual and not visual else lg
+        waiting = [m for m in self.members if m.need is not None]
+        for m in waiting:
+            m.need = None
+        self._run(waiting)

@@ -200,7 +200,7 @@ class _DecodeState:
     grammar: ImageGrammar
     gen: torch.Generator
     cache: object
-    next_pos: Tensor  # [B]
+    next_pos: Tensor  # [B] on the CPU: each row's next RoPE position
     slot: int = 0  # slots [0, slot) hold the history
     pending: tuple[int, bool] | None = None  # (token, valid for the unconditional row)
     window_cap: int | None = None  # the most Jacobi drafts per forward the driver allows (a batch: see BatchEngine)
@@ -208,15 +208,50 @@ class _DecodeState:
 
 @dataclass
 class StepRequest:
-    """What one request needs from a decode step: ids/pos/valid [B, T] of its rows, written at cache slots
-    `slot`..`slot + T - 1` (T = 1, or 1 + drafts for a Jacobi window); `visual`: only the visual-token slice of the
-    logits is wanted. The answer: logits [B, V'] for T = 1, [B, T, V'] otherwise."""
+    """What one request needs from a decode step: ids/pos/valid [B, T] of its rows (CPU tensors: the driver copies a
+    whole step's inputs to the device at once), written at cache slots `slot`..`slot + T - 1` (T = 1, or 1 + drafts
+    for a Jacobi window); `visual`: only the visual-token slice of the logits is wanted. The answer: logits [B, V'] for
+    T = 1, [B, T, V'] otherwise."""
 
     ids: Tensor
     pos: Tensor
     valid: Tensor
     slot: int
     visual: bool
+
+
+@dataclass
+class Draw:
+    """What one request needs to pick its next token: a draw from `scores` [V'] (on the device) with `params` and the
+    request's own generator. The answer: the index into V', an int."""
+
+    scores: Tensor
+    params: SamplingParams
+    gen: torch.Generator
+
+
+def draw_tokens(draws: list[Draw]) -> list[int]:
+    """Each draw's token, read back from the device together: one host sync for all. Draws with the same sampling
+    params and width are sampled as one batch (one top-k for all rows; each row's random draw comes from its own
+    generator), so a request draws the same token in any batch as alone, where `Engine._decode` calls this with one."""
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(draws):
+        groups.setdefault((d.params, d.scores.shape[-1]), []).append(i)
+    picks = []
+    for rows in groups.values():
+        scores = torch.stack([draws[i].scores for i in rows])  # [n, V']
+        picks.append(sample(scores, draws[rows[0]].params, [draws[i].gen for i in rows]))
+    tokens = torch.cat(picks).tolist()
+    out = [0] * len(draws)
+    for i, t in zip((i for rows in groups.values() for i in rows), tokens):
+        out[i] = t
+    return out
+
+
+def _upload(x: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor on `device`, copied without waiting for the work queued there (through pinned memory: a
+    copy from pageable memory may wait for the stream)."""
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
 def capture_graph(run, valid: Tensor, pool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
@@ -296,6 +331,14 @@ class Engine:
         m[self.visual] = True
         m[[self.tok.img_id, self.tok.eoi_id, self.tok.eol_id]] = True
         return m
+
+    def _text_bias(self, logit_bias: dict[int, float]) -> Tensor:
+        """[V] on the device, added to the logits of a text token: the request's logit bias, -inf where `_text_mask`
+        forbids (one add per token, as the bias added token by token and the mask then set to -inf)."""
+        b = torch.zeros(self.lm.config.vocab_size)
+        for k, v in logit_bias.items():
+            b[k] = v
+        return b.to(self.device).masked_fill_(self._text_mask, float("-inf"))
 
     # ---- request defaults -----------------------------------------------------------------------------------
     def _resolve(self, req: GenerationRequest):
@@ -387,8 +430,9 @@ class Engine:
     def _step(
         self, cache, ids: Tensor, pos: Tensor, valid: Tensor, slot: int, visual_head: bool, graphs: bool = True
     ) -> Tensor:
-        """One decode step: ids/pos/valid [B, 1] -> logits [B, V'] (V' = visual slice when visual_head). Captured graphs
-        are bound to the engine's own caches, so a session's cache (graphs=False) runs eagerly."""
+        """One decode step: ids/pos/valid [B, 1] (on the CPU or the device) -> logits [B, V'] (V' = visual slice when
+        visual_head). Captured graphs are bound to the engine's own caches, so a session's cache (graphs=False) runs
+        eagerly."""
         kv_len = self.kv_bucket(slot)
         with self._mirrored("step", cache, ids, pos, valid, kv_len, slot=slot, visual=visual_head, graphs=graphs):
             return self._run_step(cache, ids, pos, valid, slot, visual_head, graphs, kv_len)
@@ -396,6 +440,7 @@ class Engine:
     def _run_step(self, cache, ids, pos, valid, slot, visual_head, graphs, kv_len) -> Tensor:
         vs = self.visual if visual_head else None
         if not self.cuda_graphs or not graphs:
+            ids, pos, valid = (x.to(self.device, non_blocking=True) for x in (ids, pos, valid))
             slot_t = torch.tensor([slot], device=self.device)
             return self.lm(
                 ids,
@@ -410,9 +455,9 @@ class Engine:
         if key not in self._graphs:
             self._graphs[key] = self._capture(cache, ids.shape[0], kv_len, vs)
         graph, (s_ids, s_pos, s_valid, s_slot), out = self._graphs[key]
-        s_ids.copy_(ids)
-        s_pos.copy_(pos)
-        s_valid.copy_(valid)
+        s_ids.copy_(ids, non_blocking=True)
+        s_pos.copy_(pos, non_blocking=True)
+        s_valid.copy_(valid, non_blocking=True)
         s_slot.fill_(slot)
         graph.replay()
         return out[:, -1]
@@ -473,7 +518,7 @@ class Engine:
             grammar=self._grammar(size, ref_codes),
             gen=self._generator(req.seed),
             cache=self._cache(len(rows)),
-            next_pos=torch.zeros(len(rows), dtype=torch.long, device=self.device),
+            next_pos=torch.zeros(len(rows), dtype=torch.long),
         )
         yield from self._decode(
             req,
@@ -509,19 +554,22 @@ class Engine:
         left-padded with invalid slots) and decode up to `max_new` tokens. Leaves `state` ready for another turn: the
         last sampled token is not in the cache yet (`state.pending`)."""
         core = self._decode_steps(req, cancel, image_sampling, cfg, state, new, max_new, t_start, prompt_tokens)
-        logits = None
+        answer = None
         while True:
             try:
-                item = core.send(logits)
+                item = core.send(answer)
             except StopIteration:
                 return
-            logits = None
-            if isinstance(item, StepRequest) and item.ids.shape[1] > 1:  # a Jacobi window: eager, [B, T, V']
-                T, slot = item.ids.shape[1], item.slot
+            answer = None
+            if isinstance(item, Draw):
+                (answer,) = draw_tokens([item])  # the same draw as in a batch, a batch of one
+            elif isinstance(item, StepRequest) and item.ids.shape[1] > 1:  # a Jacobi window: eager, [B, T, V']
+                ids, pos, valid = (x.to(self.device) for x in (item.ids, item.pos, item.valid))
+                T, slot = ids.shape[1], item.slot
                 slots = torch.arange(slot, slot + T, device=self.device)
-                logits = self.forward(state.cache, item.ids, item.pos, slots, item.valid, slot + T, visual=item.visual)
+                answer = self.forward(state.cache, ids, pos, slots, valid, slot + T, visual=item.visual)
             elif isinstance(item, StepRequest):
-                logits = self._step(state.cache, item.ids, item.pos, item.valid, item.slot, item.visual, graphs)
+                answer = self._step(state.cache, item.ids, item.pos, item.valid, item.slot, item.visual, graphs)
             else:
                 yield item
 
@@ -547,9 +595,10 @@ class Engine:
         return drafts, q
 
     def _decode_steps(self, req, cancel, image_sampling, cfg, state, new, max_new, t_start, prompt_tokens):
-        """`_decode` as a coroutine: yields events, and a `StepRequest` wherever it needs the next decode step's logits,
-        which the driver sends back: `Engine._decode` runs the step alone, `BatchEngine` in one forward with the
-        steps of every other running request."""
+        """`_decode` as a coroutine: yields events, a `Draw` wherever it samples a token (the driver sends the token
+        back) and a `StepRequest` wherever it needs the next decode step's logits (the driver sends them back).
+        `Engine._decode` drives one request alone; `BatchEngine` runs the steps of every running request in one
+        forward and their draws with one read from the device."""
         tok, dev = self.tok, self.device
         grammar, gen, cache = state.grammar, state.gen, state.cache
         B, L, S = len(new), max(len(r) for r in new), state.slot
@@ -563,11 +612,12 @@ class Engine:
             if r:
                 ids[b, L - len(r) :] = torch.tensor([t for t, _ in r])
                 valid[b, L - len(r) :] = torch.tensor([v for _, v in r])
-        pos = (state.next_pos.cpu()[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
+        pos = (state.next_pos[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
+        text_bias = self._text_bias(req.logit_bias)  # [V]: the request's logit bias, -inf outside images
         t0 = time.perf_counter()
         slots = torch.arange(S, S + L, device=dev)
         logits = self.forward(cache, ids.to(dev), pos.to(dev), slots, valid.to(dev), S + L, logits_to_keep=1)[:, -1]
-        next_pos = state.next_pos + valid.sum(1).to(dev)
+        next_pos = state.next_pos + valid.sum(1)
         t_prefill = time.perf_counter() - t0
         L = S + L  # the first decode step writes slot L
 
@@ -624,18 +674,14 @@ class Engine:
             elif grammar.mode == "rows":
                 scores = logits if visual_logits else logits[:, self.visual]
                 scores = cfg_combine(scores[0], scores[1], cfg) if use_cfg else scores[0]
-                t = self.visual.start + int(sample(scores[None], image_sampling, gen)[0])
+                t = self.visual.start + (yield Draw(scores, image_sampling, gen))
             else:
-                scores = logits[0].clone()
                 if grammar.mode == "size":
-                    allowed = torch.zeros_like(scores, dtype=torch.bool)
-                    allowed[grammar.allowed_size_tokens()] = True
-                    scores[~allowed] = float("-inf")
+                    allowed = _upload(torch.tensor(grammar.allowed_size_tokens()), dev)
+                    bias = torch.full_like(logits[0], float("-inf")).index_fill_(0, allowed, 0.0)
                 else:
-                    for k, v in req.logit_bias.items():
-                        scores[k] += v
-                    scores[self._text_mask] = float("-inf")
-                t = int(sample(scores[None], req.text_sampling, gen)[0])
+                    bias = text_bias
+                t = yield Draw(logits[0] + bias, req.text_sampling, gen)
             decided = None
             yield from take(t)
             if t == tok.eos_id:
@@ -649,8 +695,8 @@ class Engine:
             if m == 0:
                 # the unconditional row keeps image tokens (BOI..EOI) and skips text: an invalid slot, same position
                 u_valid = was_image or grammar.in_image()
-                valid_t = torch.tensor([[True], [u_valid]][:B], device=dev)
-                ids_t = torch.full((B, 1), t, dtype=torch.long, device=dev)
+                valid_t = torch.tensor([[True], [u_valid]][:B])
+                ids_t = torch.full((B, 1), t, dtype=torch.long)
                 visual_logits = grammar.mode == "rows"
                 logits = yield StepRequest(ids_t, next_pos[:, None], valid_t, slot, visual_logits)
                 next_pos = next_pos + valid_t[:, 0].long()
@@ -660,8 +706,8 @@ class Engine:
             fixed = [grammar.forced_at(grammar.k + 1 + j) for j in range(m + 1)]  # EOL at row ends, else None
             drafts, q = self._drafts(carry, m, gen)
             ids = [t] + [f if f is not None else self.visual.start + d for f, d in zip(fixed, drafts)]
-            ids_t = torch.tensor([ids] * B, dtype=torch.long, device=dev)
-            pos_t = next_pos[:, None] + torch.arange(m + 1, device=dev)
+            ids_t = torch.tensor([ids] * B, dtype=torch.long)
+            pos_t = next_pos[:, None] + torch.arange(m + 1)
             out = yield StepRequest(ids_t, pos_t, torch.ones_like(ids_t, dtype=torch.bool), slot, True)  # [B, m+1, V']
             p = sampling_probs(cfg_combine(out[0], out[1], cfg) if use_cfg else out[0], image_sampling)
             a, x = jacobi.accept(p, q, drafts, [f is not None for f in fixed], gen)
@@ -774,7 +820,7 @@ class Session:
                     grammar=eng._grammar(self.size, ref_codes),
                     gen=eng._generator(self.req.seed),
                     cache=eng.new_cache(B),
-                    next_pos=torch.zeros(B, dtype=torch.long, device=eng.device),
+                    next_pos=torch.zeros(B, dtype=torch.long),
                 )
                 new = [[(t, True) for t in r] for r in rows]
                 prompt_tokens = len(cond)

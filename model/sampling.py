@@ -34,15 +34,20 @@ def cfg_combine(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
-def sample(scores: Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
-    """scores [N, V] (logits or log-probs, -inf where masked) -> token indices [N]."""
+def sample(scores: Tensor, params: SamplingParams, generator: torch.Generator | list | None = None) -> Tensor:
+    """scores [N, V] (logits or log-probs, -inf where masked) -> token indices [N], left on the device: nothing here
+    waits for the device, so a caller can launch many draws and read their tokens at once. `generator`: one for every
+    row, or a list of one per row (a batch of requests, each with its own seed: row i draws what it draws alone)."""
     if params.temperature == 0:
         return scores.argmax(-1)
     probs, idx = _kept(scores, params)
-    if idx is not None:  # draw in vocabulary order, as over the whole vocabulary: in score order, two near-equal
-        idx, order = idx.sort(-1)  # logits that swap places by a last-bit difference (batched vs alone) would
-        probs = probs.gather(-1, order)  # move every draw between them to the other token
-    pick = torch.multinomial(probs, 1, generator=generator)  # [N, 1]: among the kept candidates only
+    noise = torch.empty_like(probs)
+    if isinstance(generator, (list, tuple)):
+        for row, g in zip(noise, generator):
+            row.exponential_(generator=g)
+    else:
+        noise.exponential_(generator=generator)
+    pick = (probs / noise).argmax(-1, keepdim=True)  # distributed as probs (torch.multinomial's draw of one sample)
     return (pick if idx is None else idx.gather(-1, pick)).squeeze(-1)
 
 
@@ -55,24 +60,35 @@ def sampling_probs(scores: Tensor, params: SamplingParams) -> Tensor:
 
 
 def _kept(scores: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor | None]:
-    """Temperature, top-k, top-p. With a top-k: (probabilities [N, k'] of the k best tokens and any tied with the k-th,
-    best first, those beyond top-p at zero; their indices), so that top-p sorts and multinomial scans k' entries, not
-    the 282,926-wide vocabulary (a sort and a draw per row cost milliseconds on a CPU). Without a top-k:
-    (probabilities [N, V] in vocabulary order, None), or sorted with their indices when there is a top-p."""
+    """Temperature, top-k, top-p -> (probabilities [N, W], their token indices [N, W]), or (probabilities [N, V] in
+    vocabulary order, None) when nothing is cut.
+
+    With a top-k the candidates are the W = min(V, 2k) best scores, so that top-p and the draw scan W entries, not the
+    282,926-wide vocabulary (a sort and a draw per row cost milliseconds on a CPU), and W is known without reading
+    anything back from the device. Top-k keeps every token tied with the k-th (bf16 logits tie often: tens of tokens
+    at one value), up to W in all. Top-p keeps the smallest prefix of the sorted distribution that reaches top_p,
+    with tied tokens in or out together. The candidates come in draw order: vocabulary order, with those of no
+    probability last when the W are not the whole vocabulary (which of them made the W is up to the sort, and a batch
+    of rows and a row alone may run different sort kernels), so the draw never depends on the sort's order of ties."""
     scores = scores.float() / params.temperature
-    idx = None
-    if 0 < params.top_k < scores.shape[-1]:
-        vals, idx = torch.topk(scores, params.top_k, dim=-1)  # sorted, best first
-        kth = vals[..., -1:]
-        n = int((scores >= kth).sum(-1).max())  # top-k keeps every token tied with the k-th (bf16 logits tie often)
-        if n > params.top_k:
-            vals, idx = torch.topk(scores, n, dim=-1)
-            vals = vals.masked_fill(vals < kth, float("-inf"))
-        scores = vals
+    V = scores.shape[-1]
+    if 0 < params.top_k < V:
+        W = min(V, 2 * params.top_k)
+        scores, idx = torch.topk(scores, W, dim=-1)  # best first
+        scores = scores.masked_fill(scores < scores[..., params.top_k - 1 : params.top_k], float("-inf"))
+        key = idx if W == V else torch.where(scores == float("-inf"), idx + V, idx)
     elif params.top_p < 1.0:
         scores, idx = torch.sort(scores, dim=-1, descending=True)
+        key = idx
+    else:
+        return scores.softmax(-1), None
     if params.top_p < 1.0:
         p = scores.softmax(-1)
-        drop = p.cumsum(-1) - p > params.top_p  # keep the smallest prefix reaching top_p
-        scores = scores.masked_fill(drop, float("-inf"))
-    return scores.softmax(-1), idx
+        ahead = p.cumsum(-1) - p  # the mass sorted before each token; a tie shares that of its first token
+        tied = torch.cat([torch.zeros_like(scores[..., :1], dtype=torch.bool), scores[..., 1:] == scores[..., :-1]], -1)
+        ahead = ahead.masked_fill(tied, 0.0).cummax(-1).values  # ahead only grows: cummax carries a tie's first
+        scores = scores.masked_fill(ahead > params.top_p, float("-inf"))
+    # vocabulary order, as over the whole vocabulary: in score order, two near-equal logits that swap places by a
+    # last-bit difference (batched vs alone) would move every draw between them to the other token
+    order = key.argsort(-1)
+    return scores.softmax(-1).gather(-1, order), idx.gather(-1, order)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from model import batching
 from model.batching import BatchEngine
 from model.engine import Finished, GenerationRequest, ImageFinished, load_engine
 from model.sampling import SamplingParams
@@ -52,10 +54,10 @@ class Sink:
         self.order.append(self.i)
 
 
-def staggered(engine, reqs, joins=(0, 5, 9), cancel_at=None):
+def staggered(engine, reqs, joins=(0, 5, 9), cancel_at=None, streams=4):
     """Request i joins after `joins[i]` batched steps; returns each request's events, the batch's peak size and the
     order in which the requests left."""
-    batch, order = BatchEngine(engine, max_streams=4), []
+    batch, order = BatchEngine(engine, max_streams=streams), []
     sinks, cancels = [Sink(i, order) for i in range(len(reqs))], [threading.Event() for _ in reqs]
     step = 0
     while not all(s.done for s in sinks):
@@ -66,7 +68,7 @@ def staggered(engine, reqs, joins=(0, 5, 9), cancel_at=None):
             cancels[cancel_at[0]].set()
         batch.step()
         step += 1
-    assert batch.active == 0 and sorted(batch.free) == list(range(4))
+    assert batch.active == 0 and sorted(batch.free) == list(range(streams))
     return [s.events for s in sinks], batch.peak, order
 
 
@@ -103,3 +105,82 @@ def test_bad_request_holds_nothing(engine):
     with pytest.raises(ValueError, match="unknown task"):
         batch.add(GenerationRequest(task="dance", question="x"), lambda e: None)
     assert batch.has_room() and batch.active == 0
+
+
+def mixed(tok):
+    """Five requests with different sampling: top-k and top-p cuts (drawn for two rows at once: the first two share
+    their params), temperature, greedy; CFG and not; text and images; the fourth runs a Jacobi window."""
+    cut = dict(text_sampling=SamplingParams(1.0, 20, 0.8), image_sampling=SamplingParams(0.9, 30, 0.9))
+    return [
+        GenerationRequest(task="vla", question="put the red block in the bowl", images=[scene()], image_size=(2, 3),
+                          max_new_tokens=30, seed=5, logit_bias={tok.boi_id: 3.0}, **cut),
+        GenerationRequest(task="story", question="a robot waters a plant", max_new_tokens=30, seed=6,
+                          logit_bias={tok.boi_id: 3.0}, **cut),
+        GenerationRequest(task="story", question="a robot opens a door", cfg_scale=1.0, max_new_tokens=30, seed=7,
+                          text_sampling=SamplingParams(0.7, 0, 0.9)),
+        GenerationRequest(task="t2i", question="a green cube", image_size=(3, 2), max_new_tokens=30, seed=8,
+                          jacobi_window=3, image_sampling=SamplingParams(1.0, 40, 1.0), logit_bias={tok.boi_id: 50.0}),
+        GenerationRequest(task="t2i", question="a red ball", image_size=(2, 2), cfg_scale=1.0, max_new_tokens=20,
+                          text_sampling=GREEDY, image_sampling=GREEDY, logit_bias={tok.boi_id: 50.0}),
+    ]  # fmt: skip
+
+
+def test_mixed_sampling_params_and_a_jacobi_window_give_the_solo_outputs(engine, monkeypatch):
+    """Requests with different sampling params, joining at different steps, decode exactly their solo tokens: a
+    batch's draws share one top-k per group of rows with the same params, each row drawing from its own generator,
+    and a request alone runs the same draw as a group of one."""
+    alone = [summary(list(engine.generate(r))) for r in mixed(engine.tok)]
+    groups = []
+
+    def spy(draws):
+        groups.append(max(sum(d.params == e.params for e in draws) for d in draws))
+        return draw_tokens(draws)
+
+    draw_tokens = batching.draw_tokens
+    monkeypatch.setattr(batching, "draw_tokens", spy)
+    batched, peak, _ = staggered(engine, mixed(engine.tok), joins=(0, 0, 3, 5, 8), streams=5)
+    assert [summary(ev) for ev in batched] == alone
+    assert peak >= 4 and max(groups) >= 2  # several rows were drawn as one group
+    assert alone[0][2] and alone[3][2] and alone[4][2]  # images, the Jacobi one among them
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts reads of single tensor values back to the host (item, int, float, bool): on a GPU each waits for it.
+    Not counted: those of the vision tokenizer's decode of a finished image (`paused`)."""
+
+    n, paused = 0, False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func is torch.ops.aten._local_scalar_dense.default and not self.paused
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_batched_step_reads_its_tokens_back_at_once(engine, monkeypatch):
+    """No request reads a sampled value on its own: every step's draws go to one `draw_tokens` call (one transfer)."""
+    calls, reads = [], ScalarReads()
+
+    def spy(draws):
+        calls.append(len(draws))
+        return draw_tokens(draws)
+
+    def decode_pil(codes, decode=engine.vq.decode_pil):
+        reads.paused = True
+        try:
+            return decode(codes)
+        finally:
+            reads.paused = False
+
+    draw_tokens = batching.draw_tokens
+    monkeypatch.setattr(batching, "draw_tokens", spy)
+    monkeypatch.setattr(engine.vq, "decode_pil", decode_pil)
+    reqs = [r for r in mixed(engine.tok) if not r.jacobi_window]  # a Jacobi window checks its drafts with own reads
+    batch = BatchEngine(engine, max_streams=len(reqs))
+    for r in reqs:
+        batch.add(r, lambda e: None)
+    calls.clear()
+    steps = 0
+    with reads:
+        while batch.active:
+            batch.step()
+            steps += 1
+    assert reads.n == 0 and len(calls) <= steps and max(calls) == len(reqs)

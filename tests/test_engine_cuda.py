@@ -109,3 +109,47 @@ def test_batched_steps_as_graphs_equal_eager_batched_steps(bundle):
 
     (eager, _), (graphs, captured) = run(False), run(True)
     assert graphs == eager and captured >= 2
+
+
+def test_a_batched_graph_step_waits_for_the_device_once(bundle):
+    """BatchEngine with graphs, once the step's graph is captured: each step synchronizes with the device once, to
+    read every request's token (torch's sync debug mode warns at each synchronizing call)."""
+    import warnings
+
+    from model.batching import BatchEngine
+    from model.sampling import SamplingParams
+
+    eng = engine(bundle, cuda_graphs=True)
+    batch = BatchEngine(eng, max_streams=3, cuda_graphs=True)
+    bias = {eng.tok.boi_id: -100.0, eng.tok.eos_id: -100.0}  # text only: every request draws at every step
+    for i, p in enumerate([SamplingParams(), SamplingParams(1.0, 20, 0.8), SamplingParams(temperature=0.0)]):
+        req = GenerationRequest(task="story", question=f"robot {i}", max_new_tokens=60, seed=i, text_sampling=p,
+                                logit_bias=bias)  # fmt: skip
+        batch.add(req, lambda e: None)
+    for _ in range(3):
+        batch.step()  # captures the graph (one KV bucket for all 60 tokens)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(20):
+                batch.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 20 and batch.active == 3, syncs[:4]
+
+
+def test_a_row_of_a_batched_draw_draws_what_it_draws_alone_on_the_gpu():
+    """What continuous batching relies on for sampling on a GPU: rows drawn together (one top-k for all, each from
+    its own generator) get exactly the tokens they get one by one, on the official vocabulary with bf16 ties."""
+    from model.sampling import SamplingParams, sample
+
+    g = torch.Generator("cuda").manual_seed(0)
+    scores = (torch.randn(8, 282926, device="cuda", generator=g) * 3).bfloat16().float()
+    scores[1, 1000:] = float("-inf")  # fewer candidates than top-k
+    for params in [SamplingParams(1.0, 1024, 0.9), SamplingParams(1.0, 10240, 1.0), SamplingParams(0.7, 0, 0.9)]:
+        batch, alone = ([torch.Generator("cuda").manual_seed(s) for s in range(8)] for _ in range(2))
+        for _ in range(5):
+            together = sample(scores, params, batch).tolist()
+            assert together == [int(sample(scores[i : i + 1], params, [g])[0]) for i, g in enumerate(alone)], params

@@ -48,3 +48,15 @@ def test_sample_draws_from_those_probs():
     assert set(draws.tolist()) <= set(want.nonzero()[:, 0].tolist())  # never outside top-k / top-p
     assert (freq - want).abs().sum() / 2 < 0.02  # total variation
     assert sample(scores, SamplingParams(temperature=0.0)).item() == scores.argmax().item()
+
+
+@pytest.mark.parametrize("params", PARAMS + [SamplingParams(1.3, 50, 0.9), SamplingParams(0.0)], ids=str)
+def test_a_row_of_a_batch_draws_what_it_draws_alone(params):
+    """With one generator per row, a batch of rows (continuous batching's draw) gives each row exactly the tokens it
+    draws alone, draw after draw: bf16 ties, and a row with fewer candidates than top-k (the rest masked)."""
+    scores = (torch.randn(4, 2000, generator=torch.Generator().manual_seed(3)) * 3).bfloat16().float()
+    scores[1, 30:] = float("-inf")
+    batch, alone = ([torch.Generator().manual_seed(s) for s in (5, 6, 7, 8)] for _ in range(2))
+    for _ in range(20):
+        together = sample(scores, params, batch)
+        assert together.tolist() == [int(sample(scores[i : i + 1], params, [g])[0]) for i, g in enumerate(alone)]
