@@ -37,6 +37,8 @@ fi
 step image_time 420 $py benchmarks/image_time.py --shape 34b --device cuda --grids 45x45,64x64 --windows 0 \
   --out "$out/image_time_34b.json"
 step batching 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --out "$out/batching_34b_graphs.json"
+step batching_image 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --image \
+  --out "$out/batching_34b_graphs_image.json"
 if [ "$gpus" -ge 2 ]; then
   step tp_spmd 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out "$out/tensor_parallel_34b.json"
   step tp_serving 240 $py benchmarks/tensor_parallel.py --engine --world 2 --out "$out/tensor_parallel_engine_34b.json"
