@@ -21,7 +21,7 @@ from sim_envs import env_id
 from sim_envs.executors import Executor, KeyframeExecutor, LanguageExecutor, Subgoal
 from sim_envs.tasks import is_held
 
-from .metrics import placement_agreement, psnr, ssim
+from .metrics import block_agreement, psnr, ssim
 from .planners import GrpcOptions, PlanContext, Planner, PlanResult
 
 
@@ -139,16 +139,16 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                     h, w = sg.keyframe.shape[:2]
                     achieved = r.frame if r.frame is not None else u.render_camera("front", w, h)
                     cam, ws = u.camera_model("front", w, h), u.world_state()
-                    agree, total = placement_agreement(sg.keyframe, achieved, cam, colours, cfg.placement_tol_m)
-                    held = [b.colour for b in scene.blocks if is_held(ws, b.name)]
-                    rest = placement_agreement(sg.keyframe, achieved, cam, colours, cfg.placement_tol_m, skip=held)
+                    ok = block_agreement(sg.keyframe, achieved, cam, colours, cfg.placement_tol_m)
+                    held = {b.colour for b in scene.blocks if is_held(ws, b.name)}
+                    resting = [a for c, a in ok.items() if c not in held]
                     rec.update(
                         psnr=_finite(psnr(achieved, sg.keyframe)),
                         ssim=ssim(achieved, sg.keyframe),
-                        placement_agree=agree,
-                        placement_total=total,
-                        placement_rest_agree=rest[0],
-                        placement_rest_total=rest[1],
+                        placement_agree=sum(ok.values()),
+                        placement_total=len(ok),
+                        placement_rest_agree=sum(resting),
+                        placement_rest_total=len(resting),
                     )
                 subgoals.append(rec)
                 done = bool(u.task.success(u.world_state()))
@@ -182,7 +182,6 @@ def _ratio(rows: list[dict], num: str, den: str) -> float | None:
 
 def _summarise(spec, cfg, info, u, plans, subgoals, done) -> dict[str, Any]:
     fid = [s for s in subgoals if "ssim" in s]
-    total_place = sum(s["placement_total"] for s in fid)
     first = plans[0]
     return {
         "key": spec.key,
@@ -204,7 +203,7 @@ def _summarise(spec, cfg, info, u, plans, subgoals, done) -> dict[str, Any]:
         "tokens_generated": sum(p["tokens"] for p in plans),
         "psnr_mean": _mean([s["psnr"] for s in fid]),
         "ssim_mean": _mean([s["ssim"] for s in fid]),
-        "placement_agreement": (sum(s["placement_agree"] for s in fid) / total_place) if total_place else None,
+        "placement_agreement": _ratio(fid, "placement_agree", "placement_total"),
         "placement_agreement_resting": _ratio(fid, "placement_rest_agree", "placement_rest_total"),
         "steps": int(sum(s["steps"] for s in subgoals)),
         "planner_errors": [p["error"] for p in plans if p["error"]],

@@ -51,19 +51,21 @@ def placement_agreement(
     tol: float = 0.03,
     skip: Collection[str] = (),
 ) -> tuple[int, int]:
-    """(blocks placed alike, blocks considered): each scene block is located by colour segmentation in both
-    images and back-projected onto the table; it agrees when both are found within ``tol`` metres, or both
-    are missing (e.g. hidden in the gripper). Judges the image a planner drew, not its pixels. ``skip``: colours
-    left out (a block held in the air has no placement, and its back-projection moves with its height)."""
-    colours = [c for c in colours if c not in skip]
+    """(blocks placed alike, blocks considered), from `block_agreement`. ``skip``: colours left out (a block held in
+    the air has no placement, and its back-projection moves with its height)."""
+    ok = block_agreement(predicted, achieved, cam, [c for c in colours if c not in skip], tol)
+    return sum(ok.values()), len(ok)
+
+
+def block_agreement(
+    predicted: np.ndarray, achieved: np.ndarray, cam: CameraModel, colours: Sequence[str], tol: float = 0.03
+) -> dict[str, bool]:
+    """Colour -> placed alike: each scene block is located by colour segmentation in both images and back-projected
+    onto the table; it agrees when both are found within ``tol`` metres, or both are missing (e.g. hidden in the
+    gripper). Judges the image a planner drew, not its pixels."""
     p, q = detect_blocks(predicted, cam, colours), detect_blocks(achieved, cam, colours)
-    agree = 0
-    for c in colours:
-        if c in p and c in q:
-            agree += int(np.linalg.norm(p[c] - q[c]) <= tol)
-        else:
-            agree += int(c not in p and c not in q)
-    return agree, len(colours)
+    return {c: bool(np.linalg.norm(p[c] - q[c]) <= tol) if c in p and c in q else (c not in p and c not in q)
+            for c in colours}  # fmt: skip
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
