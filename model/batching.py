@@ -178,7 +178,6 @@ class BatchEngine:
         for it) -> logits [hi, T, V']."""
         eng = self.engine
         if not self.cuda_graphs or ids.shape[1] > 1:
-            ids, pos, valid, slot = (x.to(eng.device, non_blocking=True) for x in (ids, pos, valid, slot))
             return eng.forward(self.cache.rows(0, hi), ids, pos, slot, valid, kv_len, visual=visual)
         key = (hi, kv_len, visual)
         if key not in self._graphs:

@@ -408,10 +408,11 @@ class Engine:
         logits_to_keep: int = 0,
         visual: bool = False,
     ) -> Tensor:
-        """An eager forward of ids/pos/valid [B, T] written at `cache_pos` ([T], or [B, T] per row) -> float logits
-        [B, T', V'] (T' = logits_to_keep or T; V' = the visual slice when `visual`)."""
+        """An eager forward of ids/pos/valid [B, T] (on the CPU or the device) written at `cache_pos` ([T], or [B, T]
+        per row) -> float logits [B, T', V'] (T' = logits_to_keep or T; V' = the visual slice when `visual`)."""
         kw = dict(cache_pos=cache_pos, logits_to_keep=logits_to_keep, visual=visual)
         with self._mirrored("forward", cache, ids, pos, valid, kv_len, **kw):
+            ids, pos, cache_pos, valid = (x.to(self.device, non_blocking=True) for x in (ids, pos, cache_pos, valid))
             return self.lm(
                 ids,
                 position_ids=pos,
@@ -564,10 +565,9 @@ class Engine:
             if isinstance(item, Draw):
                 (answer,) = draw_tokens([item])  # the same draw as in a batch, a batch of one
             elif isinstance(item, StepRequest) and item.ids.shape[1] > 1:  # a Jacobi window: eager, [B, T, V']
-                ids, pos, valid = (x.to(self.device) for x in (item.ids, item.pos, item.valid))
-                T, slot = ids.shape[1], item.slot
-                slots = torch.arange(slot, slot + T, device=self.device)
-                answer = self.forward(state.cache, ids, pos, slots, valid, slot + T, visual=item.visual)
+                T, slot = item.ids.shape[1], item.slot
+                slots = torch.arange(slot, slot + T)
+                answer = self.forward(state.cache, item.ids, item.pos, slots, item.valid, slot + T, visual=item.visual)
             elif isinstance(item, StepRequest):
                 answer = self._step(state.cache, item.ids, item.pos, item.valid, item.slot, item.visual, graphs)
             else:
@@ -616,7 +616,7 @@ class Engine:
         text_bias = self._text_bias(req.logit_bias)  # [V]: the request's logit bias, -inf outside images
         t0 = time.perf_counter()
         slots = torch.arange(S, S + L, device=dev)
-        logits = self.forward(cache, ids.to(dev), pos.to(dev), slots, valid.to(dev), S + L, logits_to_keep=1)[:, -1]
+        logits = self.forward(cache, ids, pos, slots, valid, S + L, logits_to_keep=1)[:, -1]
         next_pos = state.next_pos + valid.sum(1)
         t_prefill = time.perf_counter() - t0
         L = S + L  # the first decode step writes slot L
