@@ -224,7 +224,7 @@ def skinny_mm(x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | N
     x = x.contiguous()
     y = torch.empty(M, N, dtype=torch.bfloat16, device=x.device) if out is None else out
     bucket = 1 << (M - 1).bit_length()  # 1, 2, 4, 8, 16
-    s = scale.reshape(-1) if scale is not None else x  # a placeholder pointer when unscaled: never read
+    s = scale.reshape(-1) if scale is not None else x  # unscaled: HAS_SCALE=False compiles the read of s_ptr away
     args = (x, w, s, y, M, N, K, bucket)
     kw = {"HAS_SCALE": scale is not None, "BLOCK_M": MAX_ROWS, "F32_DOT": INTERPRET, "FP8_ASM": FP8_ASM}
     if config is None and INTERPRET:
@@ -274,6 +274,12 @@ class SkinnyLinear(nn.Module):
     def fp8(self) -> bool:
         return self.scale is not None
 
+    def to_linear(self) -> nn.Linear:
+        """A bf16 SkinnyLinear as the nn.Linear it wraps (the same weight, no copy)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
+        lin.weight = self.weight
+        return lin
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8={self.fp8}"
 
@@ -305,9 +311,7 @@ def use_skinny(model: nn.Module, fp8: bool = False, names: tuple[str, ...] = PRO
             if isinstance(child, SkinnyLinear):
                 if not fp8 or child.fp8:
                     continue
-                lin = nn.Linear(child.in_features, child.out_features, bias=False, device="meta")
-                lin.weight = child.weight
-                child = lin
+                child = child.to_linear()
             if isinstance(child, (nn.Linear, Fp8Linear)):
                 setattr(mod, child_name, SkinnyLinear(child, fp8=fp8))
                 n += 1
@@ -321,9 +325,7 @@ def drop_skinny(model: nn.Module) -> int:
     for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, SkinnyLinear) and not child.fp8:
-                lin = nn.Linear(child.in_features, child.out_features, bias=False, device="meta")
-                lin.weight = child.weight
-                setattr(mod, child_name, lin)
+                setattr(mod, child_name, child.to_linear())
                 n += 1
     return n
 

@@ -132,6 +132,7 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
         overall = {r["planner"]: r for r in report.get("overall", [])}
         if planner in overall and "oracle" in overall:
             m, o = overall[planner], overall["oracle"]
+            rest_m, rest_o = _placement(m, RESTING), _placement(o, RESTING)
             out += [
                 "",
                 f"Overall: {m['successes']}/{m['episodes']} episodes ({m['success_rate']:.0%}) against the oracle's "
@@ -139,9 +140,9 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
                 f"oracle's {_placement(o) or 0.0:.2f} (a block held in the air never agrees, so even the true "
                 "key-frames stay below 1)"
                 + (
-                    f"; over the blocks resting in the achieved state {_placement(m, RESTING):.2f} against the "
-                    f"oracle's {_placement(o, RESTING) or 0.0:.2f}."
-                    if _placement(m, RESTING) is not None
+                    f"; over the blocks resting in the achieved state {rest_m:.2f} against the oracle's "
+                    f"{rest_o or 0.0:.2f}."
+                    if rest_m is not None
                     else "."
                 ),
             ]
