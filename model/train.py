@@ -44,6 +44,11 @@ class TrainConfig:
     # model learns that shortcut instead of copying from the reference image, then drifts once it samples its own
     # tokens. Corrupted neighbours make the reference the reliable source.
     input_noise: float = 0.0
+    # Extra loss weight of an image token that differs from the token at the same place in the image before it in
+    # the sequence (it weighs 1 + change_weight times its visual weight). Why: a key-frame is mostly a copy of the
+    # view; the few tokens that change (where the block was, where it goes, the arm) are the plan, and under an
+    # even weight their loss is a small share of the image's.
+    change_weight: float = 0.0
     bf16: bool = True  # autocast on CUDA; CPU runs float32
     log_every: int = 10
     ckpt_every: int = 200
@@ -56,6 +61,24 @@ def token_weights(ids: Tensor, visual_start: int, visual_end: int, pad_id: int, 
     w[(ids >= visual_start) & (ids < visual_end)] = visual_weight
     w[ids == pad_id] = 0.0
     return w
+
+
+def changed_tokens(ids: Tensor, img_id: int, visual: tuple[int, int]) -> Tensor:
+    """[B, T] bool: visual tokens that differ from the token at the same place in the image before them in the row.
+    An image's tokens are the visual tokens after its IMG token; only images of the same size are compared."""
+    a = ids.cpu().numpy()
+    lo, hi = visual
+    vis = (a >= lo) & (a < hi)
+    image_no = np.cumsum(a == img_id, axis=1)  # [B, T] which image (1, 2, ...) a position is in
+    out = np.zeros(a.shape, dtype=bool)
+    for b in range(a.shape[0]):
+        prev = None
+        for j in range(1, int(image_no[b, -1]) + 1):
+            pos = np.flatnonzero(vis[b] & (image_no[b] == j))
+            if prev is not None and len(pos) == len(prev):
+                out[b, pos] = a[b, pos] != a[b, prev]
+            prev = pos
+    return torch.from_numpy(out).to(ids.device)
 
 
 def lm_loss(lm: Emu35, ids: Tensor, weights: Tensor, inputs: Tensor | None = None) -> Tensor:
@@ -163,7 +186,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         c = lm.config
         self.visual = (c.visual_token_start, c.visual_token_start + c.num_visual_tokens)
-        self.pad_id = c.pad_token_id
+        self.pad_id, self.img_id = c.pad_token_id, c.img_token_id
         params = [p for p in (params if params is not None else lm.parameters()) if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -313,6 +336,8 @@ class Trainer:
                     w = token_weights(ids, *self.visual, self.pad_id, cfg.visual_weight)
                     if self.loss_from is not None:
                         w = mask_prompts(w, [self.loss_from[i] for i in idx])
+                    if cfg.change_weight:
+                        w = w * (1 + cfg.change_weight * changed_tokens(ids, self.img_id, self.visual))
                     inputs = corrupt_visual(ids, w, self.visual, cfg.input_noise, self.noise_gen)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
                         loss = lm_loss(lm, ids, w, inputs) / cfg.grad_accum

@@ -9,7 +9,16 @@ import torch
 from model import Emu35
 from model.lora import apply_lora, load_lora, merge_lora, save_lora
 from model.random_checkpoint import config_for_tokenizer, random_emu35, write_tokenizer
-from model.train import TrainConfig, Trainer, corrupt_visual, lm_loss, mask_prompts, token_weights
+from model.sequence import encode_image
+from model.train import (
+    TrainConfig,
+    Trainer,
+    changed_tokens,
+    corrupt_visual,
+    lm_loss,
+    mask_prompts,
+    token_weights,
+)
 from model.train_vq import VQTrainConfig, colour_mask, ibq_straight_through, psnr, reconstruction_loss, train_vq
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
 
@@ -66,6 +75,26 @@ def test_weighted_loss_matches_manual(tiny):
         ce = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
         want = (ce * w[0, 1:]).sum() / w[0, 1:].sum()
         torch.testing.assert_close(lm_loss(lm, ids, w), want)
+
+
+def test_changed_tokens_marks_what_differs_from_the_image_before(tiny):
+    """A view, text, a key-frame with one code changed, a key-frame of another size (not compared), then one more
+    of that size with two codes changed; a second row is the first row's tail, so the comparison is per row."""
+    tok, cfg = tiny
+    visual = (cfg.visual_token_start, cfg.visual_token_start + cfg.num_visual_tokens)
+    view = np.arange(6).reshape(2, 3)
+    key1 = view.copy()
+    key1[1, 2] = 40
+    other = np.arange(4).reshape(2, 2)
+    key2 = other.copy()
+    key2[0, 0], key2[1, 1] = 50, 51
+    parts = [encode_image(tok, view), tok.encode(" place it"), encode_image(tok, key1), encode_image(tok, other)]
+    ids = [x for p in parts for x in p] + encode_image(tok, key2) + [tok.eos_id]
+    tail = encode_image(tok, key1) + [tok.pad_id] * (len(ids) - len(encode_image(tok, key1)))
+    got = changed_tokens(torch.tensor([ids, tail]), tok.img_id, visual)
+    marked = [tok.id_to_code(ids[i]) for i in torch.nonzero(got[0]).flatten().tolist()]
+    assert marked == [40, 50, 51]
+    assert not got[1].any()  # a row's first image has nothing before it
 
 
 def test_corrupt_visual_replaces_only_trained_visual_tokens(tiny):

@@ -64,7 +64,9 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
 
     shutil.copytree(run / "vq", tmp_path / "tuned" / "vq")  # a new run on the same tokenizer, the decoder fine-tuned
     tuned = pipeline.stage_lm(
-        data, tmp_path / "tuned", steps=1, batch=2, device="cpu", augment=0, init=bundle / "model", lr=2e-4
-    )
+        data, tmp_path / "tuned", steps=1, batch=2, device="cpu", augment=0, init=bundle / "model", lr=2e-4,
+        change_weight=3.0,
+    )  # fmt: skip
     assert [h["step"] for h in tuned] == [1]
-    assert json.loads((tmp_path / "tuned" / "lm" / "lm_result.json").read_text())["peak_lr"] == 2e-4
+    tuned_result = json.loads((tmp_path / "tuned" / "lm" / "lm_result.json").read_text())
+    assert tuned_result["peak_lr"] == 2e-4 and tuned_result["change_weight"] == 3.0

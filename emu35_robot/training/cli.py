@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
             p.add_argument(
                 "--lr", type=float, default=1e-3, help="peak learning rate (lower to continue a trained model)"
             )
+            p.add_argument(
+                "--change-weight", type=float, default=0.0, help="extra loss weight of image tokens that changed"
+            )
         if name == "vq":
             p.add_argument("--init", default=None, help="fine-tune this vision_tokenizer dir instead of afresh")
     a = ts.add_parser("all", help="vq -> lm -> package in one go; each stage resumes or is skipped when done")
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             args.input_noise,
             init,
             args.lr,
+            args.change_weight,
         )
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}")
     elif args.train_command == "all":

@@ -231,6 +231,7 @@ def stage_lm(
     input_noise: float = INPUT_NOISE,
     init: Path | None = None,
     lr: float = 1e-3,
+    change_weight: float = 0.0,
 ) -> list[dict]:
     """Train the decoder from scratch, or fine-tune one (`init`: a model dir in the official layout, e.g. a
     previous bundle's model/, whose vocabulary must match; continuing a trained model wants a lower peak `lr`)."""
@@ -274,6 +275,7 @@ def stage_lm(
         log_every=25,
         ckpt_every=500,
         input_noise=input_noise,
+        change_weight=change_weight,
     )
     train = seqs["train"]
     trainer = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train])
@@ -287,6 +289,7 @@ def stage_lm(
             "episodes": episode_counts(split_episodes),
             "input_noise": input_noise,
             "peak_lr": lr,
+            "change_weight": change_weight,
             **({"init": str(init)} if init is not None else {}),
         }
         result = write_lm_result(run, lm, tok, vq, seqs["held_out"], split_episodes[1], steps, hist[-1]["loss"], facts)
