@@ -41,5 +41,7 @@ step batching_image 300 $py benchmarks/batching.py --shape 34b --device cuda --g
   --out "$out/batching_34b_graphs_image.json"
 if [ "$gpus" -ge 2 ]; then
   step tp_spmd 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out "$out/tensor_parallel_34b.json"
+  step tp_spmd_peer 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer --no-single \
+    --out "$out/tensor_parallel_peer_34b.json"
   step tp_serving 240 $py benchmarks/tensor_parallel.py --engine --world 2 --out "$out/tensor_parallel_engine_34b.json"
 fi

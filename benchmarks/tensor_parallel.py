@@ -40,7 +40,7 @@ from decode import bytes_read_per_step, copy_bandwidth, sync, time_steps  # noqa
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks, tiny_ranks  # noqa: E402
-from model.tensor_parallel import shard_dim, shard_emu35  # noqa: E402
+from model.tensor_parallel import shard_dim, shard_emu35, use_peer_all_reduce  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
@@ -64,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time the unsharded model on rank 0's device alone",
+    )
+    ap.add_argument(
+        "--all-reduce",
+        choices=["nccl", "peer"],
+        default="nccl",
+        help="nccl (gloo on CPU): torch.distributed.all_reduce; peer: decode-sized sums through "
+        "model.tensor_parallel.PeerAllReduce (CUDA, torchrun only)",
     )
     ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
     ap.add_argument("--world", type=int, default=2, help="ranks for --engine")
@@ -134,6 +141,13 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict
     lm = random_shard(config, rank, world, device, dtype)
     sync(device)
     init_s = time.perf_counter() - t
+    check = None
+    if world > 1 and args.all_reduce == "peer":
+        x = torch.randn(2, 1, config.hidden_size, device=device, dtype=dtype)  # a decode step's partial sum
+        want = lm.model.layers[0].reduce(x.clone())  # NCCL
+        use_peer_all_reduce(lm)
+        got = lm.model.layers[0].reduce(x.clone())
+        check = float((got.float() - want.float()).abs().max())  # the same sum, maybe in another order
     eng = Engine(
         lm,
         tok,
@@ -155,6 +169,8 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict
         "forward_ms": fwd_ms,
         "prefill_prompt_s": prefill_s,
         "all_reduces_per_step": 2 * config.num_hidden_layers if world > 1 else 0,
+        "all_reduce": (args.all_reduce if args.all_reduce == "peer" else dist.get_backend()) if world > 1 else None,
+        "peer_vs_nccl_max_abs_diff": check,
     }
     del eng, lm
     if device.type == "cuda":
@@ -171,6 +187,8 @@ def main(argv=None) -> None:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if args.engine and world > 1:
         raise SystemExit("--engine starts its own ranks: run it with python, not torchrun")
+    if args.all_reduce == "peer" and (args.engine or not cuda):
+        raise SystemExit("--all-reduce peer: CUDA GPUs under torchrun only")
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:

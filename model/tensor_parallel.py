@@ -15,7 +15,8 @@ model: the block is sequential pre-norm, so the MLP's input is post_attention_la
 the summed attention output before the MLP can start. (One per block needs a parallel block, GPT-J style, which is a
 different model.) The sums run inside `Block.forward` (`Block.reduce`), after the projection whatever its type, so
 fused (`fuse_projections`) and float8 (`quantize_fp8`) projections are reduced too. `torch.distributed.all_reduce`
-is captured by CUDA graphs with NCCL.
+is captured by CUDA graphs with NCCL. `use_peer_all_reduce` swaps in one-shot sums over peer memory for decode-sized
+tensors (GPUs with NVLink; measured in benchmarks/tensor_parallel.py --all-reduce peer).
 
 Order: shard first, then fuse and quantize (what `Engine` does when given a sharded model). `shard_emu35` also
 accepts a model whose projections are already fused (it splits q/k/v and gate/up, shards each and fuses again),
@@ -76,6 +77,43 @@ def _slice(w: Tensor, dim: int, rank: int, world_size: int) -> Tensor:
 def _all_reduce(x: Tensor, group) -> Tensor:
     dist.all_reduce(x, group=group)
     return x
+
+
+class PeerAllReduce:
+    """Sum of a small tensor over the ranks of `group` through CUDA peer memory, for decode steps.
+
+    Why: a decode step's all-reduce moves 10-160 KB, where NCCL's fixed cost dominates (~55 us each, 128 per 34B
+    step). Here every rank copies its tensor into a symmetric buffer (PyTorch symmetric memory) and one kernel reads
+    every peer's buffer over NVLink and sums (`torch.ops.symm_mem.one_shot_all_reduce`): peer-to-peer loads only, no
+    NVLink multicast. Tensors larger than the buffer (prefill) or of another dtype go through NCCL.
+    """
+
+    def __init__(self, device: torch.device, group=None, max_bytes: int = 1 << 20, dtype=torch.bfloat16):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        if not hasattr(torch.ops.symm_mem, "one_shot_all_reduce"):
+            raise RuntimeError(f"torch {torch.__version__} has no torch.ops.symm_mem.one_shot_all_reduce")
+        self.group = group or dist.group.WORLD
+        self.group_name = self.group.group_name
+        self.buf = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)  # [n] this rank's share
+        self.handle = symm_mem.rendezvous(self.buf, self.group_name)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        n = x.numel()
+        if x.dtype != self.buf.dtype or n > self.buf.numel() or not x.is_cuda:
+            return _all_reduce(x, self.group)
+        self.buf[:n].copy_(x.reshape(-1))
+        return torch.ops.symm_mem.one_shot_all_reduce(self.buf[:n], "sum", self.group_name).view_as(x)
+
+
+def use_peer_all_reduce(lm: Emu35, group=None, max_bytes: int = 1 << 20) -> Emu35:
+    """Sum a sharded model's small partial outputs with `PeerAllReduce` (one buffer for every block), in place."""
+    if getattr(lm, "tensor_parallel", (0, 1))[1] < 2:
+        raise ValueError("use_peer_all_reduce needs a model sharded over 2+ ranks (shard_emu35)")
+    reduce = PeerAllReduce(lm.device, group, max_bytes, lm.dtype)
+    for layer in lm.model.layers:
+        layer.reduce = reduce
+    return lm
 
 
 def _param(w: Tensor) -> nn.Parameter:

@@ -91,3 +91,10 @@ def test_indivisible_shapes_are_named(kw, world, field):
         shard_emu35(m, 0, world)
     assert m.model.layers[0].self_attn.n_head == m.config.num_attention_heads  # untouched
     check_divisible(m.config, 1)
+
+
+def test_peer_all_reduce_needs_a_sharded_model():
+    from model.tensor_parallel import use_peer_all_reduce
+
+    with pytest.raises(ValueError, match="sharded over 2"):
+        use_peer_all_reduce(tiny_lm())
