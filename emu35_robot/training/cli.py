@@ -49,6 +49,7 @@ def add_parser(sub) -> None:
     a.add_argument("--augment", type=int, default=3, help="recoloured/mirrored copies of each training episode")
     a.add_argument("--input-noise", type=float, default=0.15, help="share of image tokens read corrupted")
     a.add_argument("--lm-init", default=None, help="fine-tune this model dir (e.g. a bundle's model/)")
+    a.add_argument("--change-weight", type=float, default=0.0, help="extra loss weight of image tokens that changed")
     a.add_argument("--device", default="cuda")
     pr = ts.add_parser("probe", help="free-running plans on recorded episodes, scored against their key-frames")
     pr.add_argument("--bundle", required=True)
@@ -117,7 +118,16 @@ def run(args: argparse.Namespace) -> int:
         print(pipeline.stage_vq(data, run_dir, args.vq_steps, args.vq_batch, args.device, init=init), flush=True)
         lm_init = Path(args.lm_init) if args.lm_init else None
         hist = pipeline.stage_lm(
-            data, run_dir, args.lm_steps, args.lm_batch, args.device, None, args.augment, args.input_noise, lm_init
+            data,
+            run_dir,
+            args.lm_steps,
+            args.lm_batch,
+            args.device,
+            None,
+            args.augment,
+            args.input_noise,
+            lm_init,
+            change_weight=args.change_weight,
         )
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}", flush=True)
         print(f"wrote {pipeline.package(run_dir, Path(args.out))}")
