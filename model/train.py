@@ -49,6 +49,9 @@ class TrainConfig:
     # view; the few tokens that change (where the block was, where it goes, the arm) are the plan, and under an
     # even weight their loss is a small share of the image's.
     change_weight: float = 0.0
+    # Batches of sequences of similar length (HF's group_by_length). Why: a batch is padded to its longest sequence;
+    # our plans run from ~700 to ~2,500 tokens, and random batches of 64 are ~46 % real tokens, grouped ones ~92 %.
+    group_by_length: bool = False
     bf16: bool = True  # autocast on CUDA; CPU runs float32
     log_every: int = 10
     ckpt_every: int = 200
@@ -210,12 +213,26 @@ class Trainer:
         batch = []
         while len(batch) < self.cfg.batch_size * self.world:
             if self.cursor >= len(self.order):
-                self.order = list(range(len(self.seqs)))
-                self.rng.shuffle(self.order)
+                self.order = self._epoch_order()
                 self.cursor = 0
             batch.append(self.order[self.cursor])
             self.cursor += 1
         return batch[self.rank :: self.world]
+
+    def _epoch_order(self) -> list[int]:
+        """A shuffled permutation of the sequences; with `group_by_length`, runs of global-batch size whose lengths
+        are close (sorted within shuffled chunks of 64 batches, the batches then shuffled)."""
+        order = list(range(len(self.seqs)))
+        self.rng.shuffle(order)
+        if not self.cfg.group_by_length:
+            return order
+        n = self.cfg.batch_size * self.world
+        batches = []
+        for i in range(0, len(order), 64 * n):
+            chunk = sorted(order[i : i + 64 * n], key=lambda j: len(self.seqs[j]))
+            batches += [chunk[k : k + n] for k in range(0, len(chunk), n)]
+        self.rng.shuffle(batches)
+        return [j for b in batches for j in b]
 
     def elapsed_s(self) -> float:
         """Seconds spent training so far, over every slice of a resumed run (up to the checkpoint it resumed)."""

@@ -112,13 +112,29 @@ def test_corrupt_visual_replaces_only_trained_visual_tokens(tiny):
     assert ((out >= visual[0]) & (out < visual[1]))[changed].all()
 
 
-@pytest.mark.parametrize("input_noise", [0.0, 0.3])
-def test_train_loss_drops_and_resume_is_exact(tiny, tmp_path, input_noise):
+def test_length_grouped_epochs_cover_every_sequence_once_and_pad_less(tiny, tmp_path):
+    tok, cfg = tiny
+    rng = np.random.default_rng(0)
+    data = [[tok.bos_id] * int(n) for n in rng.integers(5, 400, size=1000)]  # lengths 5-399
+    lm = random_emu35(cfg, seed=0)
+    padded = {}
+    for grouped in (False, True):
+        tr = Trainer(lm, data, tmp_path / str(grouped), TrainConfig(batch_size=8, group_by_length=grouped))
+        batches = [tr._next_batch() for _ in range(125)]  # one epoch: 1000 / 8
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        padded[grouped] = sum(8 * max(len(data[i]) for i in b) for b in batches)
+    real = sum(map(len, data))
+    assert real / padded[False] < 0.7 and real / padded[True] > 0.95
+
+
+@pytest.mark.parametrize("input_noise,grouped", [(0.0, False), (0.3, True)])
+def test_train_loss_drops_and_resume_is_exact(tiny, tmp_path, input_noise, grouped):
     tok, cfg = tiny
     data = sequences(tok)
     tc = TrainConfig(
-        steps=30, batch_size=4, lr=3e-3, warmup=3, log_every=5, ckpt_every=15, bf16=False, input_noise=input_noise
-    )
+        steps=30, batch_size=4, lr=3e-3, warmup=3, log_every=5, ckpt_every=15, bf16=False, input_noise=input_noise,
+        group_by_length=grouped,
+    )  # fmt: skip
     lm = random_emu35(cfg, seed=0)
     hist = Trainer(lm, data, tmp_path / "a", tc).fit(progress=False)
     assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]

@@ -276,6 +276,7 @@ def stage_lm(
         ckpt_every=500,
         input_noise=input_noise,
         change_weight=change_weight,
+        group_by_length=True,
     )
     train = seqs["train"]
     trainer = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train])
