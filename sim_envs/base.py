@@ -70,6 +70,12 @@ class TabletopEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.task = self.family.sample(self.np_random)
+        k = int((options or {}).get("retarget", 0))
+        if k:  # another goal in the same scene (TaskFamily.retarget)
+            task = self.family.retarget(self.task, k)
+            if task is None:
+                raise ValueError(f"{self.family.name}: this scene has no goal {k} besides its own")
+            self.task = task
         self.backend.reset(self.task.scene)
         self._target, self._yaw, self._closed = EE_HOME.copy(), 0.0, False
         self._subgoal_index = 0

@@ -32,9 +32,11 @@ def expert_actions(env, max_attempts_per_subgoal: int = 3) -> Iterator[np.ndarra
         yield from run_call(env, parse_subgoal(u.task.subgoals[k]))
 
 
-def run_expert(env, seed: int | None = None, max_steps: int = 1000) -> tuple[bool, int, dict]:
-    """Reset and solve one episode; returns (success, steps, last info)."""
-    _, info = env.reset(seed=seed)
+def run_expert(
+    env, seed: int | None = None, max_steps: int = 1000, options: dict | None = None
+) -> tuple[bool, int, dict]:
+    """Reset (with `options`, e.g. {"retarget": k}) and solve one episode; returns (success, steps, last info)."""
+    _, info = env.reset(seed=seed, options=options)
     steps = 0
     for action in expert_actions(env):
         _, _, terminated, truncated, info = env.step(action)

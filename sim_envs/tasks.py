@@ -193,6 +193,23 @@ class TaskFamily:
     def _sample(self, rng: np.random.Generator) -> TaskInstance:
         raise NotImplementedError
 
+    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
+        """The k-th other goal (k >= 1) in the same scene, or None when the family has fewer. Why: the same view
+        under different instructions, with different key-frames, is what makes a planner read which object and which
+        target the words name (`reset(options={"retarget": k})`)."""
+        return None
+
+    def _retarget_pair(self, task: TaskInstance, pairs: list[tuple[str, str]], k: int, **kw) -> TaskInstance | None:
+        """Goal k among `pairs` (object, target) other than the task's own, instruction from the templates."""
+        own = (task.goal[0].obj, task.goal[0].target)
+        pairs = [p for p in pairs if p != own]
+        if not 1 <= k <= len(pairs):
+            return None
+        obj, target = pairs[k - 1]
+        words = {name: (obj, target)[i] for i, name in enumerate(kw["names"])}
+        instruction = self._instruction(np.random.default_rng(k), **words)
+        return TaskInstance(self.name, instruction, _pick_place([(obj, target)]), task.scene, _goal([(obj, target)]))
+
     def _instruction(self, rng: np.random.Generator, **kw: str) -> str:
         return self.templates[rng.integers(len(self.templates))].format(**kw)
 
@@ -221,6 +238,13 @@ class PlaceInZone(TaskFamily):
             self.name, self._instruction(rng, obj=obj, zone=zone), _pick_place(pairs), lay.scene(), _goal(pairs)
         )
 
+    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
+        """Other (block, zone) pairs: first the same block to the other zones, then the other blocks."""
+        pairs = [(b.name, z.name) for b in task.scene.blocks for z in task.scene.zones]
+        own = task.goal[0].obj
+        pairs.sort(key=lambda p: p[0] != own)  # stable: the task's block first
+        return self._retarget_pair(task, pairs, k, names=("obj", "zone"))
+
 
 class Stack(TaskFamily):
     name = "Stack"
@@ -234,6 +258,14 @@ class Stack(TaskFamily):
         a, b = blocks[0], blocks[1]
         pairs = [(a, b)]
         return TaskInstance(self.name, self._instruction(rng, a=a, b=b), _pick_place(pairs), lay.scene(), _goal(pairs))
+
+    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
+        """Other (block, block) pairs: first the same block onto the others, then the other blocks."""
+        names = [b.name for b in task.scene.blocks]
+        pairs = [(a, b) for a in names for b in names if a != b]
+        own = task.goal[0].obj
+        pairs.sort(key=lambda p: p[0] != own)
+        return self._retarget_pair(task, pairs, k, names=("a", "b"))
 
 
 class Tower(TaskFamily):

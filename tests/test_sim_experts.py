@@ -27,3 +27,25 @@ def test_expert_solves_family(family, engine):
     for ok, _, info in results:
         if ok:  # success implies every canonical subgoal was reached, in order
             assert info["subgoal_index"] == info["num_subgoals"]
+
+
+@pytest.mark.parametrize("family", ["PlaceInZone", "Stack"])
+def test_a_retargeted_goal_keeps_the_scene_and_the_expert_solves_it(family):
+    """reset(options={"retarget": k}): the seed's scene with its k-th other goal (the same first view, another
+    instruction), for recording the contrasts a planner needs to read which object and target the words name."""
+    env = gym.make(sim_envs.env_id(family, "mujoco"), image_obs=False)
+    _, own = env.reset(seed=5)
+    scene = env.unwrapped.task.scene
+    seen = {tuple(own["subgoals"])}
+    for k in (1, 2) if family == "PlaceInZone" else (1,):
+        ok, _, info = run_expert(env, seed=5, options={"retarget": k})
+        assert env.unwrapped.task.scene == scene and ok
+        assert tuple(info["subgoals"]) not in seen  # a new goal each time
+        seen.add(tuple(info["subgoals"]))
+    with pytest.raises(ValueError, match="no goal 99"):
+        env.reset(seed=5, options={"retarget": 99})
+    env.close()
+    other = gym.make(sim_envs.env_id("ClearTable", "mujoco"), image_obs=False)
+    with pytest.raises(ValueError, match="no goal 1"):  # a family whose goal the scene fixes has none
+        other.reset(seed=5, options={"retarget": 1})
+    other.close()

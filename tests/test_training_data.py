@@ -213,3 +213,19 @@ def test_pairs_encode_the_same_in_worker_processes():
         (task_prompt("vla", f"task {i}", [image]), padded(f"pick up block {i}", True, tok) + image) for i in range(600)
     ]
     assert encode_pairs(pairs, tok, workers=2) == encode_pairs(pairs, tok, workers=1)
+
+
+def test_retargeted_goals_are_recorded_beside_their_scene_and_split_with_it(tmp_path):
+    from emu35_robot.training.pipeline import split
+
+    envs = ["sim_envs/PlaceInZone-mujoco-v0", "sim_envs/ClearTable-mujoco-v0"]
+    assert collect(tmp_path, envs, range(2), size=64, progress=False, retarget=2) == 8  # 2 x 3 goals + ClearTable's own 2
+    recs = {r.key: (r, f) for r, f in load(tmp_path)}
+    assert collect(tmp_path, envs, range(2), size=64, progress=False, retarget=2) == 0  # all there (or skipped)
+    base, (one, f1) = recs["sim_envs/PlaceInZone-mujoco-v0/0"], recs["sim_envs/PlaceInZone-mujoco-v0/0/1"]
+    assert one.variant == 1 and one.seed == 0 and one.instruction != base[0].instruction
+    assert np.array_equal(f1[0], base[1][0])  # the same first view
+    assert "sim_envs/ClearTable-mujoco-v0/0/1" not in recs
+    train, held = split(list(recs.values()), held_out_fraction=0.25)
+    scenes = lambda eps: {(r.env_id, r.seed) for r, _ in eps}  # noqa: E731
+    assert not scenes(train) & scenes(held) and len(held) in (1, 3)  # a scene's goals stay together

@@ -17,6 +17,12 @@ def add_parser(sub) -> None:
     c.add_argument("--explore-seeds", default="0:60", help="START:STOP per env id for explore episodes (or none)")
     c.add_argument("--turns", type=int, default=4, help="camera commands per explore episode")
     c.add_argument("--workers", type=int, default=1, help="processes recording episodes side by side (one per core)")
+    c.add_argument(
+        "--retarget",
+        type=int,
+        default=0,
+        help="also record each scene's first K other goals (the same view, other instructions; PlaceInZone, Stack)",
+    )
     for name, default_steps, default_batch in (("vq", 6000, 64), ("lm", 4000, 32)):
         p = ts.add_parser(name, help=f"train the {'IBQ vision tokenizer' if name == 'vq' else 'decoder'}; resumes")
         p.add_argument("--data", required=True, help="collection dir, or several separated by commas")
@@ -89,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
         start, stop = (int(x) for x in args.seeds.split(":"))
         envs = list(sim_envs.ENV_IDS) if args.envs == "all" else args.envs.split(",")
-        print(f"added {collect(args.out, envs, range(start, stop), workers=args.workers)} episodes to {args.out}")
+        n = collect(args.out, envs, range(start, stop), workers=args.workers, retarget=args.retarget)
+        print(f"added {n} episodes to {args.out}")
         if args.explore_seeds != "none":
             start, stop = (int(x) for x in args.explore_seeds.split(":"))
             n = collect_explore(args.out, envs, range(start, stop), turns=args.turns, workers=args.workers)

@@ -34,14 +34,16 @@ class EpisodeRecord:
     success: bool
     steps: int
     file: str  # npz with frames [1 + n_keyframes, H, W, 3] uint8
+    variant: int = 0  # > 0: the scene of `seed` with another goal (TaskFamily.retarget); key "<env id>/<seed>/<k>"
 
 
-def record(env, seed: int, size: int, max_steps: int = 1500) -> tuple[dict, np.ndarray]:
-    """Run the expert once; returns (metadata, frames) where frames[0] is the view before acting."""
+def record(env, seed: int, size: int, max_steps: int = 1500, variant: int = 0) -> tuple[dict, np.ndarray]:
+    """Run the expert once; returns (metadata, frames) where frames[0] is the view before acting. `variant` k > 0:
+    the same scene with its k-th other goal (ValueError when it has fewer)."""
     from sim_envs.experts import expert_actions
 
     u = env.unwrapped
-    _, info = env.reset(seed=seed)
+    _, info = env.reset(seed=seed, options={"retarget": variant} if variant else None)
     frames = [u.render_camera("front", size, size)]
     kf_sub: list[int] = []
     steps = 0
@@ -86,19 +88,37 @@ def done_keys(out: Path, index_name: str = "episodes.jsonl") -> set[str]:
 
 
 def collect(
-    out: str | Path, env_ids: list[str], seeds: range, size: int = 128, progress: bool = True, workers: int = 1
+    out: str | Path,
+    env_ids: list[str],
+    seeds: range,
+    size: int = 128,
+    progress: bool = True,
+    workers: int = 1,
+    retarget: int = 0,
 ) -> int:
-    """Record every (env id, seed) not recorded yet, in `workers` processes; returns how many episodes were added."""
+    """Record every (env id, seed) not recorded yet, in `workers` processes; returns how many episodes were added.
+    `retarget` K: also each scene's first K other goals (`TaskFamily.retarget`: PlaceInZone and Stack have them),
+    the same first view under other instructions; goals a scene does not have are skipped."""
     out = Path(out)
     have = done_keys(out)
-    todo = [(e, s) for e in env_ids for s in seeds if f"{e}/{s}" not in have]
+    todo = [(e, s, k) for e in env_ids for s in seeds for k in range(retarget + 1) if _key(e, s, k) not in have]
     return _run(out, "episodes.jsonl", todo, size, progress, functools.partial(_vla_episode, size=size), workers)
 
 
-def _vla_episode(env, env_id: str, seed: int, size: int) -> tuple[dict, np.ndarray]:
-    meta, frames = record(env, seed, size)
-    name = f"frames/{env_id.split('/')[-1]}_{seed:06d}.npz"
-    return EpisodeRecord(key=f"{env_id}/{seed}", env_id=env_id, seed=seed, file=name, **meta).__dict__, frames
+def _key(env_id: str, seed: int, variant: int) -> str:
+    return f"{env_id}/{seed}" + (f"/{variant}" if variant else "")
+
+
+def _vla_episode(
+    env, env_id: str, seed: int, variant: int = 0, size: int = 128
+) -> tuple[dict | None, np.ndarray | None]:
+    try:
+        meta, frames = record(env, seed, size, variant=variant)
+    except ValueError:  # this scene (or family) has fewer other goals: nothing to record
+        return None, None
+    name = f"frames/{env_id.split('/')[-1]}_{seed:06d}" + (f"_{variant}" if variant else "") + ".npz"
+    rec = EpisodeRecord(key=_key(env_id, seed, variant), env_id=env_id, seed=seed, file=name, variant=variant, **meta)
+    return rec.__dict__, frames
 
 
 @dataclass
@@ -140,23 +160,25 @@ def _close_envs() -> None:
     _ENVS.clear()
 
 
-def _episode(one, size: int, out: Path, item: tuple[str, int]) -> dict:
-    """Record one episode and write its frames (in the worker: compression runs in parallel); returns its record."""
+def _episode(one, size: int, out: Path, item: tuple) -> dict | None:
+    """Record one episode and write its frames (in the worker: compression runs in parallel); returns its record,
+    or None when there is nothing to record."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids, sets headless GL)
 
-    env_id, seed = item
+    env_id, seed, *extra = item
     if env_id not in _ENVS:
         if not _ENVS and multiprocessing.parent_process() is not None:  # a worker: close its envs when it exits
             multiprocessing.util.Finalize(None, _close_envs, exitpriority=10)
         _ENVS[env_id] = gym.make(env_id, image_size=size, image_obs=False)
-    rec, frames = one(_ENVS[env_id], env_id, seed)
-    np.savez_compressed(out / rec["file"], frames=frames)
+    rec, frames = one(_ENVS[env_id], env_id, seed, *extra)
+    if rec is not None:
+        np.savez_compressed(out / rec["file"], frames=frames)
     return rec
 
 
-def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, progress: bool, one, workers=1) -> int:
+def _run(out: Path, index_name: str, todo: list[tuple], size: int, progress: bool, one, workers=1) -> int:
     """Record each (env id, seed) with ``one(env, env_id, seed) -> (record dict, frames)`` (a module-level function
     or a partial of one: worker processes receive it), indexing each episode as it arrives. With workers > 1 they
     arrive in the order they finish. On an error no new episode starts, those already recorded are indexed, then the
@@ -169,16 +191,20 @@ def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, pro
         bar = tqdm(total=len(todo), desc=f"collect {index_name}", unit="episode")
     job = functools.partial(_episode, one, size, out)
     error: BaseException | None = None
+    added = 0
     pool = None
     if workers > 1 and len(todo) > 1:  # a worker that dies fails the run (BrokenProcessPool), never hangs it
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         with open(out / index_name, "a") as index:
 
-            def add(rec: dict) -> None:
-                index.write(json.dumps(rec) + "\n")
-                index.flush()
-                os.fsync(index.fileno())
+            def add(rec: dict | None) -> None:
+                nonlocal added
+                if rec is not None:
+                    index.write(json.dumps(rec) + "\n")
+                    index.flush()
+                    os.fsync(index.fileno())
+                    added += 1
                 if bar is not None:
                     bar.update(1)
 
@@ -205,7 +231,7 @@ def _run(out: Path, index_name: str, todo: list[tuple[str, int]], size: int, pro
             bar.close()
     if error is not None:
         raise error
-    return len(todo)
+    return added
 
 
 def collect_explore(

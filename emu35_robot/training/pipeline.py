@@ -58,10 +58,15 @@ LM_SHAPE = dict(
 
 
 def split(episodes, held_out_fraction: float = 0.05, seed: int = 0):
-    idx = list(range(len(episodes)))
-    random.Random(seed).shuffle(idx)
-    n = max(1, int(len(idx) * held_out_fraction))
-    return [episodes[i] for i in idx[n:]], [episodes[i] for i in idx[:n]]
+    """(train, held out) by scene: the goals recorded in one scene (`collect --retarget`) stay on one side. With one
+    episode per scene this is the plain per-episode split."""
+    scenes: dict[tuple[str, int], list[int]] = {}
+    for i, (rec, _) in enumerate(episodes):
+        scenes.setdefault((rec.env_id, rec.seed), []).append(i)
+    groups = list(scenes.values())
+    random.Random(seed).shuffle(groups)
+    n = max(1, int(len(groups) * held_out_fraction))
+    return [episodes[i] for g in groups[n:] for i in g], [episodes[i] for g in groups[:n] for i in g]
 
 
 Data = Path | list[Path]  # one collection directory, or several (e.g. collected on different machines)
