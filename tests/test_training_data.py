@@ -198,6 +198,12 @@ def test_probe_scores_free_running_plans_against_recorded_keyframes(data, bundle
     assert 0.0 <= r["placement_agreement"] < 1.0 and r["texts_exact"] == 0.0
     assert all(e["total"] > 0 for e in r["per_episode"])  # the recorded key-frames show blocks
 
+    from emu35_robot.training.probe import grounding
+
+    g = grounding(engine, load(data), n=4)  # Stack and PlaceInZone episodes end in a placement
+    assert g["episodes"] == 4 and all(e["other"] != e["target"] for e in g["per_episode"])
+    assert g["loss_true_target"] > 0 and g["loss_other_target"] > 0 and g["ratio"] > 0
+
 
 def test_a_subgoal_too_long_for_the_fixed_gap_is_refused():
     tok = TextTokenizer(byte_level_ranks(), vision_token_list(16))
@@ -219,7 +225,7 @@ def test_retargeted_goals_are_recorded_beside_their_scene_and_split_with_it(tmp_
     from emu35_robot.training.pipeline import split
 
     envs = ["sim_envs/PlaceInZone-mujoco-v0", "sim_envs/ClearTable-mujoco-v0"]
-    assert collect(tmp_path, envs, range(2), size=64, progress=False, retarget=2) == 8  # 2 x 3 goals + ClearTable's own 2
+    assert collect(tmp_path, envs, range(2), size=64, progress=False, retarget=2) == 8  # 2 x 3 + ClearTable 2
     recs = {r.key: (r, f) for r, f in load(tmp_path)}
     assert collect(tmp_path, envs, range(2), size=64, progress=False, retarget=2) == 0  # all there (or skipped)
     base, (one, f1) = recs["sim_envs/PlaceInZone-mujoco-v0/0"], recs["sim_envs/PlaceInZone-mujoco-v0/0/1"]

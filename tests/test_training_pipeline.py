@@ -52,6 +52,7 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
     assert [h["step"] for h in hist] == [4]
     result = json.loads((run / "lm" / "lm_result.json").read_text())
     assert result["steps"] == 4 and result["probe"]["greedy"]["episodes"] == 1  # 5 % of 3 episodes, at least one
+    assert result["grounding"]["episodes"] <= 1 and "ratio" in result["grounding"]
     assert (
         result["train_s"] > first["elapsed_s"] and result["input_noise"] == pipeline.INPUT_NOISE
     )  # the resumed slice adds to the first one's time

@@ -119,6 +119,14 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
             f"{p['texts_exact']:.0%}, key-frame blocks within {p['tol_px']:g} px of the recorded key-frame's "
             f"{p['placement_agreement']:.0%}, every block right {p['all_blocks_agree']:.0%}."
         )
+    g = lm.get("grounding")
+    if g and g.get("episodes"):
+        out.append(
+            f"Reading the target's name (teacher-forced, {g['episodes']} held-out episodes ending in a placement): the "
+            f"last key-frame's changed tokens cost {g['loss_true_target']:.3f} nats under the recorded text and "
+            f"{g['loss_other_target']:.3f} with another target named (ratio {g['ratio']:.2f}; 1 = the words are "
+            "not read)."
+        )
     if report is not None:
         table, ok = targets_table(report, planner)
         out += [

@@ -62,6 +62,7 @@ def add_parser(sub) -> None:
     pr.add_argument("--data", required=True, help="collection dir(s); the held-out split is probed")
     pr.add_argument("--n", type=int, default=32)
     pr.add_argument("--greedy", action="store_true")
+    pr.add_argument("--grounding", action="store_true", help="also: does a key-frame depend on the target's name")
     pr.add_argument("--device", default="cpu")
     rs = ts.add_parser("result", help="lm_result.json (held-out loss, probes) of a run stopped before its last step")
     rs.add_argument("--run", required=True)
@@ -145,8 +146,14 @@ def run(args: argparse.Namespace) -> int:
 
         b = Path(args.bundle)
         engine = load_engine(b / "model", b / "tokenizer", b / "vision_tokenizer", args.device, max_len=4096)
-        result = probe(engine, pipeline.episodes(_data(args))[1], args.n, greedy=args.greedy)
+        held = pipeline.episodes(_data(args))[1]
+        result = probe(engine, held, args.n, greedy=args.greedy)
         print(json.dumps({k: v for k, v in result.items() if k != "per_episode"}, indent=2))
+        if args.grounding:
+            from .probe import grounding
+
+            g = grounding(engine, held, args.n)
+            print(json.dumps({k: v for k, v in g.items() if k != "per_episode"}, indent=2))
     elif args.train_command == "result":
         r = pipeline.result_of_stopped_run(
             _data(args), Path(args.run), Path(args.bundle), args.step, args.n, args.device

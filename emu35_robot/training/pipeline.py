@@ -175,6 +175,17 @@ def probe_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, held: lis
     return out
 
 
+def grounding_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, held: list, n: int = 32) -> dict:
+    """How much the held-out placement key-frames depend on the target's name (see probe.grounding)."""
+    from model.engine import Engine
+
+    from .probe import grounding
+
+    out = grounding(Engine(lm.eval(), tok, vq, max_len=4096), held, n)
+    out.pop("per_episode")
+    return out
+
+
 def save_sequences(path: Path, seqs: dict[str, list[tuple[list[int], int]]]) -> None:
     """Token sequences as flat int32 arrays + offsets + loss starts (a JSON of 100k sequences is a gigabyte)."""
     arrays = {}
@@ -325,6 +336,7 @@ def write_lm_result(
     result = {"steps": steps, "train_loss": train_loss, **(facts or {}), "held_out_loss": held_out_loss(lm, held_seqs)}
     result["held_out_sequences"] = len(held_seqs)
     result["probe"] = probe_held_out(lm, tok, vq, held, probe_n)
+    result["grounding"] = grounding_held_out(lm, tok, vq, held, probe_n)
     (run / "lm" / "lm_result.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -10,8 +10,12 @@ physics engines.
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from model.engine import Engine, GenerationRequest
@@ -84,5 +88,55 @@ def probe(
         "all_blocks_agree": sum(r["agree"] == r["total"] for r in rows) / n_rows,
         "tol_px": tol_px,
         "greedy": greedy,
+        "per_episode": rows,
+    }
+
+
+PLACE = re.compile(r"place the (\w+) block (?:in|on) the (\w+) (zone|block)")
+
+
+@torch.no_grad()
+def grounding(engine: Engine, episodes: list[tuple[EpisodeRecord, np.ndarray]], n: int = 32) -> dict:
+    """Does the decoder read which target the words name? Teacher-forced, on episodes that end by placing a block
+    in a zone or on a block: the loss of the last key-frame's changed image tokens (`model.train.changed_tokens`)
+    under the recorded text, and under the same text naming another target colour (one of the view's blocks for
+    "on", else the first palette colour that is neither the block's nor the target's). A decoder that reads the
+    target finds the recorded key-frame much less likely under the other name (swapped / true >> 1); one that
+    guesses the target from the view alone scores about 1."""
+    from model.train import changed_tokens
+    from sim_envs.scene import PALETTE
+
+    from .sequences import encode_episodes, episode_texts
+
+    lm, tok = engine.lm, engine.tok
+    c = lm.config
+    visual = (c.visual_token_start, c.visual_token_start + c.num_visual_tokens)
+    picked = [(r, f) for r, f in episodes if keyframe_per_subgoal(r) and PLACE.fullmatch(r.subgoals[-1])][:n]
+    rows = []
+    for (rec, frames), codes in zip(picked, encode_episodes(engine.vq, picked)):
+        held, target, kind = PLACE.fullmatch(rec.subgoals[-1]).groups()
+        seen = [b for b in find_blobs(frames[0]) if b not in (held, target)] if kind == "block" else []
+        other = (seen or [p for p in PALETTE if p not in (held, target)])[0]
+        a, b = f"{target} {kind}", f"{other} {kind}"
+        swapped = replace(
+            rec, instruction=rec.instruction.replace(a, b), subgoals=[s.replace(a, b) for s in rec.subgoals]
+        )
+        losses = []
+        for r in (rec, swapped):
+            prompt, answer = episode_texts(r, codes, tok)[0]
+            ids = torch.tensor([tok.encode(prompt) + tok.encode(answer)], device=lm.device)
+            ce = F.cross_entropy(lm(ids[:, :-1]).logits[0].float(), ids[0, 1:], reduction="none")
+            image_no = torch.cumsum(ids[0] == tok.img_id, 0)
+            pick = ((image_no == image_no[-1]) & changed_tokens(ids, tok.img_id, visual)[0])[1:]
+            losses.append(float(ce[pick].mean()))
+        rows.append({"key": rec.key, "target": target, "other": other, "true": losses[0], "swapped": losses[1]})
+    true = float(np.mean([r["true"] for r in rows])) if rows else float("nan")
+    swapped = float(np.mean([r["swapped"] for r in rows])) if rows else float("nan")
+    return {
+        "episodes": len(rows),
+        "loss_true_target": true,
+        "loss_other_target": swapped,
+        "ratio": swapped / true if rows else float("nan"),
+        "other_higher": sum(r["swapped"] > r["true"] for r in rows) / max(1, len(rows)),
         "per_episode": rows,
     }
