@@ -112,10 +112,12 @@ def _key(env_id: str, seed: int, variant: int) -> str:
 def _vla_episode(
     env, env_id: str, seed: int, variant: int = 0, size: int = 128
 ) -> tuple[dict | None, np.ndarray | None]:
-    try:
-        meta, frames = record(env, seed, size, variant=variant)
-    except ValueError:  # this scene (or family) has fewer other goals: nothing to record
-        return None, None
+    if variant:
+        try:
+            env.reset(seed=seed, options={"retarget": variant})
+        except ValueError:  # this scene (or family) has fewer other goals: nothing to record
+            return None, None
+    meta, frames = record(env, seed, size, variant=variant)
     name = f"frames/{env_id.split('/')[-1]}_{seed:06d}" + (f"_{variant}" if variant else "") + ".npz"
     rec = EpisodeRecord(key=_key(env_id, seed, variant), env_id=env_id, seed=seed, file=name, variant=variant, **meta)
     return rec.__dict__, frames
@@ -179,8 +181,9 @@ def _episode(one, size: int, out: Path, item: tuple) -> dict | None:
 
 
 def _run(out: Path, index_name: str, todo: list[tuple], size: int, progress: bool, one, workers=1) -> int:
-    """Record each (env id, seed) with ``one(env, env_id, seed) -> (record dict, frames)`` (a module-level function
-    or a partial of one: worker processes receive it), indexing each episode as it arrives. With workers > 1 they
+    """Record each (env id, seed, *extra) with ``one(env, env_id, seed, *extra) -> (record dict, frames)`` (a
+    module-level function or a partial of one: worker processes receive it; a None record: nothing to record),
+    indexing each episode as it arrives. With workers > 1 they
     arrive in the order they finish. On an error no new episode starts, those already recorded are indexed, then the
     first error is raised (a re-run resumes after them)."""
     (out / "frames").mkdir(parents=True, exist_ok=True)
