@@ -16,7 +16,7 @@ the summed attention output before the MLP can start. (One per block needs a par
 different model.) The sums run inside `Block.forward` (`Block.reduce`), after the projection whatever its type, so
 fused (`fuse_projections`) and float8 (`quantize_fp8`) projections are reduced too. `torch.distributed.all_reduce`
 is captured by CUDA graphs with NCCL. `use_peer_all_reduce` swaps in one-shot sums over peer memory for decode-sized
-tensors (GPUs with NVLink; measured in benchmarks/tensor_parallel.py --all-reduce peer).
+tensors (GPUs with NVLink; timed by benchmarks/tensor_parallel.py --all-reduce peer).
 
 Order: shard first, then fuse and quantize (what `Engine` does when given a sharded model). `shard_emu35` also
 accepts a model whose projections are already fused (it splits q/k/v and gate/up, shards each and fuses again),
@@ -95,15 +95,20 @@ class PeerAllReduce:
             raise RuntimeError(f"torch {torch.__version__} has no torch.ops.symm_mem.one_shot_all_reduce")
         self.group = group or dist.group.WORLD
         self.group_name = self.group.group_name
-        self.buf = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)  # [n] this rank's share
+        self.buf = symm_mem.empty(2, max_bytes // dtype.itemsize, dtype=dtype, device=device)  # [2, n]
         self.handle = symm_mem.rendezvous(self.buf, self.group_name)
+        self.calls = 0
 
     def __call__(self, x: Tensor) -> Tensor:
         n = x.numel()
-        if x.dtype != self.buf.dtype or n > self.buf.numel() or not x.is_cuda:
+        if x.dtype != self.buf.dtype or n > self.buf.shape[1] or not x.is_cuda:
             return _all_reduce(x, self.group)
-        self.buf[:n].copy_(x.reshape(-1))
-        return torch.ops.symm_mem.one_shot_all_reduce(self.buf[:n], "sum", self.group_name).view_as(x)
+        # Two halves, used in turn: a rank that is done with one sum may fill the other half for the next one while
+        # a slower peer still reads this one (the next sum's barrier keeps it from coming back to this half).
+        half = self.buf[self.calls % 2, :n]
+        self.calls += 1
+        half.copy_(x.reshape(-1))
+        return torch.ops.symm_mem.one_shot_all_reduce(half, "sum", self.group_name).view_as(x)
 
 
 def use_peer_all_reduce(lm: Emu35, group=None, max_bytes: int = 1 << 20) -> Emu35:
