@@ -349,12 +349,13 @@ class Trainer:
                 total = 0.0
                 for _ in range(cfg.grad_accum):
                     idx = self._next_batch()
-                    ids = collate([self.seqs[i] for i in idx], self.pad_id, cfg.max_len).to(dev)
+                    host_ids = collate([self.seqs[i] for i in idx], self.pad_id, cfg.max_len)
+                    ids = host_ids.to(dev)
                     w = token_weights(ids, *self.visual, self.pad_id, cfg.visual_weight)
                     if self.loss_from is not None:
                         w = mask_prompts(w, [self.loss_from[i] for i in idx])
                     if cfg.change_weight:
-                        w = w * (1 + cfg.change_weight * changed_tokens(ids, self.img_id, self.visual))
+                        w = w * (1 + cfg.change_weight * changed_tokens(host_ids, self.img_id, self.visual).to(dev))
                     inputs = corrupt_visual(ids, w, self.visual, cfg.input_noise, self.noise_gen)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
                         loss = lm_loss(lm, ids, w, inputs) / cfg.grad_accum

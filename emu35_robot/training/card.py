@@ -35,7 +35,7 @@ def targets_table(report: dict, planner: str, oracle: str = "oracle") -> tuple[s
                          f"{'-' if o is None else o['successes']} | missing | - | - |")  # fmt: skip
             continue
         ratio = m["success_rate"] / o["success_rate"] if o["success_rate"] else 0.0
-        place, rest = _placement(m), _placement(m, "placement_agreement_resting")
+        place, rest = _placement(m), _placement(m, RESTING)
         ok &= ratio >= SUCCESS_RATIO and place is not None and place >= PLACEMENT
         lines.append(
             f"| {task} | {engine} | {m['successes']}/{m['episodes']} | {o['successes']}/{o['episodes']} | "
