@@ -10,7 +10,7 @@ from gymnasium import spaces
 
 from .backend import Backend, make_backend, quat_yaw
 from .scene import CAMERAS, EE_HIGH, EE_HOME, EE_LOW, MAX_BLOCKS, CameraModel, CameraSpec, camera_model
-from .tasks import FAMILIES, TaskInstance, WorldState, check_call, parse_subgoal
+from .tasks import FAMILIES, NoSuchGoal, TaskInstance, WorldState, check_call, parse_subgoal
 
 MAX_DPOS = 0.04  # metres per control step at action magnitude 1
 MAX_DYAW = 0.3  # radians per control step
@@ -74,7 +74,7 @@ class TabletopEnv(gym.Env):
         if k:  # another goal in the same scene (TaskFamily.retarget)
             task = self.family.retarget(self.task, k)
             if task is None:
-                raise ValueError(f"{self.family.name}: this scene has no goal {k} besides its own")
+                raise NoSuchGoal(f"{self.family.name}: this scene has no goal {k} besides its own")
             self.task = task
         self.backend.reset(self.task.scene)
         self._target, self._yaw, self._closed = EE_HOME.copy(), 0.0, False

@@ -123,6 +123,10 @@ def place_text(obj: str, target: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- families
+class NoSuchGoal(ValueError):
+    """reset(options={"retarget": k}) on a scene with fewer than k other goals (or a family without any)."""
+
+
 @dataclass(frozen=True)
 class TaskInstance:
     family: str

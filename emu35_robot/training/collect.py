@@ -39,7 +39,7 @@ class EpisodeRecord:
 
 def record(env, seed: int, size: int, max_steps: int = 1500, variant: int = 0) -> tuple[dict, np.ndarray]:
     """Run the expert once; returns (metadata, frames) where frames[0] is the view before acting. `variant` k > 0:
-    the same scene with its k-th other goal (ValueError when it has fewer)."""
+    the same scene with its k-th other goal (sim_envs.tasks.NoSuchGoal when it has fewer)."""
     from sim_envs.experts import expert_actions
 
     u = env.unwrapped
@@ -112,12 +112,12 @@ def _key(env_id: str, seed: int, variant: int) -> str:
 def _vla_episode(
     env, env_id: str, seed: int, variant: int = 0, size: int = 128
 ) -> tuple[dict | None, np.ndarray | None]:
-    if variant:
-        try:
-            env.reset(seed=seed, options={"retarget": variant})
-        except ValueError:  # this scene (or family) has fewer other goals: nothing to record
-            return None, None
-    meta, frames = record(env, seed, size, variant=variant)
+    from sim_envs.tasks import NoSuchGoal
+
+    try:
+        meta, frames = record(env, seed, size, variant=variant)
+    except NoSuchGoal:  # this scene (or family) has fewer other goals: nothing to record
+        return None, None
     name = f"frames/{env_id.split('/')[-1]}_{seed:06d}" + (f"_{variant}" if variant else "") + ".npz"
     rec = EpisodeRecord(key=_key(env_id, seed, variant), env_id=env_id, seed=seed, file=name, variant=variant, **meta)
     return rec.__dict__, frames
