@@ -43,5 +43,7 @@ if [ "$gpus" -ge 2 ]; then
   step tp_spmd 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out "$out/tensor_parallel_34b.json"
   step tp_spmd_peer 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer --no-single \
     --out "$out/tensor_parallel_peer_34b.json"
+  step tp_profile 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer \
+    --profile "$out/tp_profile" --out "$out/tensor_parallel_profile_34b.json"
   step tp_serving 240 $py benchmarks/tensor_parallel.py --engine --world 2 --out "$out/tensor_parallel_engine_34b.json"
 fi

@@ -75,6 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
     ap.add_argument("--world", type=int, default=2, help="ranks for --engine")
     ap.add_argument("--out", default=None, help="rank 0 writes the JSON here too")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help="rank 0 also writes a kernel table of 5 steps (torch.profiler) to PROFILE_world<N>.txt",
+    )
     return ap.parse_args(argv)
 
 
@@ -136,6 +141,34 @@ def serving_path(config, tok, args, cuda: bool, dtype) -> dict:
     }
 
 
+def profile_steps(eng: Engine, prompt: int, steps: int = 5) -> str:
+    """Kernels by total GPU time over `steps` decode steps of one CFG image stream (every rank runs it: the
+    all-reduces inside the steps need all of them); the same step as time_steps, after its own short prefill."""
+    dev, lm = eng.device, eng.lm
+    torch.manual_seed(1)
+    cache = eng._cache(2)
+    ids = torch.randint(0, lm.config.vocab_size, (2, prompt), device=dev)
+    slots = torch.arange(prompt, device=dev)
+    tok = torch.full((2, 1), eng.visual.start, device=dev)
+    pos = torch.full((2, 1), prompt, device=dev)
+    valid = torch.ones(2, 1, dtype=torch.bool, device=dev)
+    with torch.no_grad():
+        eng.forward(cache, ids, slots.expand(2, prompt), slots, torch.ones_like(ids, dtype=torch.bool), prompt, 1)
+        for i in range(3):
+            eng._step(cache, tok, pos + i, valid, prompt + i, True)
+        sync(dev)
+        cuda = dev.type == "cuda"
+        act = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+        with torch.profiler.profile(activities=[act]) as prof:
+            for i in range(steps):
+                eng._step(cache, tok, pos + 3 + i, valid, prompt + 3 + i, True)
+            sync(dev)
+    avg = prof.key_averages()
+    head = f"{'kernels' if cuda else 'ops'} per step: {sum(e.count for e in avg) / steps:.0f}"
+    sort = "cuda_time_total" if cuda else "cpu_time_total"
+    return head + "\n" + avg.table(sort_by=sort, row_limit=30, max_name_column_width=90)
+
+
 def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict:
     t = time.perf_counter()
     lm = random_shard(config, rank, world, device, dtype)
@@ -152,7 +185,7 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict
         lm,
         tok,
         vq,
-        max_len=args.prompt + args.warmup + args.steps + 1,
+        max_len=args.prompt + max(args.warmup + args.steps, 8 if args.profile else 0) + 1,
         cuda_graphs=args.variant != "eager",
         compile_kernels=args.variant == "fused",
         fuse_projections=args.variant == "fused",
@@ -160,6 +193,10 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict
     torch.manual_seed(0)  # the same prompt and tokens on every rank
     prefill_s, ms, fwd_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, visual=True)
     moved = bytes_read_per_step(lm, eng.visual)
+    if args.profile:
+        table = profile_steps(eng, args.prompt)
+        if rank == 0:
+            Path(f"{args.profile}_world{world}.txt").write_text(table + "\n")
     res = {
         "world_size": world,
         "init_s": init_s,

@@ -192,6 +192,26 @@ def test_cache_overflow_is_an_error():
         m(torch.zeros(1, 5, dtype=torch.long), cache=cache)
 
 
+def test_cache_storage_and_attended_slots_are_aligned():
+    """Storage rounds up to KV_ALIGN slots (aligned attention products on a GPU) while the cache still takes only the
+    tokens asked for; an unaligned fixed kv_len (what a captured graph passes) attends to the rounded-up slots, which
+    are masked, so the logits stay those of the full forward."""
+    from model.transformer import KV_ALIGN
+
+    m = tiny(seed=3)
+    cache = m.allocate_cache(2, 13)
+    assert cache.k.shape[3] == cache.valid.shape[1] == KV_ALIGN and cache.max_len == 13
+    assert cache.rows(1, 2).max_len == 13
+    ids = torch.randint(0, 300, (2, 13))
+    with torch.no_grad():
+        full = m(ids).logits
+        prefill = m(ids[:, :12], cache=cache, kv_len=12).logits
+        step = m(ids[:, 12:], cache=cache, cache_pos=torch.tensor([12]), kv_len=13).logits
+        with pytest.raises(ValueError, match="KV cache full"):
+            m(ids[:, :2], cache=cache)  # length 12 (an explicit cache_pos does not advance it) + 2 > 13
+    torch.testing.assert_close(torch.cat([prefill, step], 1), full, atol=1e-5, rtol=1e-5)
+
+
 def test_fused_projections_give_the_same_logits():
     m = tiny(seed=4)
     ids = torch.randint(0, 300, (2, 8))
