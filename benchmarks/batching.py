@@ -134,7 +134,7 @@ def main() -> None:
     torch.manual_seed(0)
     lm = random_model(config, dev, dtype)
     vq = VisionTokenizer(tiny_vision_config(n_embed=args.codes)).to(dev)  # decodes the whole code range; small
-    eng = Engine(lm, tok, vq, max_len=args.max_len)
+    eng = Engine(lm, tok, vq, max_len=args.max_len, compile_kernels=dev.type == "cuda")  # as load_engine serves
     rows = []
     for n in (int(s) for s in args.streams.split(",")):
         res = batched(eng, n, args.tokens, args.graphs, args.image, args.overhead)
