@@ -234,4 +234,14 @@ def test_retargeted_goals_are_recorded_beside_their_scene_and_split_with_it(tmp_
     assert "sim_envs/ClearTable-mujoco-v0/0/1" not in recs
     train, held = split(list(recs.values()), held_out_fraction=0.25)
     scenes = lambda eps: {(r.env_id, r.seed) for r, _ in eps}  # noqa: E731
-    assert not scenes(train) & scenes(held) and len(held) in (1, 3)  # a scene's goals stay together
+    assert held and not scenes(train) & scenes(held)  # a scene's goals stay together
+    assert all(
+        sum(r.env_id == e and r.seed == s for r, _ in held) == (3 if "Place" in e else 1) for e, s in scenes(held)
+    )
+    # adding or removing other data moves no episode across the split: each scene's side is its own hash
+    fraction = 0.7  # large enough that the fallback (hold out one scene of a tiny collection) plays no part
+    _, held_all = split(list(recs.values()), held_out_fraction=fraction)
+    place = [e for e in recs.values() if "PlaceInZone" in e[0].env_id]
+    _, held_place = split(place, held_out_fraction=fraction)
+    keys = lambda eps: sorted(r.key for r, _ in eps)  # noqa: E731
+    assert keys(held_place) == keys(e for e in held_all if "PlaceInZone" in e[0].env_id)
