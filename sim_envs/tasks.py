@@ -6,6 +6,7 @@ small grammar (:func:`parse_subgoal`) that the language executor and the per-sub
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -288,6 +289,19 @@ class Tower(TaskFamily):
         pairs = [(b, a), (c, b)]
         inst = self._instruction(rng, a=a, b=b, c=c)
         return TaskInstance(self.name, inst, _pick_place(pairs), lay.scene(), _goal(pairs))
+
+    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
+        """Other towers of three: first the task's three blocks in the other orders, then towers with other blocks."""
+        own = (task.goal[0].target, task.goal[0].obj, task.goal[1].obj)  # (bottom, middle, top)
+        names = [b.name for b in task.scene.blocks]
+        towers = [t for t in itertools.permutations(names, 3) if t != own]
+        towers.sort(key=lambda t: set(t) != set(own))  # stable: the task's blocks first
+        if not 1 <= k <= len(towers):
+            return None
+        a, b, c = towers[k - 1]
+        pairs = [(b, a), (c, b)]
+        inst = self._instruction(np.random.default_rng(k), a=a, b=b, c=c)
+        return TaskInstance(self.name, inst, _pick_place(pairs), task.scene, _goal(pairs))
 
 
 class SortByColour(TaskFamily):
