@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch import Tensor  # noqa: E402
 
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
+from model.decode_attention import use_triton_decode_attention  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
 from model.sampling import IMAGE_SAMPLING, cfg_combine, sample  # noqa: E402
@@ -37,7 +38,7 @@ from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
-VARIANTS = ("eager", "graphs", "compiled", "fused", "skinny", "fp8", "skinny_fp8")
+VARIANTS = ("eager", "graphs", "compiled", "fused", "skinny", "skinny_attn", "fp8", "skinny_fp8")
 
 
 def sync(device):
@@ -210,7 +211,8 @@ def main() -> None:
         "--variants",
         default="graphs,compiled,fused,fp8",
         help="eager; graphs; compiled (graphs + fused elementwise kernels); fused (compiled + fused "
-        "q/k/v and gate/up weights); skinny (fused + Triton skinny GEMMs, model/skinny_mm.py); fp8 (fused + float8 "
+        "q/k/v and gate/up weights); skinny (fused + Triton skinny GEMMs, model/skinny_mm.py); skinny_attn (skinny + "
+        "the Triton decode attention, model/decode_attention.py); fp8 (fused + float8 "
         "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel). They "
         f"change the model in place: keep the order {','.join(VARIANTS)}",
     )
@@ -290,6 +292,7 @@ def main() -> None:
             ref = chunk_logits(lm, acc_ids)
         if variant == "fp8":  # a previous skinny variant's bf16 projections back to nn.Linear for quantize_fp8
             drop_skinny(lm)
+        use_triton_decode_attention(variant == "skinny_attn")
         eng = Engine(
             lm,
             tok,
@@ -299,7 +302,7 @@ def main() -> None:
             compile_kernels=variant not in ("eager", "graphs"),
             fuse_projections=variant not in ("eager", "graphs", "compiled"),
             fp8=fp8,
-            skinny=variant in ("skinny", "skinny_fp8"),
+            skinny=variant in ("skinny", "skinny_attn", "skinny_fp8"),
         )
         if fp8:
             key = f"{variant}_accuracy"

@@ -27,8 +27,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep going
   echo "   exit $? after $((SECONDS - t0)) s" | tee -a "$out/steps.txt"
 }
 
-step cuda_tests 300 $py -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_skinny_mm.py
-step decode 300 $py benchmarks/decode.py --shape 34b --variants fused,skinny,skinny_fp8 --streams 1cfg,8cfg \
+step cuda_tests 300 $py -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_skinny_mm.py tests/test_decode_attention.py
+step decode 360 $py benchmarks/decode.py --shape 34b --variants fused,skinny,skinny_attn,skinny_fp8 --streams 1cfg,8cfg \
   --out "$out/decode_34b.json"
 if [ -n "${OLD_TREE:-}" ]; then
   step decode_1cd583f 240 $py "$OLD_TREE/benchmarks/decode.py" --shape 34b --variants fused --streams 1cfg,8cfg \

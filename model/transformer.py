@@ -57,6 +57,10 @@ def masked_softmax(scores: Tensor, mask: Tensor, scale: float, dtype: torch.dtyp
     return (scores * scale).masked_fill(~mask, float("-inf")).softmax(-1).to(dtype)
 
 
+# model/decode_attention.py's Triton kernels when switched on (use_triton_decode_attention); None: the products below
+DECODE_ATTENTION: dict[str, Callable | None] = {"triton": None}
+
+
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
     """Attention of a few query rows per kv head (decode), as two batched matrix products.
 
@@ -64,6 +68,9 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float
     rows, and with G*T = 8 rows it keeps only B*K thread blocks busy (16 of 132 SMs at CFG batch 2); the products
     tile over S instead. Scores are float32 (fp32 accumulation and output), like the fused kernels.
     """
+    kernel = DECODE_ATTENTION["triton"]
+    if kernel is not None and q.is_cuda:  # one query token per row: every head of a row has the same mask row
+        return kernel(q, k, v, mask[:, 0, 0], scale)
     B, K, G, D = q.shape
     S = k.shape[2]
     q3, k3, v3 = q.reshape(B * K, G, D), k.reshape(B * K, S, D), v.reshape(B * K, S, D)

@@ -1,0 +1,72 @@
+"""The Triton decode attention (model/decode_attention.py): its chunking and reference anywhere, the kernels on CUDA
+(skipped elsewhere), and a tiny model's cached decoding with the kernels on against off."""
+
+import pytest
+import torch
+from tiny import tiny
+
+from model.decode_attention import (
+    BLOCK_S,
+    chunking,
+    decode_attention_reference,
+    triton_decode_attention,
+    triton_decode_attention_available,
+    use_triton_decode_attention,
+)
+from model.transformer import decode_attention
+
+cuda = pytest.mark.skipif(not triton_decode_attention_available("cuda"), reason="needs CUDA and Triton")
+
+
+@pytest.mark.parametrize(("pairs", "S"), [(16, 1088), (128, 1097), (16, 8192), (2, 13), (4096, 64)])
+def test_chunks_cover_every_slot_once(pairs, S):
+    chunk, n = chunking(pairs, S, sms=132)
+    assert chunk % BLOCK_S == 0 and (n - 1) * chunk < S <= n * chunk
+
+
+def test_reference_is_the_default_decode_attention():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 8 if i == 0 else 77, 32, generator=g) for i in range(3))
+    valid = torch.rand(2, 77, generator=g) > 0.4
+    mask = valid[:, None, None, :].expand(2, 1, 8, 77)
+    torch.testing.assert_close(decode_attention_reference(q, k, v, valid, 0.17), decode_attention(q, k, v, mask, 0.17))
+
+
+@cuda
+@pytest.mark.parametrize("S", [13, 64, 1097, 2048])
+def test_kernel_matches_the_reference_on_cache_slices(S):
+    """k/v are slices of a longer cache (strided, as in the engine); one row sees only its first few slots."""
+    torch.manual_seed(0)
+    B, K, G, D = 2, 8, 8, 128
+    cache_k = torch.randn(B, K, S + 64, D, device="cuda", dtype=torch.bfloat16)
+    cache_v = torch.randn_like(cache_k)
+    k, v = cache_k[:, :, :S], cache_v[:, :, :S]
+    q = torch.randn(B, K, G, D, device="cuda", dtype=torch.bfloat16)
+    valid = torch.rand(B, S, device="cuda") > 0.3
+    valid[1] = False
+    valid[1, : min(3, S)] = True
+    got = triton_decode_attention(q, k, v, valid, D**-0.5)
+    want = decode_attention_reference(q, k, v, valid, D**-0.5)
+    assert got.shape == want.shape and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+@cuda
+def test_cached_decoding_is_unchanged_with_the_kernels_on():
+    m = tiny(seed=1).to("cuda", torch.bfloat16)
+    ids = torch.randint(0, 290, (2, 40), device="cuda")
+
+    def run():
+        cache = m.allocate_cache(2, 48)
+        out = [m(ids[:, :30], cache=cache).logits[:, -1]]
+        out += [m(ids[:, t : t + 1], cache=cache).logits[:, -1] for t in range(30, 40)]
+        return torch.stack(out, 1)
+
+    with torch.no_grad():
+        off = run()
+        assert use_triton_decode_attention()
+        try:
+            on = run()
+        finally:
+            use_triton_decode_attention(False)
+    torch.testing.assert_close(on, off, atol=3e-2, rtol=3e-2)
