@@ -198,24 +198,9 @@ class BatchEngine:
             torch.zeros(hi, 1, dtype=torch.bool, device=dev),
             torch.full((hi, 1), kv_len - 1, dtype=torch.long, device=dev),
         )
-        s_ids, s_pos, s_valid, s_slot = static
-        vs = eng.visual if visual else None
-
-        def run():
-            return eng.lm(
-                s_ids,
-                position_ids=s_pos,
-                cache=view,
-                cache_pos=s_slot,
-                attention_mask=s_valid,
-                kv_len=kv_len,
-                vocab_slice=vs,
-            ).logits
-
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph, out = capture_graph(run, view.valid, self._pool)
-        return graph, static, out
+        return capture_graph(eng.lm, view, static, kv_len, eng.visual if visual else None, self._pool)
 
     @torch.no_grad()
     def step(self) -> None:

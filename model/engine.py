@@ -254,10 +254,24 @@ def _upload(x: Tensor, device: torch.device) -> Tensor:
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
-def capture_graph(run, valid: Tensor, pool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
-    """Warm `run` (one decode forward on static inputs) up twice on a side stream, capture it into a CUDA graph on
-    `pool`, and restore `valid`, the cache's mask, which the warm-ups wrote. Returns (graph, its output)."""
-    saved = valid.clone()
+def capture_graph(lm: Emu35, cache, static: tuple, kv_len: int, vocab_slice: slice | None, pool):
+    """One decode forward of `lm` on static inputs (ids, pos, valid, slot), warmed up twice on a side stream and
+    captured into a CUDA graph on `pool`; the cache's valid mask, which the warm-ups wrote, is restored.
+    Returns (graph, static, its logits)."""
+    s_ids, s_pos, s_valid, s_slot = static
+
+    def run():
+        return lm(
+            s_ids,
+            position_ids=s_pos,
+            cache=cache,
+            cache_pos=s_slot,
+            attention_mask=s_valid,
+            kv_len=kv_len,
+            vocab_slice=vocab_slice,
+        ).logits
+
+    saved = cache.valid.clone()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -267,8 +281,8 @@ def capture_graph(run, valid: Tensor, pool) -> tuple[torch.cuda.CUDAGraph, Tenso
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         out = run()
-    valid.copy_(saved)
-    return graph, out
+    cache.valid.copy_(saved)
+    return graph, static, out
 
 
 # ---- the engine -----------------------------------------------------------------------------------------------------
@@ -471,30 +485,16 @@ class Engine:
 
     def _capture(self, cache, B: int, kv_len: int, vs: slice | None):
         dev = self.device
+        # (ids, pos, valid, slot); the warm-ups write the bucket's last slot, which no real token holds yet
         static = (
             torch.zeros(B, 1, dtype=torch.long, device=dev),
             torch.zeros(B, 1, dtype=torch.long, device=dev),
             torch.zeros(B, 1, dtype=torch.bool, device=dev),
-            torch.zeros(1, dtype=torch.long, device=dev),
+            torch.full((1,), kv_len - 1, dtype=torch.long, device=dev),
         )
-        s_ids, s_pos, s_valid, s_slot = static
-        s_slot.fill_(kv_len - 1)  # warm-up writes the last slot of the bucket, which no real token holds yet
-
-        def run():
-            return self.lm(
-                s_ids,
-                position_ids=s_pos,
-                cache=cache,
-                cache_pos=s_slot,
-                attention_mask=s_valid,
-                kv_len=kv_len,
-                vocab_slice=vs,
-            ).logits
-
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph, out = capture_graph(run, cache.valid, self._pool)
-        return graph, static, out
+        return capture_graph(self.lm, cache, static, kv_len, vs, self._pool)
 
     # ---- generation -----------------------------------------------------------------------------------------
     @torch.no_grad()
