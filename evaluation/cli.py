@@ -50,6 +50,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--plan-seed", type=int, default=None, help="fixed decoding seed (default: from episode seed)")
     g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
     g.add_argument("--jacobi-window", type=int, default=None, help="speculative Jacobi decoding of key-frames")
+    g.add_argument(
+        "--image-sampling",
+        default=None,
+        metavar="T,K,P",
+        help="key-frame sampling: temperature (0 = greedy), top_k (0 = all), top_p; default: the server's",
+    )
+
+
+def _sampling(spec: str | None) -> tuple[float, int, float] | None:
+    if not spec:
+        return None
+    try:
+        t, k, p = spec.split(",")
+        return float(t), int(k), float(p)
+    except ValueError:
+        raise SystemExit(f"--image-sampling: want TEMPERATURE,TOP_K,TOP_P (e.g. 0.5,0,1), got {spec!r}") from None
 
 
 def config_from_args(args: argparse.Namespace):
@@ -72,6 +88,7 @@ def config_from_args(args: argparse.Namespace):
         seed=args.plan_seed,
         logit_bias=bias,
         jacobi_window=args.jacobi_window,
+        image_sampling=_sampling(args.image_sampling),
         timeout_s=args.timeout,
         token=args.token or os.environ.get("EMU35_ROBOT_TOKEN"),
     )

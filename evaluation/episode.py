@@ -6,6 +6,7 @@ can always be re-derived from (and checked against) the records themselves.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -55,7 +56,7 @@ class EvalConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["grpc"] = {**d["grpc"], "token": None, "logit_bias": {str(k): v for k, v in self.grpc.logit_bias.items()}}
-        return d
+        return json.loads(json.dumps(d))  # as config.json reads back (tuples become lists), so a resume compares equal
 
 
 def make_executor(name: str, max_steps: int) -> Executor:

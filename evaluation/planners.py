@@ -145,6 +145,7 @@ class GrpcOptions:
     seed: int | None = None  # None: derived from the episode seed and attempt, so runs reproduce
     logit_bias: dict[int, float] = field(default_factory=dict)
     jacobi_window: int | None = None  # speculative Jacobi decoding of key-frames (same distribution, fewer forwards)
+    image_sampling: tuple[float, int, float] | None = None  # key-frame (temperature, top_k, top_p); 0 = greedy
     timeout_s: float | None = 600.0
     token: str | None = None
 
@@ -162,7 +163,7 @@ class GrpcPlanner:
     def plan(self, ctx: PlanContext) -> PlanResult:
         import grpc
 
-        from emu35_robot.types import Options, Plan
+        from emu35_robot.types import Options, Plan, SamplingParams
         from emu35_robot.types import Subgoal as RemoteSubgoal
 
         o = self.options
@@ -174,6 +175,7 @@ class GrpcPlanner:
             seed=seed,
             logit_bias=dict(o.logit_bias),
             jacobi_window=o.jacobi_window,
+            image_sampling=SamplingParams(*o.image_sampling) if o.image_sampling else None,
         )
         h, w = ctx.image.shape[:2]
         t0 = time.perf_counter()

@@ -90,8 +90,10 @@ def test_oracle_and_random_on_both_engines_with_workers(tmp_path):
 
 def test_killed_run_resumes_without_duplicates(tmp_path):
     out = tmp_path / "run"
+    # with tuple-valued options, which config.json reads back as lists: the resume must still match its settings
     cmd = [sys.executable, "-m", "emu35_robot", "eval", "--tasks", "Tower", "--engines", "mujoco", "--planner",
-           "oracle", "--episodes", "8", "--workers", "1", "--no-video", "--out", str(out), *SMALL]  # fmt: skip
+           "oracle", "--episodes", "8", "--workers", "1", "--no-video", "--out", str(out), *SMALL,
+           "--keyframe-grid", "8x8", "--image-sampling", "0,0,1"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     jsonl, t0 = out / EPISODES_FILE, time.time()
     while not (jsonl.exists() and jsonl.read_text().count("\n") >= 1):
