@@ -30,7 +30,7 @@ from model.engine import (
 )
 from model.prompts import TASKS
 from model.results import split_chain_of_thought
-from model.sampling import IMAGE_SAMPLING, T2I_IMAGE_SAMPLING, TEXT_SAMPLING, SamplingParams
+from model.sampling import T2I_IMAGE_SAMPLING, TEXT_SAMPLING, SamplingParams
 
 from . import __version__
 from .errors import ServiceError, invalid
@@ -172,8 +172,9 @@ class Runtime:
             kw["image_size"] = size
         if o.aspect_ratio:
             kw["aspect_ratio"] = o.aspect_ratio
-        defaults = {"text_sampling": TEXT_SAMPLING, "image_sampling": T2I_IMAGE_SAMPLING if task == "t2i" else None}
-        defaults["image_sampling"] = defaults["image_sampling"] or IMAGE_SAMPLING
+        # the images of every task but t2i default to the engine's: the checkpoint's own default, if it ships one
+        image_default = T2I_IMAGE_SAMPLING if task == "t2i" else engine.image_sampling
+        defaults = {"text_sampling": TEXT_SAMPLING, "image_sampling": image_default}
         for name, default in defaults.items():
             sp = getattr(o, name)
             fields = {f: getattr(sp, f) for f in ("temperature", "top_k", "top_p") if sp.HasField(f)}

@@ -34,6 +34,7 @@ from .sampling import (
     TEXT_SAMPLING,
     SamplingParams,
     cfg_combine,
+    checkpoint_image_sampling,
     sample,
     sampling_probs,
 )
@@ -301,6 +302,7 @@ class Engine:
         fuse_projections: bool | None = None,
         fp8: bool = False,
         skinny: bool | None = None,
+        image_sampling: SamplingParams | None = None,
     ):
         self.lm, self.tok, self.vq = lm, tok, vq
         self.device = lm.device
@@ -323,6 +325,7 @@ class Engine:
 
             _compile()
         self.max_len = min(max_len, lm.config.max_position_embeddings)
+        self.image_sampling = image_sampling or IMAGE_SAMPLING  # images of every task but t2i, unless a request says
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.graph_bucket = graph_bucket
         c = lm.config
@@ -361,7 +364,7 @@ class Engine:
         if not isinstance(req.question, str):
             raise ValueError("question must be a string")
         req.text_sampling.validate("text_sampling")
-        image_sampling = req.image_sampling or (T2I_IMAGE_SAMPLING if req.task == "t2i" else IMAGE_SAMPLING)
+        image_sampling = req.image_sampling or (T2I_IMAGE_SAMPLING if req.task == "t2i" else self.image_sampling)
         image_sampling.validate("image_sampling")
         cfg = req.cfg_scale if req.cfg_scale is not None else (2.0 if req.task in ("t2i", "x2i") else 3.0)
         if not (math.isfinite(cfg) and cfg >= 1.0):
@@ -764,6 +767,7 @@ def load_engine(
         max_len=max_len,
         compile_kernels=cuda,
         fp8=fp8,
+        image_sampling=checkpoint_image_sampling(model_dir),
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -26,6 +28,30 @@ class SamplingParams:
 TEXT_SAMPLING = SamplingParams(temperature=1.0, top_k=1024, top_p=0.9)
 IMAGE_SAMPLING = SamplingParams(temperature=1.0, top_k=10240, top_p=1.0)  # t2i uses top_k 5120
 T2I_IMAGE_SAMPLING = SamplingParams(temperature=1.0, top_k=5120, top_p=1.0)
+
+# A checkpoint may ship its own default for the images of every task but t2i, in its model directory:
+# {"image_sampling": {"temperature": 0.0, "top_k": 0, "top_p": 1.0}}. The release has none and uses IMAGE_SAMPLING;
+# Emu3.5-mini ships greedy key-frames, which its evaluation preferred (README, Training).
+SAMPLING_FILE = "sampling.json"
+MAX_SAMPLING_FILE_BYTES = 4096
+
+
+def checkpoint_image_sampling(model_dir: str | Path) -> SamplingParams | None:
+    """The image sampling default in `model_dir`/sampling.json, or None when there is no such file."""
+    path = Path(model_dir) / SAMPLING_FILE
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_SAMPLING_FILE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_SAMPLING_FILE_BYTES} bytes")
+    data = json.loads(path.read_text())
+    spec = data.get("image_sampling") if isinstance(data, dict) else None
+    if not isinstance(spec, dict) or set(spec) - {"temperature", "top_k", "top_p"}:
+        raise ValueError(f"{path}: want {{'image_sampling': {{'temperature', 'top_k', 'top_p'}}}}, got {spec!r}")
+    params = SamplingParams(
+        float(spec.get("temperature", 1.0)), int(spec.get("top_k", 0)), float(spec.get("top_p", 1.0))
+    )
+    params.validate(f"{path} image_sampling")
+    return params
 
 
 def cfg_combine(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:

@@ -211,6 +211,10 @@ def _rank_engine(
     else:
         lm = load_emu35_shard(model_dir, rank, world, dtype=dtype, device=dev)
     vq = VisionTokenizer.from_pretrained(vq_dir, device=dev) if vq_dir is not None else None  # the leader's only
+    if model_dir is not None and "image_sampling" not in engine_kw:
+        from .sampling import checkpoint_image_sampling
+
+        engine_kw = {**engine_kw, "image_sampling": checkpoint_image_sampling(model_dir)}
     return Engine(lm, TextTokenizer.from_pretrained(tok_dir), vq, max_len=max_len, **engine_kw)
 
 

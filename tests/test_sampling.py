@@ -60,3 +60,31 @@ def test_a_row_of_a_batch_draws_what_it_draws_alone(params):
     for _ in range(20):
         together = sample(scores, params, batch)
         assert together.tolist() == [int(sample(scores[i : i + 1], params, [g])[0]) for i, g in enumerate(alone)]
+
+
+def test_a_checkpoint_ships_its_image_sampling_default(tmp_path, bundle):
+    """model_dir/sampling.json sets the default for the images of every task but t2i (Emu3.5-mini: greedy); the
+    release has no such file and keeps the spec's; a malformed file is a clear error, not a silent default."""
+    import json
+    import shutil
+
+    from model.engine import GenerationRequest, load_engine
+    from model.sampling import IMAGE_SAMPLING, T2I_IMAGE_SAMPLING, checkpoint_image_sampling
+
+    assert checkpoint_image_sampling(bundle.model) is None
+    model = tmp_path / "model"
+    shutil.copytree(bundle.model, model)
+    (model / "sampling.json").write_text(json.dumps({"image_sampling": {"temperature": 0.0, "top_k": 0}}))
+    eng = load_engine(model, bundle.tokenizer, bundle.vision_tokenizer, max_len=256)
+    assert eng.image_sampling == SamplingParams(0.0, 0, 1.0)
+    assert eng._resolve(GenerationRequest(task="vla", question="x"))[0] == SamplingParams(0.0, 0, 1.0)
+    assert eng._resolve(GenerationRequest(task="t2i", question="x"))[0] == T2I_IMAGE_SAMPLING
+    own = SamplingParams(0.7, 5, 0.9)
+    assert eng._resolve(GenerationRequest(task="vla", question="x", image_sampling=own))[0] == own
+    assert load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=256).image_sampling == (
+        IMAGE_SAMPLING
+    )
+    for bad in ([1], {"image_sampling": {"temperature": -1}}, {"image_sampling": {"topk": 3}}):
+        (model / "sampling.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="sampling.json"):
+            checkpoint_image_sampling(model)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from model.sampling import SAMPLING_FILE, checkpoint_image_sampling
+
 SUCCESS_RATIO = 0.8
 PLACEMENT = 0.9
 RESTING = "placement_agreement_resting"  # the held block left out (evaluation.episode)
@@ -126,6 +128,13 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
             f"last key-frame's changed tokens cost {g['loss_true_target']:.3f} nats under the recorded text and "
             f"{g['loss_other_target']:.3f} with another target named (ratio {g['ratio']:.2f}; 1 = the words are "
             "not read)."
+        )
+    sampling = checkpoint_image_sampling(bundle / "model")
+    if sampling is not None:
+        how = "greedy" if sampling.temperature == 0 else f"temperature {sampling.temperature:g}"
+        out.append(
+            f"Decoding default shipped in `model/{SAMPLING_FILE}`: key-frames (every image but t2i's) {how}, "
+            f"top_k {sampling.top_k or 'all'}, top_p {sampling.top_p:g}; a request's own image sampling overrides it."
         )
     if report is not None:
         table, ok = targets_table(report, planner)
