@@ -43,7 +43,10 @@ def checkpoint_image_sampling(model_dir: str | Path) -> SamplingParams | None:
         return None
     if path.stat().st_size > MAX_SAMPLING_FILE_BYTES:
         raise ValueError(f"{path}: larger than {MAX_SAMPLING_FILE_BYTES} bytes")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
     spec = data.get("image_sampling") if isinstance(data, dict) else None
     if not isinstance(spec, dict) or set(spec) - {"temperature", "top_k", "top_p"}:
         raise ValueError(f"{path}: want {{'image_sampling': {{'temperature', 'top_k', 'top_p'}}}}, got {spec!r}")

@@ -84,7 +84,7 @@ def test_a_checkpoint_ships_its_image_sampling_default(tmp_path, bundle):
     assert load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=256).image_sampling == (
         IMAGE_SAMPLING
     )
-    for bad in ([1], {"image_sampling": {"temperature": -1}}, {"image_sampling": {"topk": 3}}):
-        (model / "sampling.json").write_text(json.dumps(bad))
+    for bad in ([1], {"image_sampling": {"temperature": -1}}, {"image_sampling": {"topk": 3}}, "{greedy"):
+        (model / "sampling.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
         with pytest.raises(ValueError, match="sampling.json"):
             checkpoint_image_sampling(model)
