@@ -63,9 +63,12 @@ def _sampling(spec: str | None) -> tuple[float, int, float] | None:
         return None
     try:
         t, k, p = spec.split(",")
-        return float(t), int(k), float(p)
+        t, k, p = float(t), int(k), float(p)
     except ValueError:
-        raise SystemExit(f"--image-sampling: want TEMPERATURE,TOP_K,TOP_P (e.g. 0.5,0,1), got {spec!r}") from None
+        t = k = p = None
+    if t is None or not (t >= 0 and k >= 0 and 0 < p <= 1):  # checked here, not once per episode by the service
+        raise SystemExit(f"--image-sampling: want TEMPERATURE>=0,TOP_K>=0,0<TOP_P<=1 (e.g. 0.5,0,1), got {spec!r}")
+    return t, k, p
 
 
 def config_from_args(args: argparse.Namespace):

@@ -172,3 +172,11 @@ def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):
     spec = EpisodeSpec("PlaceInZone", "mujoco", "oracle", 0)
     r = run_episode(spec, EvalConfig(image_size=64, video_every=6), OraclePlanner(64), tmp_path)
     assert r["success"] and r["video"] is None and r["video_error"].startswith(("FileExistsError", "NotADirectory"))
+
+
+def test_a_bad_image_sampling_is_refused_before_any_episode(tmp_path):
+    for bad in ("0,0,2", "-1,0,1", "greedy"):
+        cmd = [sys.executable, "-m", "emu35_robot", "eval", "--planner", "oracle", "--image-sampling", bad,
+               "--episodes", "1", "--out", str(tmp_path / "run")]  # fmt: skip
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "--image-sampling" in r.stderr and not (tmp_path / "run").exists()
