@@ -204,16 +204,24 @@ class TaskFamily:
         target the words name (`reset(options={"retarget": k})`)."""
         return None
 
-    def _retarget_pair(self, task: TaskInstance, pairs: list[tuple[str, str]], k: int, **kw) -> TaskInstance | None:
-        """Goal k among `pairs` (object, target) other than the task's own, instruction from the templates."""
-        own = (task.goal[0].obj, task.goal[0].target)
-        pairs = [p for p in pairs if p != own]
-        if not 1 <= k <= len(pairs):
+    def _retarget(
+        self,
+        task: TaskInstance,
+        goals: list[tuple[str, ...]],
+        own: tuple[str, ...],
+        k: int,
+        names: tuple[str, ...],
+        pairs=lambda goal: [goal],
+    ) -> TaskInstance | None:
+        """Goal k among `goals` other than `own`: each goal is its template words in `names` order, and `pairs(goal)`
+        its (object, target) placements (default: the goal is one pair)."""
+        goals = [g for g in goals if g != own]
+        if not 1 <= k <= len(goals):
             return None
-        obj, target = pairs[k - 1]
-        words = {name: (obj, target)[i] for i, name in enumerate(kw["names"])}
-        instruction = self._instruction(np.random.default_rng(k), **words)
-        return TaskInstance(self.name, instruction, _pick_place([(obj, target)]), task.scene, _goal([(obj, target)]))
+        goal = goals[k - 1]
+        instruction = self._instruction(np.random.default_rng(k), **dict(zip(names, goal)))
+        placed = pairs(goal)
+        return TaskInstance(self.name, instruction, _pick_place(placed), task.scene, _goal(placed))
 
     def _instruction(self, rng: np.random.Generator, **kw: str) -> str:
         return self.templates[rng.integers(len(self.templates))].format(**kw)
@@ -248,7 +256,7 @@ class PlaceInZone(TaskFamily):
         pairs = [(b.name, z.name) for b in task.scene.blocks for z in task.scene.zones]
         own = task.goal[0].obj
         pairs.sort(key=lambda p: p[0] != own)  # stable: the task's block first
-        return self._retarget_pair(task, pairs, k, names=("obj", "zone"))
+        return self._retarget(task, pairs, (own, task.goal[0].target), k, names=("obj", "zone"))
 
 
 class Stack(TaskFamily):
@@ -270,7 +278,7 @@ class Stack(TaskFamily):
         pairs = [(a, b) for a in names for b in names if a != b]
         own = task.goal[0].obj
         pairs.sort(key=lambda p: p[0] != own)
-        return self._retarget_pair(task, pairs, k, names=("a", "b"))
+        return self._retarget(task, pairs, (own, task.goal[0].target), k, names=("a", "b"))
 
 
 class Tower(TaskFamily):
@@ -294,14 +302,8 @@ class Tower(TaskFamily):
         """Other towers of three: first the task's three blocks in the other orders, then towers with other blocks."""
         own = (task.goal[0].target, task.goal[0].obj, task.goal[1].obj)  # (bottom, middle, top)
         names = [b.name for b in task.scene.blocks]
-        towers = [t for t in itertools.permutations(names, 3) if t != own]
-        towers.sort(key=lambda t: set(t) != set(own))  # stable: the task's blocks first
-        if not 1 <= k <= len(towers):
-            return None
-        a, b, c = towers[k - 1]
-        pairs = [(b, a), (c, b)]
-        inst = self._instruction(np.random.default_rng(k), a=a, b=b, c=c)
-        return TaskInstance(self.name, inst, _pick_place(pairs), task.scene, _goal(pairs))
+        towers = sorted(itertools.permutations(names, 3), key=lambda t: set(t) != set(own))  # the task's blocks first
+        return self._retarget(task, towers, own, k, names=("a", "b", "c"), pairs=lambda t: [(t[1], t[0]), (t[2], t[1])])
 
 
 class SortByColour(TaskFamily):
