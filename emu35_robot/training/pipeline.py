@@ -173,28 +173,19 @@ def held_out_loss(lm: Emu35, seqs: list, batch: int = 16, limit: int = 512) -> f
     return total / max(weight, 1e-9)
 
 
-def probe_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, held: list, n: int = 32) -> dict:
-    """Free-running plans on held-out vla episodes, scored against their recorded key-frames (see probe.py)."""
+def probe_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, held: list, n: int = 32) -> tuple[dict, dict]:
+    """On one engine: free-running plans on held-out vla episodes, scored against their recorded key-frames
+    (probe.probe), and how much the placement key-frames depend on the target's name (probe.grounding)."""
     from model.engine import Engine
 
-    from .probe import probe
+    from .probe import grounding, probe
 
     engine = Engine(lm.eval(), tok, vq, max_len=4096)
     out = {"sampled": probe(engine, held, n), "greedy": probe(engine, held, n, greedy=True)}
-    for r in out.values():
+    reads = grounding(engine, held, n)
+    for r in (*out.values(), reads):
         r.pop("per_episode")
-    return out
-
-
-def grounding_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, held: list, n: int = 32) -> dict:
-    """How much the held-out placement key-frames depend on the target's name (see probe.grounding)."""
-    from model.engine import Engine
-
-    from .probe import grounding
-
-    out = grounding(Engine(lm.eval(), tok, vq, max_len=4096), held, n)
-    out.pop("per_episode")
-    return out
+    return out, reads
 
 
 def save_sequences(path: Path, seqs: dict[str, list[tuple[list[int], int]]]) -> None:
@@ -346,8 +337,7 @@ def write_lm_result(
     plus `facts` about the run (training seconds, device, sequence count) where known."""
     result = {"steps": steps, "train_loss": train_loss, **(facts or {}), "held_out_loss": held_out_loss(lm, held_seqs)}
     result["held_out_sequences"] = len(held_seqs)
-    result["probe"] = probe_held_out(lm, tok, vq, held, probe_n)
-    result["grounding"] = grounding_held_out(lm, tok, vq, held, probe_n)
+    result["probe"], result["grounding"] = probe_held_out(lm, tok, vq, held, probe_n)
     (run / "lm" / "lm_result.json").write_text(json.dumps(result, indent=2))
     return result
 
