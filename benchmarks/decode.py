@@ -105,19 +105,24 @@ def random_model(config: Emu35Config, device, dtype) -> Emu35:
     return lm.eval()
 
 
-def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, steps: int, visual: bool):
-    """ms per engine decode step for `rows` rows (rows/2 CFG streams when cfg), after a `prompt`-token prefill."""
-    lm, dev = eng.lm, eng.device
-    V = lm.config.vocab_size
+def prefill(eng: Engine, rows: int, prompt: int):
+    """The engine's cache for `rows` rows after a random `prompt`-token prefill -> (cache, seconds it took)."""
+    dev = eng.device
     cache = eng._cache(rows)
-    ids = torch.randint(0, V, (rows, prompt), device=dev)
+    ids = torch.randint(0, eng.lm.config.vocab_size, (rows, prompt), device=dev)
     sync(dev)
     t = time.perf_counter()
     slots = torch.arange(prompt, device=dev)
     with torch.no_grad():  # through the engine, so that a tensor-parallel leader mirrors it
         eng.forward(cache, ids, slots.expand(rows, prompt), slots, torch.ones_like(ids, dtype=torch.bool), prompt, 1)
     sync(dev)
-    prefill_s = time.perf_counter() - t
+    return cache, time.perf_counter() - t
+
+
+def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, steps: int, visual: bool):
+    """ms per engine decode step for `rows` rows (rows/2 CFG streams when cfg), after a `prompt`-token prefill."""
+    dev = eng.device
+    cache, prefill_s = prefill(eng, rows, prompt)
     gen = torch.Generator(device=dev).manual_seed(0)
     tok = torch.randint(eng.visual.start, eng.visual.stop, (rows, 1), device=dev)
     pos = torch.full((rows, 1), prompt, device=dev)

@@ -35,7 +35,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode import bytes_read_per_step, copy_bandwidth, sync, time_steps  # noqa: E402
+from decode import bytes_read_per_step, copy_bandwidth, prefill, sync, time_steps  # noqa: E402
 
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
@@ -144,16 +144,13 @@ def serving_path(config, tok, args, cuda: bool, dtype) -> dict:
 def profile_steps(eng: Engine, prompt: int, steps: int = 5) -> str:
     """Kernels by total GPU time over `steps` decode steps of one CFG image stream (every rank runs it: the
     all-reduces inside the steps need all of them); the same step as time_steps, after its own short prefill."""
-    dev, lm = eng.device, eng.lm
+    dev = eng.device
     torch.manual_seed(1)
-    cache = eng._cache(2)
-    ids = torch.randint(0, lm.config.vocab_size, (2, prompt), device=dev)
-    slots = torch.arange(prompt, device=dev)
+    cache, _ = prefill(eng, 2, prompt)
     tok = torch.full((2, 1), eng.visual.start, device=dev)
     pos = torch.full((2, 1), prompt, device=dev)
     valid = torch.ones(2, 1, dtype=torch.bool, device=dev)
     with torch.no_grad():
-        eng.forward(cache, ids, slots.expand(2, prompt), slots, torch.ones_like(ids, dtype=torch.bool), prompt, 1)
         for i in range(3):
             eng._step(cache, tok, pos + i, valid, prompt + i, True)
         sync(dev)
