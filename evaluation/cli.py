@@ -61,14 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _sampling(spec: str | None) -> tuple[float, int, float] | None:
     if not spec:
         return None
+    from model.sampling import SamplingParams  # imported only with the flag: it pulls in torch
+
     try:
         t, k, p = spec.split(",")
-        t, k, p = float(t), int(k), float(p)
-    except ValueError:
-        t = k = p = None
-    if t is None or not (t >= 0 and k >= 0 and 0 < p <= 1):  # checked here, not once per episode by the service
-        raise SystemExit(f"--image-sampling: want TEMPERATURE>=0,TOP_K>=0,0<TOP_P<=1 (e.g. 0.5,0,1), got {spec!r}")
-    return t, k, p
+        params = SamplingParams(float(t), int(k), float(p))
+        params.validate("--image-sampling")  # here, not once per episode by the service
+    except ValueError as e:
+        raise SystemExit(f"--image-sampling: want TEMPERATURE,TOP_K,TOP_P (e.g. 0.5,0,1), got {spec!r}: {e}") from None
+    return params.temperature, params.top_k, params.top_p
 
 
 def config_from_args(args: argparse.Namespace):
