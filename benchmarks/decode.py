@@ -221,6 +221,7 @@ def main() -> None:
         "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel). They "
         f"change the model in place: keep the order {','.join(VARIANTS)}",
     )
+    ap.add_argument("--graph-bucket", type=int, default=None, help="the engine's KV bucket (default: the engine's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -308,6 +309,7 @@ def main() -> None:
             fuse_projections=variant not in ("eager", "graphs", "compiled"),
             fp8=fp8,
             skinny=variant in ("skinny", "skinny_attn", "skinny_fp8"),
+            **({"graph_bucket": args.graph_bucket} if args.graph_bucket else {}),
         )
         if fp8:
             key = f"{variant}_accuracy"

@@ -34,14 +34,15 @@ if [ -n "${OLD_TREE:-}" ]; then
   step decode_1cd583f 240 $py "$OLD_TREE/benchmarks/decode.py" --shape 34b --variants fused --streams 1cfg,8cfg \
     --out "$out/decode_34b_1cd583f.json"
 fi
+step sampling 120 $py benchmarks/sampling_step.py --device cuda --streams 1,8
 step image_time 420 $py benchmarks/image_time.py --shape 34b --device cuda --grids 45x45,64x64 --windows 0 \
   --out "$out/image_time_34b.json"
 step batching 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --out "$out/batching_34b_graphs.json"
 step batching_image 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --image \
   --out "$out/batching_34b_graphs_image.json"
 if [ "$gpus" -ge 2 ]; then
-  step tp_spmd 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --out "$out/tensor_parallel_34b.json"
-  step tp_spmd_peer 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer --no-single \
+  step tp_spmd 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --no-single --out "$out/tensor_parallel_34b.json"
+  step tp_spmd_peer 300 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer \
     --out "$out/tensor_parallel_peer_34b.json"
   step tp_profile 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer \
     --profile "$out/tp_profile" --out "$out/tensor_parallel_profile_34b.json"

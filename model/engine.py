@@ -297,7 +297,7 @@ class Engine:
         vq: VisionTokenizer,
         max_len: int = 8192,
         cuda_graphs: bool | None = None,
-        graph_bucket: int = 1024,
+        graph_bucket: int = 256,
         compile_kernels: bool = False,
         fuse_projections: bool | None = None,
         fp8: bool = False,
@@ -327,6 +327,9 @@ class Engine:
         self.max_len = min(max_len, lm.config.max_position_embeddings)
         self.image_sampling = image_sampling or IMAGE_SAMPLING  # images of every task but t2i, unless a request says
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        # a step attends its KV cache up to the next multiple of graph_bucket (one captured graph per multiple): 256
+        # wastes ~128 slots per row on average where 1024 wasted ~512; 34B, 8 CFG streams on an H200: 21.27 ms per
+        # step against 21.89 (128: 20.94, at twice the captures), one stream within noise (benchmarks/RESULTS.md)
         self.graph_bucket = graph_bucket
         c = lm.config
         self.visual = slice(c.visual_token_start, c.visual_token_start + c.num_visual_tokens)

@@ -1,0 +1,67 @@
+"""Time the part of a CFG image step after the forward: CFG combination, the draw, and the host read of the tokens.
+
+    python benchmarks/sampling_step.py --device cuda --streams 1,8            # spec sampling (top-k 10240), t2i, greedy
+    python benchmarks/sampling_step.py --device cpu --streams 1 --iters 20
+
+Random logits over the release's 131,072 visual codes, 2 rows per stream (conditional, unconditional). Prints the
+median wall time per step and, on CUDA, the GPU time per step from torch.profiler: where wall time is well above GPU
+time, kernel launches set the cost, and capturing the work in a CUDA graph is what would help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.sampling import IMAGE_SAMPLING, SamplingParams, cfg_combine, sample  # noqa: E402
+
+PARAMS = {
+    "spec": IMAGE_SAMPLING,
+    "t2i": SamplingParams(temperature=1.0, top_k=5120, top_p=1.0),
+    "greedy": SamplingParams(temperature=0.0, top_k=0, top_p=1.0),
+}
+
+
+def one_step(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> list[int]:
+    scores = cfg_combine(logits[0::2], logits[1::2], 3.0)  # [streams, V]
+    return sample(scores, params, gen).tolist()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--streams", default="1,8")
+    ap.add_argument("--codes", type=int, default=131072)
+    ap.add_argument("--iters", type=int, default=60)
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for streams in (int(s) for s in args.streams.split(",")):
+        for name, params in PARAMS.items():
+            logits = torch.randn(2 * streams, args.codes, device=dev, dtype=torch.bfloat16)  # [2 streams, V]
+            gen = torch.Generator(device=dev).manual_seed(0)
+            times = []
+            for _ in range(args.iters):
+                sync()
+                t = time.perf_counter()
+                one_step(logits, params, gen)
+                times.append(time.perf_counter() - t)
+            wall = 1000 * sorted(times[args.iters // 6 :])[len(times[args.iters // 6 :]) // 2]
+            gpu = ""
+            if dev.type == "cuda":
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    for _ in range(10):
+                        one_step(logits, params, gen)
+                gpu_us = sum(e.self_device_time_total for e in prof.key_averages()) / 10
+                gpu = f", GPU {gpu_us / 1000:.3f} ms"
+            print(f"{streams} stream(s) {name:6s}: {wall:.3f} ms wall{gpu}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
