@@ -43,7 +43,7 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     episodes = {"vla_train": 90, "vla_held_out": 10, "explore_train": 18, "explore_held_out": 2}
     lm = {"steps": 40, "train_loss": 0.1, "held_out_loss": 0.2, "train_s": 600.0, "device": "NVIDIA H200",
           "episodes": episodes, "train_sequences": 400, "held_out_sequences": 12,
-          "init": "an earlier bundle", "input_noise": 0.15, "change_weight": 2.0,
+          "init": "an earlier bundle", "input_noise": 0.15, "change_weight": 2.0, "caveats": "the init saw them.",
           "grounding": {"episodes": 5, "loss_true_target": 0.5, "loss_other_target": 1.5, "ratio": 3.0}}  # fmt: skip
     (run / "lm" / "lm_result.json").write_text(json.dumps(lm))
     (run / "lm" / "loss.jsonl").write_text(json.dumps({"step": 40, "loss": 0.1, "tokens_per_s": 1234.0}) + "\n")
@@ -64,4 +64,5 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
         "400 for training" in text and "12 held out" in text and "decoder was fine-tuned from an earlier bundle" in text
     )
     assert "Overall: 4/4 episodes (100%) against the oracle's 4/4" in text
+    assert "Caveats: the init saw them." in text
     assert "0.500 nats under the recorded text and 1.500 with another target named (ratio 3.00" in text

@@ -129,6 +129,8 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
             f"{g['loss_other_target']:.3f} with another target named (ratio {g['ratio']:.2f}; 1 = the words are "
             "not read)."
         )
+    if lm.get("caveats"):  # what the numbers above do not say by themselves (e.g. a held-out set seen by the init)
+        out.append("Caveats: " + lm["caveats"])
     sampling = checkpoint_image_sampling(bundle / "model")
     if sampling is not None:
         how = "greedy" if sampling.temperature == 0 else f"temperature {sampling.temperature:g}"
