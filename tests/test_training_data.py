@@ -245,3 +245,14 @@ def test_retargeted_goals_are_recorded_beside_their_scene_and_split_with_it(tmp_
     _, held_place = split(place, held_out_fraction=fraction)
     keys = lambda eps: sorted(r.key for r, _ in eps)  # noqa: E731
     assert keys(held_place) == keys(e for e in held_all if "PlaceInZone" in e[0].env_id)
+
+
+def test_the_probe_spreads_its_episodes_over_tasks_and_engines():
+    from types import SimpleNamespace
+
+    from emu35_robot.training.probe import spread
+
+    eps = [(SimpleNamespace(env_id=env, i=i), None) for env in ("A-mujoco", "A-pybullet", "B-mujoco") for i in range(3)]
+    picked = [(r.env_id, r.i) for r, _ in spread(eps, 5)]
+    assert picked == [("A-mujoco", 0), ("A-pybullet", 0), ("B-mujoco", 0), ("A-mujoco", 1), ("A-pybullet", 1)]
+    assert len(spread(eps, 20)) == 9 and spread([], 4) == []  # never more than there are

@@ -37,6 +37,25 @@ def blob_agreement(generated: np.ndarray | None, truth: np.ndarray, tol_px: floa
 
 
 @torch.no_grad()
+def spread(episodes: list, n: int) -> list:
+    """Up to n (record, frames) pairs taken in turn from each env (task x engine), in the given order within an env:
+    the first n of a key-sorted list are all one task (32 ClearTable-mujoco episodes, where any block order is right
+    but only the recorded one scores), so a probe of them says little about the others."""
+    by_env: dict[str, list] = {}
+    for ep in episodes:
+        by_env.setdefault(ep[0].env_id, []).append(ep)
+    queues = [iter(v) for _, v in sorted(by_env.items())]
+    out = []
+    while queues and len(out) < n:
+        for q in list(queues):
+            ep = next(q, None)
+            if ep is None:
+                queues.remove(q)
+            elif len(out) < n:
+                out.append(ep)
+    return out
+
+
 def probe(
     engine: Engine,
     episodes: list[tuple[EpisodeRecord, np.ndarray]],
@@ -47,7 +66,7 @@ def probe(
     greedy: bool = False,
 ) -> dict:
     rows = []
-    for j, (rec, frames) in enumerate(episodes[:n]):
+    for j, (rec, frames) in enumerate(spread(episodes, n)):
         kf = keyframe_per_subgoal(rec)
         if kf is None:
             continue
@@ -111,7 +130,7 @@ def grounding(engine: Engine, episodes: list[tuple[EpisodeRecord, np.ndarray]], 
     lm, tok = engine.lm, engine.tok
     c = lm.config
     visual = (c.visual_token_start, c.visual_token_start + c.num_visual_tokens)
-    picked = [(r, f) for r, f in episodes if keyframe_per_subgoal(r) and PLACE.fullmatch(r.subgoals[-1])][:n]
+    picked = spread([(r, f) for r, f in episodes if keyframe_per_subgoal(r) and PLACE.fullmatch(r.subgoals[-1])], n)
     rows = []
     for (rec, frames), codes in zip(picked, encode_episodes(engine.vq, picked)):
         held, target, kind = PLACE.fullmatch(rec.subgoals[-1]).groups()
