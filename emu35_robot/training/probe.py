@@ -10,6 +10,7 @@ physics engines.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import replace
 
@@ -36,7 +37,6 @@ def blob_agreement(generated: np.ndarray | None, truth: np.ndarray, tol_px: floa
     return int(ok), len(colours)
 
 
-@torch.no_grad()
 def spread(episodes: list, n: int) -> list:
     """Up to n (record, frames) pairs taken in turn from each env (task x engine), in the given order within an env:
     the first n of a key-sorted list are all one task (32 ClearTable-mujoco episodes, where any block order is right
@@ -44,18 +44,11 @@ def spread(episodes: list, n: int) -> list:
     by_env: dict[str, list] = {}
     for ep in episodes:
         by_env.setdefault(ep[0].env_id, []).append(ep)
-    queues = [iter(v) for _, v in sorted(by_env.items())]
-    out = []
-    while queues and len(out) < n:
-        for q in list(queues):
-            ep = next(q, None)
-            if ep is None:
-                queues.remove(q)
-            elif len(out) < n:
-                out.append(ep)
-    return out
+    rounds = itertools.zip_longest(*(v for _, v in sorted(by_env.items())))  # each env's first, then each one's second
+    return [ep for r in rounds for ep in r if ep is not None][:n]
 
 
+@torch.no_grad()
 def probe(
     engine: Engine,
     episodes: list[tuple[EpisodeRecord, np.ndarray]],
