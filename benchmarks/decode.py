@@ -323,11 +323,8 @@ def main() -> None:
                 print(f"{variant:9s} {label:6s} out of memory: {e}", flush=True)
                 continue
             # bytes a step must read: the weights (the visual slice of the head on image rows) + every row's KV
-            # cache up to the attended length (the graph's bucket: prompt + steps rounded up to 1024)
-            kv_len = min(
-                eng.max_len,
-                (args.prompt + args.warmup + args.steps) // eng.graph_bucket * eng.graph_bucket + eng.graph_bucket,
-            )
+            # cache up to the attended length (the engine's KV bucket of the last step's slot)
+            kv_len = eng.kv_bucket(args.prompt + args.warmup + args.steps)
             kv_bytes = rows * kv_len * 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * elt
             moved = bytes_read_per_step(lm, eng.visual if visual else None)
             floor_ms = 1000 * moved / bw
