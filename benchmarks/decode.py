@@ -3,7 +3,8 @@
 Method (the same as shared/docs/performance-baseline.md, so figures compare): meta-device init, random normal(0, 0.02)
 weights with norms 1, prefill a random prompt, then time single-token decode steps after warm-up with a synchronised
 wall clock. A "step" here is what the engine does per generated token: one forward for all rows (CUDA-graph replay
-on GPU), the CFG combination and sampling for every stream, and the host read of the sampled tokens.
+on GPU), the CFG combination and sampling for every stream (`engine.draw_tokens`, as the engine runs them: one
+captured graph per group on GPU), the host read of the sampled tokens and the upload of the next inputs.
 
     python benchmarks/decode.py --shape tiny                       # CPU smoke run
     python benchmarks/decode.py --shape 34b --device cuda --out r.json
@@ -30,9 +31,9 @@ from torch import Tensor  # noqa: E402
 
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.decode_attention import use_triton_decode_attention  # noqa: E402
-from model.engine import Engine  # noqa: E402
+from model.engine import Draw, Engine, draw_tokens  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
-from model.sampling import IMAGE_SAMPLING, cfg_combine, sample  # noqa: E402
+from model.sampling import IMAGE_SAMPLING  # noqa: E402
 from model.skinny_mm import drop_skinny  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
@@ -123,7 +124,8 @@ def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, step
     """ms per engine decode step for `rows` rows (rows/2 CFG streams when cfg), after a `prompt`-token prefill."""
     dev = eng.device
     cache, prefill_s = prefill(eng, rows, prompt)
-    gen = torch.Generator(device=dev).manual_seed(0)
+    streams = rows // 2 if cfg else rows
+    gens = [torch.Generator(device=dev).manual_seed(i) for i in range(streams)]
     tok = torch.randint(eng.visual.start, eng.visual.stop, (rows, 1), device=dev)
     pos = torch.full((rows, 1), prompt, device=dev)
     valid = torch.ones(rows, 1, dtype=torch.bool, device=dev)
@@ -133,15 +135,14 @@ def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, step
             sync(dev)
             t = time.perf_counter()
             logits = eng._step(cache, tok, pos, valid, prompt + i, visual)  # [rows, V']
-            scores = logits if visual else logits[:, eng.visual]
-            if cfg:
-                scores = cfg_combine(scores[0::2], scores[1::2], 3.0)  # [streams, Vv]
-            nxt = sample(scores, IMAGE_SAMPLING, gen)  # [streams]
-            nxt_host = nxt.tolist()  # the engine needs the token on the host (grammar, events)
-            tok = (eng.visual.start + nxt).repeat_interleave(2 if cfg else 1)[:, None]
+            scores = logits if visual else logits[:, eng.visual]  # [rows, V']
+            R, scale = (2, 3.0) if cfg else (1, None)
+            draws = [Draw(scores[R * j : R * j + R], IMAGE_SAMPLING, g, scale) for j, g in enumerate(gens)]
+            nxt = draw_tokens(draws, eng.sampler)  # as the engine draws: CFG + top-k, one graph on CUDA; host ints
+            tok = torch.tensor(nxt).repeat_interleave(R)[:, None] + eng.visual.start  # CPU, as the engine's
             pos = pos + 1
             times.append(time.perf_counter() - t)
-            assert len(nxt_host) == (rows // 2 if cfg else rows)
+            assert len(nxt) == streams
         # the forward alone (graph replay on GPU), to split the step into model time and sampling/host time
         fwd = []
         for i in range(steps):

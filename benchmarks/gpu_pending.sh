@@ -35,6 +35,7 @@ if [ -n "${OLD_TREE:-}" ]; then
     --out "$out/decode_34b_1cd583f.json"
 fi
 step sampling 120 $py benchmarks/sampling_step.py --device cuda --streams 1,8
+step profile 240 $py benchmarks/profile_step.py --rows 2 --prefill 2048 --out "$out/profile_34b.txt"
 step image_time 420 $py benchmarks/image_time.py --shape 34b --device cuda --grids 45x45,64x64 --windows 0 \
   --out "$out/image_time_34b.json"
 step batching 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --out "$out/batching_34b_graphs.json"

@@ -2,6 +2,7 @@
 matrix products alone (every weight of the step multiplied once, in one CUDA graph) against the copy-bandwidth floor.
 
     python benchmarks/profile_step.py --rows 2 --out $OUT/profile.txt
+    python benchmarks/profile_step.py --prefill 2048 --out $OUT/profile.txt    # and where a 2k prefill's time goes
 """
 
 from __future__ import annotations
@@ -43,10 +44,35 @@ def graph_ms(fn, reps: int = 20) -> float:
     return 1000 * (time.perf_counter() - t) / reps
 
 
+@torch.no_grad()
+def profile_prefill(eng: Engine, tokens: int) -> list[str]:
+    """Wall time of a one-row prefill of `tokens` tokens (best of 3) and its kernels by total time."""
+    cache, dev = eng._cache(1), eng.device
+    ids = torch.randint(0, eng.lm.config.vocab_size, (1, tokens), device=dev)
+
+    def run():
+        cache.reset()
+        eng.lm(ids, cache=cache, cache_pos=torch.arange(tokens, device=dev), kv_len=tokens, logits_to_keep=1)
+
+    best = float("inf")
+    for _ in range(3):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=90)
+    return [f"prefill {tokens} tokens x 1 row (fused projections, compiled kernels): {1000 * best:.0f} ms", table]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=1024)
+    ap.add_argument("--prefill", type=int, default=0, help="also profile a prefill of this many tokens, one row")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -54,7 +80,8 @@ def main() -> None:
     bw = copy_bandwidth(dev)
     lm = random_model(config, dev, torch.bfloat16)
     tok = TextTokenizer(official_size_ranks(), vision_token_list(131072))
-    eng = Engine(lm, tok, VisionTokenizer(tiny_vision_config()), max_len=args.prompt + 64, compile_kernels=True)
+    max_len = max(args.prompt, args.prefill) + 64
+    eng = Engine(lm, tok, VisionTokenizer(tiny_vision_config()), max_len=max_len, compile_kernels=True)
     B = args.rows
     lines = []
 
@@ -88,6 +115,8 @@ def main() -> None:
     n_kernels = sum(e.count for e in prof.key_averages()) / 5
     lines.append(f"kernels per step: {n_kernels:.0f}")
     lines.append(table)
+    if args.prefill:
+        lines += profile_prefill(eng, args.prefill)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -11,7 +11,8 @@ runs alone or in a batch (up to the last bit of the float arithmetic, which may 
 keeps the device busy and the host out of its way: the requests' inputs (token, position, valid flag per row: CPU
 tensors) are assembled on the host and copied over once per step without waiting; after the forward every request runs
 on to its draw, the draws are launched together (`engine.draw_tokens`: one top-k per group of requests with the same
-sampling params, each row's random draw from its own generator, exactly as alone), and their tokens are read back in one
+sampling params, each row's random draw from its own generator, exactly as alone; with graphs each group's CFG and
+draw replay as one graph), and their tokens are read back in one
 transfer, the step's only wait for the device (a Jacobi window's verification still reads its own results). A request
 running a Jacobi window (model/jacobi.py) brings T > 1 tokens to the step: the forward then takes T tokens per row, and
 a request with fewer repeats its last token at its last slot (the same write twice). Since every row then computes T
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from .engine import Draw, Engine, GenerationRequest, StepRequest, _DecodeState, capture_graph, draw_tokens
+from .graph_sampler import GraphSampler
 from .prompts import task_prompt, unconditional_prompt
 from .sequence import image_string
 
@@ -71,6 +73,8 @@ class BatchEngine:
         self.max_step_tokens = max_step_tokens
         graphs = engine.cuda_graphs if cuda_graphs is None else cuda_graphs  # default: as the engine's own steps
         self.cuda_graphs = graphs and engine.device.type == "cuda" and engine.mirror is None
+        # draws as captured graphs, like the steps
+        self.sampler = (engine.sampler or GraphSampler()) if self.cuda_graphs else None
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None
         self.cache = engine.new_cache(2 * max_streams)
@@ -135,7 +139,7 @@ class BatchEngine:
             if not members:
                 return
             try:
-                tokens = draw_tokens([m.draw for m in members])
+                tokens = draw_tokens([m.draw for m in members], self.sampler)
             except Exception as e:  # these requests fail, as if their own logic had raised
                 for m in members:
                     m.core.close()

@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from . import jacobi
+from .graph_sampler import GraphSampler
 from .prompts import TASKS, task_prompt, unconditional_prompt
 from .sampling import (
     IMAGE_SAMPLING,
@@ -35,7 +36,9 @@ from .sampling import (
     SamplingParams,
     cfg_combine,
     checkpoint_image_sampling,
-    sample,
+    combine_and_pick,
+    draw_width,
+    exponential_noise,
     sampling_probs,
 )
 from .sequence import image_string
@@ -223,26 +226,35 @@ class StepRequest:
 
 @dataclass
 class Draw:
-    """What one request needs to pick its next token: a draw from `scores` [V'] (on the device) with `params` and the
-    request's own generator. The answer: the index into V', an int."""
+    """What one request needs to pick its next token: a draw from `scores` [R, V'] (on the device) with `params` and
+    the request's own generator; R = 2 (conditional, unconditional rows) combined with CFG scale `cfg`, or R = 1 and
+    cfg None. The answer: the index into V', an int."""
 
     scores: Tensor
     params: SamplingParams
     gen: torch.Generator
+    cfg: float | None = None
 
 
-def draw_tokens(draws: list[Draw]) -> list[int]:
+def draw_tokens(draws: list[Draw], sampler: GraphSampler | None = None) -> list[int]:
     """Each draw's token, read back from the device together: one host sync for all. Draws with the same sampling
-    params and width are sampled as one batch (one top-k for all rows; each row's random draw comes from its own
-    generator), so a request draws the same token in any batch as alone, where `Engine._decode` calls this with one."""
+    params, CFG scale and shape are sampled as one batch (one top-k for all rows; each row's random draw comes from
+    its own generator), so a request draws the same token in any batch as alone, where `Engine._decode` calls this
+    with one. `sampler`: a GraphSampler (CUDA: each group's work after the forward as one graph), else eager."""
     groups: dict[tuple, list[int]] = {}
     for i, d in enumerate(draws):
-        groups.setdefault((d.params, d.scores.shape[-1]), []).append(i)
+        groups.setdefault((d.params, d.cfg, tuple(d.scores.shape)), []).append(i)
     picks = []
-    for rows in groups.values():
-        scores = torch.stack([draws[i].scores for i in rows])  # [n, V']
-        picks.append(sample(scores, draws[rows[0]].params, [draws[i].gen for i in rows]))
-    tokens = torch.cat(picks).tolist()
+    for (params, cfg, _), rows in groups.items():
+        scores, gens = [draws[i].scores for i in rows], [draws[i].gen for i in rows]
+        if sampler is not None:
+            picks.append(sampler(scores, cfg, params, gens))
+        else:
+            scores = torch.stack(scores)  # [n, R, V']
+            W = draw_width(scores.shape[-1], params)
+            noise = exponential_noise((len(rows), W), scores.device, gens) if W else None
+            picks.append(combine_and_pick(scores, cfg, params, noise))
+    tokens = (picks[0] if len(picks) == 1 else torch.cat(picks)).tolist()
     out = [0] * len(draws)
     for i, t in zip((i for rows in groups.values() for i in rows), tokens):
         out[i] = t
@@ -343,6 +355,8 @@ class Engine:
         self._caches: dict[int, object] = {}
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None
+        # with graphs, each draw's CFG combination and top-k run as one captured graph (model/graph_sampler.py)
+        self.sampler = GraphSampler() if self.cuda_graphs and self.device.type == "cuda" else None
         self._text_mask = self._outside_image_mask()
 
     def _outside_image_mask(self) -> Tensor:
@@ -569,7 +583,7 @@ class Engine:
                 return
             answer = None
             if isinstance(item, Draw):
-                (answer,) = draw_tokens([item])  # the same draw as in a batch, a batch of one
+                (answer,) = draw_tokens([item], self.sampler)  # the same draw as in a batch, a batch of one
             elif isinstance(item, StepRequest) and item.ids.shape[1] > 1:  # a Jacobi window: eager, [B, T, V']
                 T, slot = item.ids.shape[1], item.slot
                 slots = torch.arange(slot, slot + T)
@@ -678,16 +692,16 @@ class Engine:
             elif decided is not None:
                 t = decided
             elif grammar.mode == "rows":
-                scores = logits if visual_logits else logits[:, self.visual]
-                scores = cfg_combine(scores[0], scores[1], cfg) if use_cfg else scores[0]
-                t = self.visual.start + (yield Draw(scores, image_sampling, gen))
+                scores = logits if visual_logits else logits[:, self.visual]  # [B, V']
+                draw = Draw(scores, image_sampling, gen, cfg) if use_cfg else Draw(scores[:1], image_sampling, gen)
+                t = self.visual.start + (yield draw)
             else:
                 if grammar.mode == "size":
                     allowed = _upload(torch.tensor(grammar.allowed_size_tokens()), dev)
                     bias = torch.full_like(logits[0], float("-inf")).index_fill_(0, allowed, 0.0)
                 else:
                     bias = text_bias
-                t = yield Draw(logits[0] + bias, req.text_sampling, gen)
+                t = yield Draw(logits[:1] + bias, req.text_sampling, gen)
             decided = None
             yield from take(t)
             if t == tok.eos_id:

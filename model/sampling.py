@@ -69,15 +69,45 @@ def sample(scores: Tensor, params: SamplingParams, generator: torch.Generator | 
     row, or a list of one per row (a batch of requests, each with its own seed: row i draws what it draws alone)."""
     if params.temperature == 0:
         return scores.argmax(-1)
-    probs, idx = _kept(scores, params)
-    noise = torch.empty_like(probs)
+    N, V = scores.shape
+    return pick(scores, params, exponential_noise((N, draw_width(V, params)), scores.device, generator))
+
+
+def draw_width(V: int, params: SamplingParams) -> int:
+    """How many candidates a draw from V scores scans (the width of `_kept`'s probabilities): 0 for greedy."""
+    if params.temperature == 0:
+        return 0
+    return min(V, 2 * params.top_k) if 0 < params.top_k < V else V
+
+
+def exponential_noise(shape: tuple[int, int], device, generator=None, out: Tensor | None = None) -> Tensor:
+    """Exp(1) noise [N, W] for `pick`, float32: row i from generator[i] when `generator` is a list. Into `out` if
+    given (a captured sampler's static input)."""
+    noise = torch.empty(shape, dtype=torch.float, device=device) if out is None else out
     if isinstance(generator, (list, tuple)):
         for row, g in zip(noise, generator):
             row.exponential_(generator=g)
     else:
         noise.exponential_(generator=generator)
-    pick = (probs / noise).argmax(-1, keepdim=True)  # distributed as probs (torch.multinomial's draw of one sample)
-    return (pick if idx is None else idx.gather(-1, pick)).squeeze(-1)
+    return noise
+
+
+def pick(scores: Tensor, params: SamplingParams, noise: Tensor) -> Tensor:
+    """The token `sample` draws from scores [N, V] with its noise [N, draw_width] already drawn: the argmax of
+    probs / noise is distributed as probs (torch.multinomial's draw of one sample). Reads nothing back from the
+    device, so it can be captured in a CUDA graph (model/graph_sampler.py)."""
+    if params.temperature == 0:
+        return scores.argmax(-1)
+    probs, idx = _kept(scores, params)
+    choice = (probs / noise).argmax(-1, keepdim=True)
+    return (choice if idx is None else idx.gather(-1, choice)).squeeze(-1)
+
+
+def combine_and_pick(scores: Tensor, cfg: float | None, params: SamplingParams, noise: Tensor | None) -> Tensor:
+    """scores [N, R, V]: R = 2 (conditional, unconditional) combined with CFG scale `cfg`, or R = 1 and cfg None ->
+    tokens [N] (`pick`). One decode step's work after the forward, for every request in a group."""
+    s = scores[:, 0] if cfg is None else cfg_combine(scores[:, 0], scores[:, 1], cfg)
+    return pick(s, params, noise)
 
 
 def sampling_probs(scores: Tensor, params: SamplingParams) -> Tensor:

@@ -132,9 +132,9 @@ def test_mixed_sampling_params_and_a_jacobi_window_give_the_solo_outputs(engine,
     alone = [summary(list(engine.generate(r))) for r in mixed(engine.tok)]
     groups = []
 
-    def spy(draws):
+    def spy(draws, *sampler):
         groups.append(max(sum(d.params == e.params for e in draws) for d in draws))
-        return draw_tokens(draws)
+        return draw_tokens(draws, *sampler)
 
     draw_tokens = batching.draw_tokens
     monkeypatch.setattr(batching, "draw_tokens", spy)
@@ -159,9 +159,9 @@ def test_a_batched_step_reads_its_tokens_back_at_once(engine, monkeypatch):
     """No request reads a sampled value on its own: every step's draws go to one `draw_tokens` call (one transfer)."""
     calls, reads = [], ScalarReads()
 
-    def spy(draws):
+    def spy(draws, *sampler):
         calls.append(len(draws))
-        return draw_tokens(draws)
+        return draw_tokens(draws, *sampler)
 
     def decode_pil(codes, decode=engine.vq.decode_pil):
         reads.paused = True

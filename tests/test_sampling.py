@@ -88,3 +88,22 @@ def test_a_checkpoint_ships_its_image_sampling_default(tmp_path, bundle):
         (model / "sampling.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
         with pytest.raises(ValueError, match="sampling.json"):
             checkpoint_image_sampling(model)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(1.0, 50, 1.0), SamplingParams(1.0, 10, 0.9), SamplingParams(0.0)],
+                         ids=str)  # fmt: skip
+def test_draw_tokens_combines_cfg_then_samples(params):
+    """A draw carries the raw (conditional, unconditional) rows and the CFG scale; `draw_tokens` combines them
+    (spec §7) and samples: the tokens `sample(cfg_combine(...))` gives, row by row, groups of any size."""
+    from model.engine import Draw, draw_tokens
+    from model.sampling import cfg_combine
+
+    logits = torch.randn(6, 2000, generator=torch.Generator().manual_seed(4)) * 3  # 3 streams x (cond, uncond)
+    gens, refs = ([torch.Generator().manual_seed(s) for s in range(3)] for _ in range(2))
+    text = Draw(logits[:1], SamplingParams(0.0), torch.Generator())  # another group: no CFG, greedy
+    for _ in range(10):
+        draws = [Draw(logits[2 * s : 2 * s + 2], params, g, 3.0) for s, g in enumerate(gens)]
+        got = draw_tokens([draws[0], text, *draws[1:]])
+        want = [int(sample(cfg_combine(logits[2 * s], logits[2 * s + 1], 3.0)[None], params, [g])[0])
+                for s, g in enumerate(refs)]  # fmt: skip
+        assert got == [want[0], int(logits[0].argmax()), *want[1:]]
