@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--streams", default="1,8")
     ap.add_argument("--codes", type=int, default=131072)
     ap.add_argument("--iters", type=int, default=60)
+    ap.add_argument("--kernels", action="store_true", help="print the eager draw's kernels by GPU time (CUDA)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -64,6 +65,8 @@ def main() -> None:
                             draw_tokens(draws, sampler)
                     gpu_us = sum(e.self_device_time_total for e in prof.key_averages()) / 10
                     gpu = f", GPU {gpu_us / 1000:.3f} ms"
+                    if args.kernels and sampler is None:
+                        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15), flush=True)
                 print(f"{streams} stream(s) {name:6s} {how:5s}: {wall:.3f} ms wall{gpu}", flush=True)
             if len(picked) == 2:  # the same seeds draw the same tokens with and without the graph
                 print(f"  graph draws == eager draws: {picked['graph'] == picked['eager']}", flush=True)
