@@ -106,8 +106,10 @@ def pick(scores: Tensor, params: SamplingParams, noise: Tensor) -> Tensor:
 def combine_and_pick(scores: Tensor, cfg: float | None, params: SamplingParams, noise: Tensor | None) -> Tensor:
     """scores [N, R, V]: R = 2 (conditional, unconditional) combined with CFG scale `cfg`, or R = 1 and cfg None ->
     tokens [N] (`pick`). One decode step's work after the forward, for every request in a group."""
-    s = scores[:, 0] if cfg is None else cfg_combine(scores[:, 0], scores[:, 1], cfg)
-    return pick(s, params, noise)
+    if cfg is None:
+        return pick(scores[:, 0], params, noise)
+    logp = torch.log_softmax(scores.float(), -1)  # both rows in one kernel (a lone row of 131k codes: ~30 us on GPU)
+    return pick(logp[:, 1] + cfg * (logp[:, 0] - logp[:, 1]), params, noise)  # cfg_combine's numbers
 
 
 def sampling_probs(scores: Tensor, params: SamplingParams) -> Tensor:

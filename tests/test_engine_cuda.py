@@ -178,3 +178,10 @@ def test_the_graph_sampler_draws_what_the_eager_draw_draws():
                                 for gs in gens)  # fmt: skip
                 assert draw_tokens(graph, sampler) == draw_tokens(eager), (params, cfg, streams)
     assert len(sampler) == len(params_list) * 3
+    # the combination of both rows in one log-softmax gives cfg_combine's numbers, bit for bit
+    from model.sampling import cfg_combine, combine_and_pick
+
+    want = torch.stack([cfg_combine(logits[2 * s], logits[2 * s + 1], 3.0) for s in range(3)]).argmax(-1)
+    assert combine_and_pick(logits.view(3, 2, -1), 3.0, SamplingParams(0.0), None).tolist() == want.tolist()
+    c = logits.view(3, 2, -1).float().log_softmax(-1)
+    assert torch.equal(c[1, 0], logits[2].float().log_softmax(-1))
