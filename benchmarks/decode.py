@@ -39,7 +39,7 @@ from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
-VARIANTS = ("eager", "graphs", "compiled", "fused", "skinny", "skinny_attn", "fp8", "skinny_fp8", "skinny_w8a8")
+VARIANTS = ("eager", "graphs", "compiled", "fused", "skinny", "skinny_attn", "fp8", "skinny_fp8")
 
 
 def sync(device):
@@ -219,8 +219,7 @@ def main() -> None:
         help="eager; graphs; compiled (graphs + fused elementwise kernels); fused (compiled + fused "
         "q/k/v and gate/up weights); skinny (fused + Triton skinny GEMMs, model/skinny_mm.py); skinny_attn (skinny + "
         "the Triton decode attention, model/decode_attention.py); fp8 (fused + float8 "
-        "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel); "
-        "skinny_w8a8 (skinny_fp8 with float8 activations: float8 tensor-core products). They "
+        "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel). They "
         f"change the model in place: keep the order {','.join(VARIANTS)}",
     )
     ap.add_argument("--graph-bucket", type=int, default=None, help="the engine's KV bucket (default: the engine's)")
@@ -272,12 +271,11 @@ def main() -> None:
         flush=True,
     )
 
-    # prefill first, eagerly on the bf16 weights as loaded (the fp8 variants convert them in place); the variants
-    # below time it again as they serve it (fused projections, compiled kernels; float8 above 16 rows: _scaled_mm)
+    # prefill first, on the bf16 weights as loaded (the fp8 variants convert them in place)
     eng = Engine(lm, tok, vq, max_len=args.prefill + 8, cuda_graphs=False, fuse_projections=False)
     for rows in (1, 2):
         s = time_prefill(eng, rows, args.prefill)
-        res["prefill"].append({"rows": rows, "tokens": args.prefill, "s": s, "weights": args.dtype, "variant": "eager"})
+        res["prefill"].append({"rows": rows, "tokens": args.prefill, "s": s, "weights": args.dtype})
         print(f"prefill {args.prefill} tokens x {rows} row(s), {args.dtype}: {1000 * s:.0f} ms", flush=True)
     del eng
 
@@ -293,7 +291,7 @@ def main() -> None:
     max_len = args.prompt + args.warmup + args.steps + 1
     ref = None
     for variant in variants:
-        fp8 = variant in ("fp8", "skinny_fp8", "skinny_w8a8")
+        fp8 = variant in ("fp8", "skinny_fp8")
         if fp8 and ref is None:  # bf16 logits of the same weights, to measure what FP8 costs
             acc_ids = torch.randint(
                 0, config.vocab_size, (16, 16), device=dev, generator=torch.Generator(dev).manual_seed(1)
@@ -311,15 +309,9 @@ def main() -> None:
             compile_kernels=variant not in ("eager", "graphs"),
             fuse_projections=variant not in ("eager", "graphs", "compiled"),
             fp8=fp8,
-            skinny=variant in ("skinny", "skinny_attn", "skinny_fp8", "skinny_w8a8"),
-            fp8_activations=variant == "skinny_w8a8",
+            skinny=variant in ("skinny", "skinny_attn", "skinny_fp8"),
             **({"graph_bucket": args.graph_bucket} if args.graph_bucket else {}),
         )
-        if variant in ("fused", "skinny", "skinny_fp8", "skinny_w8a8"):  # prefill as this engine serves it
-            for rows in (1, 2):
-                s = time_prefill(eng, rows, args.prefill)
-                res["prefill"].append({"rows": rows, "tokens": args.prefill, "s": s, "variant": variant})
-                print(f"prefill {args.prefill} tokens x {rows} row(s), {variant}: {1000 * s:.0f} ms", flush=True)
         if fp8:
             key = f"{variant}_accuracy"
             res[key] = fp8_accuracy(lm, ref, acc_ids)

@@ -53,7 +53,7 @@ except ImportError:  # the same measurement: device-to-device copy, read + write
         return 2 * n * 2 * 10 / (time.perf_counter() - t)
 
 
-METHODS = ("cublas_bf16", "scaled_mm_fp8", "triton_bf16", "triton_fp8", "triton_fp8_cvt", "triton_w8a8")
+METHODS = ("cublas_bf16", "scaled_mm_fp8", "triton_bf16", "triton_fp8", "triton_fp8_cvt")
 LAYER = ("qkv", "o", "gate_up", "down")
 
 
@@ -144,10 +144,9 @@ def run_shape(name, K, N, rows, device, min_bytes, bw) -> list[dict]:
             "triton_bf16": [lambda w=w, x=x: skinny_mm(x, w) for w in ws],
             "triton_fp8": [lambda f=f, x=x: skinny_mm(x, f.weight, f.scale) for f in fp8s],
             "triton_fp8_cvt": [lambda f=f, x=x: skinny_mm_cvt(x, f.weight, f.scale) for f in fp8s],
-            "triton_w8a8": [lambda f=f, x=x: skinny_mm(x, f.weight, f.scale, x_fp8=True) for f in fp8s],
         }
         for method, fns in calls.items():
-            fp8 = "fp8" in method or method == "triton_w8a8"
+            fp8 = "fp8" in method
             if method.startswith("triton") and not triton_ok[fp8]:
                 continue
             if method == "scaled_mm_fp8" and not fp8s[0].use_scaled_mm and device.type == "cuda":
@@ -155,8 +154,7 @@ def run_shape(name, K, N, rows, device, min_bytes, bw) -> list[dict]:
             y = fns[0]()  # the first call autotunes (Triton), eagerly
             best = None
             if method.startswith("triton") and device.type == "cuda":  # the autotuner's choice for this call
-                tuned = sk._tuned_kernel_x if method == "triton_w8a8" else sk._tuned_kernel
-                best = str(getattr(tuned, "best_config", None))
+                best = str(getattr(sk._tuned_kernel, "best_config", None))
             nbytes = N * K + 4 * N if fp8 else 2 * N * K
             us = graph_us(fns * 2, device)
             row = {

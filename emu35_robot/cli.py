@@ -103,12 +103,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fp8",
         action="store_true",
-        help="float8 weights with per-channel scales (Hopper/Ada GPUs; 34B on an H200: 1.43x bf16 per decode step)",
-    )
-    p.add_argument(
-        "--fp8-activations",
-        action="store_true",
-        help="with --fp8: float8 activations too (W8A8, float8 tensor cores; faster, less accurate: see RESULTS.md)",
+        help="float8 weights with per-channel scales (Hopper/Ada GPUs; 34B on an H200: 1.53x bf16 per decode step)",
     )
     p.add_argument("--max-len", type=int, default=8192, help="context tokens per request or Explore session")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

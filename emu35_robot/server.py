@@ -175,15 +175,11 @@ class PlannerServer:
         warmup: bool = True,
         tensor_parallel: int = 1,
         fp8: bool = False,
-        fp8_activations: bool = False,
     ) -> PlannerServer:
         """Load the checkpoint, warm the engine up with one short request, then report SERVING. `tensor_parallel` N > 1
         spawns N - 1 more ranks (one GPU each from `device` on: cuda:0 and cuda:1 for N = 2) that each hold 1/N of
         every block (model/tp_engine.py); this process is rank 0 and serves. `fp8`: float8 weights (model/fp8.py,
-        through the Triton kernel of model/skinny_mm.py where it runs); `fp8_activations`: float8 activations too
-        (W8A8)."""
-        if fp8_activations and not fp8:
-            raise ValueError("fp8_activations needs fp8 (float8 weights)")
+        through the Triton kernel of model/skinny_mm.py where it runs)."""
         model_dir, tok_dir, vq_dir, random_weights = resolve_checkpoint(model, tokenizer, vision_tokenizer)
         if random_weights:
             log.warning(
@@ -197,15 +193,12 @@ class PlannerServer:
 
             cuda = str(device).startswith("cuda")
             engine = start_tensor_parallel(
-                model_dir, tok_dir, vq_dir, tensor_parallel, device, torch_dtype, max_len,
-                compile_kernels=cuda, fp8=fp8, fp8_activations=fp8_activations,
-            )  # fmt: skip
+                model_dir, tok_dir, vq_dir, tensor_parallel, device, torch_dtype, max_len, compile_kernels=cuda, fp8=fp8
+            )
             engine.mirror.on_broken = self._tensor_parallel_broken
             log.info("tensor parallel: rank 0 of %d on %s", tensor_parallel, engine.device)
         else:
-            engine = load_engine(
-                model_dir, tok_dir, vq_dir, device, torch_dtype, max_len, fp8=fp8, fp8_activations=fp8_activations
-            )
+            engine = load_engine(model_dir, tok_dir, vq_dir, device, torch_dtype, max_len, fp8=fp8)
         if fp8:
             n = sum(isinstance(w, torch.Tensor) and w.dtype == torch.float8_e4m3fn for w in engine.lm.buffers())
             log.info("float8 weights in %d projections (rank 0)", n)
@@ -271,9 +264,6 @@ class PlannerServer:
 
 def serve_forever(args) -> int:
     """`emu35-robot serve`: start, load, serve until SIGTERM/SIGINT."""
-    if args.fp8_activations and not args.fp8:
-        print("emu35-robot serve: --fp8-activations needs --fp8", file=sys.stderr)
-        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -314,7 +304,6 @@ def serve_forever(args) -> int:
         max_len=args.max_len,
         tensor_parallel=args.tensor_parallel,
         fp8=args.fp8,
-        fp8_activations=args.fp8_activations,
     )
     print("emu35-robot: SERVING", file=sys.stderr, flush=True)
     server.wait()

@@ -314,7 +314,6 @@ class Engine:
         fuse_projections: bool | None = None,
         fp8: bool = False,
         skinny: bool | None = None,
-        fp8_activations: bool = False,
         image_sampling: SamplingParams | None = None,
     ):
         self.lm, self.tok, self.vq = lm, tok, vq
@@ -328,8 +327,7 @@ class Engine:
         if skinny:  # decode products (<= 16 rows) through a Triton kernel (model/skinny_mm.py), float8 weights with fp8
             from .skinny_mm import use_skinny
 
-            # autotunes at each shape's first eager call: capture_graph warms up eagerly. fp8_activations: W8A8
-            use_skinny(lm, fp8=fp8, fp8_activations=fp8_activations)
+            use_skinny(lm, fp8=fp8)  # autotunes at each shape's first eager call: capture_graph warms up eagerly
         elif fp8:  # float8 weights with per-channel scales (model/fp8.py): half the bytes per decode step
             from .fp8 import quantize_fp8
 
@@ -773,12 +771,10 @@ def load_engine(
     dtype: torch.dtype | None = None,
     max_len: int = 8192,
     fp8: bool = False,
-    fp8_activations: bool = False,
 ) -> Engine:
     """An engine on the three official-layout parts, set up to serve: bf16 on CUDA and float32 elsewhere unless
     `dtype` says; on CUDA with fused projections, compiled elementwise kernels and CUDA graphs (benchmarks/RESULTS.md:
-    26.5 -> 19.3 ms per 34B step); `fp8`: float8 weights (through the Triton kernel where it runs), and with
-    `fp8_activations` float8 activations too (W8A8: faster on Hopper, less accurate; benchmarks/RESULTS.md)."""
+    26.5 -> 19.3 ms per 34B step); `fp8`: float8 weights (through the Triton kernel where it runs)."""
     cuda = str(device).startswith("cuda")
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     return Engine(
@@ -788,7 +784,6 @@ def load_engine(
         max_len=max_len,
         compile_kernels=cuda,
         fp8=fp8,
-        fp8_activations=fp8_activations,
         image_sampling=checkpoint_image_sampling(model_dir),
     )
 

@@ -60,22 +60,11 @@ def skinny_available(device: torch.device, fp8: bool = False) -> bool:
     return cap >= ((8, 9) if fp8 else (8, 0))
 
 
-def skinny_mm_reference(x: Tensor, w: Tensor, scale: Tensor | None = None, x_fp8: bool = False) -> Tensor:
+def skinny_mm_reference(x: Tensor, w: Tensor, scale: Tensor | None = None) -> Tensor:
     """The kernel's math in torch: float32 products of x and W (times its per-channel scales), rounded once to
-    x's dtype. x [M, K], w [N, K] (bf16 or float8), scale [N] (or [1, N]) float32 -> [M, N]. `x_fp8`: x rounded to
-    float8 as the W8A8 kernel rounds it (`quantize_groups`)."""
+    x's dtype. x [M, K], w [N, K] (bf16 or float8), scale [N] (or [1, N]) float32 -> [M, N]."""
     wf = w.float() if scale is None else w.float() * scale.reshape(-1, 1).float()
-    xf = quantize_groups(x) if x_fp8 else x.float()
-    return (xf @ wf.T).to(x.dtype)
-
-
-def quantize_groups(x: Tensor, group: int = 64) -> Tensor:
-    """x [M, K] -> float32 [M, K]: each row's groups of `group` consecutive K scaled by their absmax / 448, rounded
-    to float8 e4m3 and scaled back (the W8A8 kernel's activations; K need not be a multiple of the group)."""
-    M, K = x.shape
-    xf = torch.nn.functional.pad(x.float(), (0, (-K) % group)).view(M, -1, group)
-    s = xf.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 448.0
-    return ((xf / s).to(FP8).float() * s).view(M, -1)[:, :K]
+    return (x.float() @ wf.T).to(x.dtype)
 
 
 if triton is not None:
@@ -157,7 +146,6 @@ if triton is not None:
         EVEN_K: tl.constexpr,
         F32_DOT: tl.constexpr,  # Triton's CPU interpreter multiplies bf16 operands wrongly (3.9): float32 there
         FP8_ASM: tl.constexpr,  # float8 weights: convert with _e4m3_to_bf16 (else Triton's cvt)
-        X_FP8: tl.constexpr,  # float8 weights and activations (W8A8): BLOCK_K / SLICES = X_GROUP, the scale group
     ):
         # A W tile [BLOCK_N, BLOCK_K] is read as [SLICES, BLOCK_N, BLOCK_K / SLICES]: one batched tl.dot with the
         # matching x slices [SLICES, BLOCK_K / SLICES, BLOCK_M] gives each warp its own K slice (a plain 2-D dot with
@@ -181,15 +169,7 @@ if triton is not None:
                 left = K - k * BLOCK_K
                 w = tl.load(w_ptrs, mask=kw < left, other=0.0)
                 x = tl.load(x_ptrs, mask=m_mask & (kx < left), other=0.0)
-            if X_FP8:  # W8A8: each row's K slice scaled into float8 by its absmax; float8 x float8 tensor-core products
-                xf = x.to(tl.float32)
-                xs = tl.maximum(tl.max(tl.abs(xf), axis=1, keep_dims=True), 1e-12) / 448.0  # [S, 1, BLOCK_M]
-                xq = (xf / xs).to(tl.float8e4nv)
-                if F32_DOT:
-                    acc += tl.dot(w.to(tl.float32), xq.to(tl.float32)) * xs
-                else:
-                    acc += tl.dot(w, xq) * xs
-            elif F32_DOT:
+            if F32_DOT:
                 acc += tl.dot(w.to(tl.float32), x.to(tl.float32))
             elif FP8_ASM and w.dtype == tl.float8e4nv:
                 acc += tl.dot(_e4m3_to_bf16(w), x)
@@ -203,27 +183,6 @@ if triton is not None:
         y_ptrs = y_ptr + offs_m[None, :] * N + offs_n[:, None]
         tl.store(y_ptrs, y.to(tl.bfloat16), mask=(offs_m[None, :] < M) & (offs_n[:, None] < N))
 
-    # W8A8: every K slice is one activation scale group of X_GROUP (64) elements, so the numbers do not depend on
-    # the config the autotuner picks; float8 tensor-core products take K in steps of 32
-    _X_CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": 64 * sl, "SLICES": sl}, num_warps=w, num_stages=st)
-        for bn, w, st, sl in [
-            (16, 4, 4, 4),
-            (16, 4, 6, 4),
-            (16, 8, 3, 8),
-            (32, 4, 4, 4),
-            (32, 4, 6, 4),
-            (32, 8, 4, 8),
-            (64, 4, 4, 4),
-            (64, 4, 4, 2),
-            (64, 8, 3, 8),
-            (128, 8, 3, 4),
-            (128, 4, 4, 2),
-            (64, 4, 5, 1),
-            (128, 4, 5, 1),
-        ]
-    ]
-
     _kernel = triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(_skinny_kernel)
     _bench = {}  # shorter timing runs than Triton's default (25 + 100 ms a config), where this Triton takes them
     if "do_bench" in inspect.signature(triton.autotune).parameters:
@@ -231,13 +190,11 @@ if triton is not None:
 
         _bench["do_bench"] = lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
     _tuned_kernel = triton.autotune(_CONFIGS, key=["N", "K", "M_BUCKET", "HAS_SCALE", "FP8_ASM"], **_bench)(_kernel)
-    _tuned_kernel_x = triton.autotune(_X_CONFIGS, key=["N", "K", "M_BUCKET"], **_bench)(_kernel)
 
 # (N, K, row bucket, weight dtype, scaled, FP8_ASM) seen eagerly: a first call while a CUDA graph is being captured
 # would autotune (synchronise) inside the capture
 _TUNED: set[tuple] = set()
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SLICES": 2}  # the interpreter does not autotune
-X_GROUP = 64  # W8A8: activations are scaled per row and per 64 consecutive K
 
 
 def _use_kernel(x: Tensor, w: Tensor, scale: Tensor | None) -> bool:
@@ -251,24 +208,18 @@ def _use_kernel(x: Tensor, w: Tensor, scale: Tensor | None) -> bool:
     )
 
 
-def skinny_mm(
-    x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | None = None, config=None, x_fp8: bool = False
-) -> Tensor:
+def skinny_mm(x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | None = None, config=None) -> Tensor:
     """x [M, K] @ w[N, K]^T (* scale [N] per output channel) -> [M, N] in x's dtype.
 
     The Triton kernel where it can run (bf16 x, 1 <= M <= 16, bf16 or float8 e4m3 w), else `skinny_mm_reference`.
     `out`: a contiguous [M, N] bf16 tensor to write (kernel path only). `config`: {"BLOCK_N", "BLOCK_K", "SLICES"}
-    and optionally num_warps/num_stages, to run one configuration instead of the autotuned one (tests; with x_fp8
-    BLOCK_K / SLICES must be X_GROUP). `x_fp8` (float8 w): W8A8, x rounded to float8 per row and 64 K
-    (`quantize_groups`) and multiplied on float8 tensor cores: no per-weight conversion."""
+    and optionally num_warps/num_stages, to run one configuration instead of the autotuned one (tests)."""
     M, K = x.shape
     N = w.shape[0]
     if w.shape[1] != K or (scale is not None and scale.numel() != N):
         raise ValueError(f"skinny_mm: x {tuple(x.shape)}, w {tuple(w.shape)}, scale {None if scale is None else N}")
-    if x_fp8 and w.dtype != FP8:
-        raise ValueError("skinny_mm: x_fp8 needs float8 weights")
     if not _use_kernel(x, w, scale):
-        y = skinny_mm_reference(x, w, scale, x_fp8)
+        y = skinny_mm_reference(x, w, scale)
         return y if out is None else out.copy_(y)
     x = x.contiguous()
     y = torch.empty(M, N, dtype=torch.bfloat16, device=x.device) if out is None else out
@@ -276,16 +227,13 @@ def skinny_mm(
     s = scale.reshape(-1) if scale is not None else x  # unscaled: HAS_SCALE=False compiles the read of s_ptr away
     args = (x, w, s, y, M, N, K, bucket)
     kw = {"HAS_SCALE": scale is not None, "BLOCK_M": MAX_ROWS, "F32_DOT": INTERPRET, "FP8_ASM": FP8_ASM}
-    kw["X_FP8"] = x_fp8
     if config is None and INTERPRET:
-        config = {"BLOCK_N": 16, "BLOCK_K": 2 * X_GROUP, "SLICES": 2} if x_fp8 else INTERPRET_CONFIG
+        config = INTERPRET_CONFIG
     if config is not None:
-        if x_fp8 and config["BLOCK_K"] != X_GROUP * config["SLICES"]:
-            raise ValueError(f"skinny_mm: with x_fp8 BLOCK_K / SLICES must be {X_GROUP}, got {config}")
         bn = config["BLOCK_N"]
         _kernel[(triton.cdiv(N, bn),)](*args, **kw, **config)
         return y
-    key = (N, K, bucket, w.dtype, scale is not None, FP8_ASM, x_fp8)
+    key = (N, K, bucket, w.dtype, scale is not None, FP8_ASM)
     if key not in _TUNED:
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
@@ -293,7 +241,7 @@ def skinny_mm(
                 "cannot autotune; run the model eagerly once with these rows first (see model.skinny_mm.tune)"
             )
         _TUNED.add(key)
-    (_tuned_kernel_x if x_fp8 else _tuned_kernel)[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](*args, **kw)
+    _tuned_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](*args, **kw)
     return y
 
 
@@ -306,9 +254,8 @@ class SkinnyLinear(nn.Module):
     bf16 through F.linear, float8 through Fp8Linear's `torch._scaled_mm` path (activations quantized per row) where
     that runs, else (CPU) the dequantized product `skinny_mm_reference`."""
 
-    def __init__(self, linear: nn.Linear | Fp8Linear, fp8: bool = False, fp8_activations: bool = False):
+    def __init__(self, linear: nn.Linear | Fp8Linear, fp8: bool = False):
         super().__init__()
-        self.fp8_activations = fp8_activations  # W8A8 on the kernel path (float8 weights only)
         if isinstance(linear, nn.Linear) and linear.bias is not None:
             raise ValueError("SkinnyLinear: projections have no bias")
         if isinstance(linear, nn.Linear) and fp8:
@@ -334,45 +281,39 @@ class SkinnyLinear(nn.Module):
         return lin
 
     def extra_repr(self) -> str:
-        w8a8 = ", fp8_activations=True" if self.fp8 and self.fp8_activations else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp8={self.fp8}{w8a8}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8={self.fp8}"
 
     def forward(self, x: Tensor) -> Tensor:
         lead, K = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, K)
-        x_fp8 = self.fp8 and self.fp8_activations
         if _use_kernel(x2, self.weight, self.scale):
-            y = skinny_mm(x2, self.weight, self.scale, x_fp8=x_fp8)
+            y = skinny_mm(x2, self.weight, self.scale)
         elif not self.fp8:
             return F.linear(x, self.weight)
         elif self.use_scaled_mm:
             return Fp8Linear.forward(self, x)  # same buffers and attributes: its W8A8 path
-        else:  # CPU (tests): the kernel's numbers
-            y = skinny_mm_reference(x2, self.weight, self.scale, x_fp8)
+        else:  # CPU (tests): the kernel's weight-only numbers
+            y = skinny_mm_reference(x2, self.weight, self.scale)
         return y.reshape(*lead, self.out_features)
 
 
 @torch.no_grad()
-def use_skinny(
-    model: nn.Module, fp8: bool = False, names: tuple[str, ...] = PROJECTIONS, fp8_activations: bool = False
-) -> int:
+def use_skinny(model: nn.Module, fp8: bool = False, names: tuple[str, ...] = PROJECTIONS) -> int:
     """Replace every projection named in `names` (nn.Linear, or Fp8Linear from quantize_fp8) by a SkinnyLinear, in
     place, one at a time (with fp8 the extra memory is one projection's float copy while it is quantized). bf16
-    SkinnyLinears become float8 ones when fp8 is set; `fp8_activations` sets every float8 one's W8A8 mode. The output
-    head stays as it is: Emu35.forward multiplies `lm_head.weight` (or its visual slice) itself. Returns how many
-    modules were replaced."""
+    SkinnyLinears become float8 ones when fp8 is set. The output head stays as it is: Emu35.forward multiplies
+    `lm_head.weight` (or its visual slice) itself. Returns how many modules were replaced."""
     n = 0
     for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
             if child_name not in names:
                 continue
             if isinstance(child, SkinnyLinear):
-                child.fp8_activations = fp8_activations
                 if not fp8 or child.fp8:
                     continue
                 child = child.to_linear()
             if isinstance(child, (nn.Linear, Fp8Linear)):
-                setattr(mod, child_name, SkinnyLinear(child, fp8=fp8, fp8_activations=fp8_activations))
+                setattr(mod, child_name, SkinnyLinear(child, fp8=fp8))
                 n += 1
     return n
 

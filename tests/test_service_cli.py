@@ -79,8 +79,3 @@ def test_cli_plan_generate_explore(served, tmp_path):
 
     r = cli("plan", "--server", addr, "--image", str(scene), "", "--out", str(tmp_path / "bad"))
     assert r.returncode == 1 and "INVALID_ARGUMENT: instruction is empty" in r.stderr
-
-
-def test_serve_refuses_fp8_activations_without_fp8():
-    r = cli("serve", "--fp8-activations", "--port", "0")
-    assert r.returncode == 2 and "--fp8-activations needs --fp8" in r.stderr

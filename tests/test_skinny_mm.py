@@ -11,7 +11,6 @@ from model.skinny_mm import (
     INTERPRET,
     SkinnyLinear,
     drop_skinny,
-    quantize_groups,
     skinny_available,
     skinny_mm,
     skinny_mm_reference,
@@ -45,25 +44,6 @@ def test_reference_numerics():
     assert yq.dtype == torch.bfloat16 and rel(yq, ref) < 4e-2  # weight-only e4m3: 3 mantissa bits
     assert rel(yq, ref) > 1e-3  # the weights really were quantized
     assert torch.equal(skinny_mm_reference(x, wq, s[None]), yq)  # Fp8Linear's [1, N] scales work too
-
-
-def test_w8a8_reference_rounds_activations_per_group():
-    """W8A8: each row's groups of 64 K are scaled by their absmax and rounded to e4m3 (3 mantissa bits), so a group
-    of tiny values keeps its precision beside a group of large ones; K off the group is padded."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 200, generator=g).bfloat16()
-    x[:, :64] *= 1e-3  # one group far smaller than the rest
-    q = quantize_groups(x)
-    assert q.shape == x.shape and q.dtype == torch.float32
-    assert rel(q[:, :64], x[:, :64]) < 4e-2 and rel(q[:, 64:], x[:, 64:]) < 4e-2 and rel(q, x) > 1e-3
-    w, wq, s = weights(96, 200)
-    ref = x.float() @ w.float().T
-    y = skinny_mm_reference(x, wq, s, x_fp8=True)
-    assert torch.equal(y, (q @ (wq.float() * s[:, None]).T).bfloat16())
-    assert rel(y, ref) < 6e-2
-    assert torch.equal(skinny_mm(x, wq, s, x_fp8=True), y)  # CPU: the reference
-    with pytest.raises(ValueError, match="float8 weights"):
-        skinny_mm(x, w, x_fp8=True)
 
 
 def test_skinny_mm_falls_back_where_triton_cannot_run():
@@ -104,7 +84,7 @@ def test_skinny_linear_matches_fallback():
     assert SkinnyLinear(f).weight is f.weight  # from an Fp8Linear: its own buffers
 
 
-@pytest.mark.parametrize("fp8", [False, True, "w8a8"])
+@pytest.mark.parametrize("fp8", [False, True])
 def test_use_skinny_logits_close(bundle, fp8):
     lm = Emu35.from_pretrained(bundle.model)  # bf16
     g = torch.Generator().manual_seed(0)
@@ -114,16 +94,15 @@ def test_use_skinny_logits_close(bundle, fp8):
         lm.fuse_projections()
         ref = [lm(ids).logits for ids in (short, long)]
         layers = lm.config.num_hidden_layers
-        w8a8 = fp8 == "w8a8"
-        assert use_skinny(lm, fp8=bool(fp8), fp8_activations=w8a8) == 4 * layers  # qkv, o, gate_up, down; not head
-        assert use_skinny(lm, fp8=bool(fp8), fp8_activations=w8a8) == 0  # already done
+        assert use_skinny(lm, fp8=fp8) == 4 * layers  # qkv, o, gate_up, down; the head stays
+        assert use_skinny(lm, fp8=fp8) == 0  # already done
         assert isinstance(lm.model.layers[0].mlp.down_proj, SkinnyLinear)
         assert isinstance(lm.lm_head, torch.nn.Linear)
         out = [lm(ids).logits for ids in (short, long)]
     for o, r in zip(out, ref):
         assert o.shape == r.shape
-        if fp8:  # ~3% per projection, compounding over the blocks (tests/test_fp8.py); W8A8 adds the activations'
-            assert rel(o, r) < (0.2 if fp8 == "w8a8" else 0.12) and (o.argmax(-1) == r.argmax(-1)).float().mean() > 0.8
+        if fp8:  # ~3% per projection, compounding over the blocks (tests/test_fp8.py)
+            assert rel(o, r) < 0.12 and (o.argmax(-1) == r.argmax(-1)).float().mean() > 0.8
         else:
             assert rel(o, r) < 2e-2
 
@@ -150,15 +129,15 @@ def kernel_device():
     pytest.skip("no CUDA GPU (set TRITON_INTERPRET=1 to run the kernel in Triton's CPU interpreter)")
 
 
-def check(x, w, scale, config, tol, x_fp8=False):
+def check(x, w, scale, config, tol):
     """Run into a NaN-poisoned buffer one element longer than the output: every output element is written, nothing
     past it."""
     M, N = x.shape[0], w.shape[0]
     buf = torch.full((M * N + 1,), float("nan"), dtype=torch.bfloat16, device=x.device)
-    y = skinny_mm(x, w, scale, out=buf[: M * N].view(M, N), config=config, x_fp8=x_fp8)
+    y = skinny_mm(x, w, scale, out=buf[: M * N].view(M, N), config=config)
     assert y.data_ptr() == buf.data_ptr()
     assert torch.isnan(buf[-1]) and not torch.isnan(y).any(), (M, config)
-    ref = skinny_mm_reference(x, w, scale, x_fp8).float()
+    ref = skinny_mm_reference(x, w, scale).float()
     err = (y.float() - ref).abs().max() / ref.abs().max()
     assert err < tol, (M, N, config, float(err))
 
@@ -170,26 +149,22 @@ def few_configs(monkeypatch):
 
     if triton is not None and hasattr(sk, "_tuned_kernel"):
         monkeypatch.setattr(sk._tuned_kernel, "configs", sk._CONFIGS[::7])
-        monkeypatch.setattr(sk._tuned_kernel_x, "configs", sk._X_CONFIGS[::5])
 
 
-@pytest.mark.parametrize("fp8", [False, True, "w8a8"])
+@pytest.mark.parametrize("fp8", [False, True])
 def test_kernel_all_rows_odd_shapes(fp8, few_configs):
     dev = kernel_device()
-    if not skinny_available(dev, bool(fp8)):
+    if not skinny_available(dev, fp8):
         pytest.skip("float8 needs sm89+")
-    x_fp8 = fp8 == "w8a8"
-    # the interpreter rounds float32 -> bf16 toward zero (one bf16 ulp); a GPU rounds to nearest. W8A8: the kernel's
-    # float32 division may round an activation to the neighbouring float8 value where torch's does not
-    tol = 2e-2 if x_fp8 else 1e-2 if INTERPRET else 5e-3
+    # the interpreter rounds float32 -> bf16 toward zero (one bf16 ulp); a GPU rounds to nearest
+    tol = 1e-2 if INTERPRET else 5e-3
     if INTERPRET:  # tiles of one and several K slices
-        tiles = [(16, 128, 2), (32, 256, 4), (64, 64, 1)] if x_fp8 else [(16, 128, 1), (32, 256, 4), (64, 512, 2)]
+        tiles = [(16, 128, 1), (32, 256, 4), (64, 512, 2)]
         configs = [dict(BLOCK_N=n, BLOCK_K=k, SLICES=s) for n, k, s in tiles]
     else:  # every config the autotuner may pick
-        from model.skinny_mm import _CONFIGS, _X_CONFIGS
+        from model.skinny_mm import _CONFIGS
 
-        configs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-                   for c in (_X_CONFIGS if x_fp8 else _CONFIGS)]  # fmt: skip
+        configs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in _CONFIGS]
     g = torch.Generator().manual_seed(1)
     for N, K in [(77, 300), (48, 512)]:  # N and K off the blocks (masks, clamped rows); K a multiple of every BLOCK_K
         w, wq, s = weights(N, K, seed=N)
@@ -198,11 +173,11 @@ def test_kernel_all_rows_odd_shapes(fp8, few_configs):
         for M in range(1, 17):
             x = torch.randn(M, K, generator=g).bfloat16().to(dev)
             for c in configs:
-                check(x, w, scale, c, tol, x_fp8)
+                check(x, w, scale, c, tol)
     if dev.type == "cuda":  # autotuned (the last shape), two row buckets
         for M in (2, 16):
-            check(torch.randn(M, K, generator=g).bfloat16().to(dev), w, scale, None, tol, x_fp8)
-    if fp8 is True and dev.type == "cuda":  # Triton's own float8 conversion, the slower fallback
+            check(torch.randn(M, K, generator=g).bfloat16().to(dev), w, scale, None, tol)
+    if fp8 and dev.type == "cuda":  # Triton's own float8 conversion, the slower fallback
         import model.skinny_mm as sk
 
         sk.FP8_ASM = False
@@ -244,20 +219,3 @@ def test_engine_skinny_graphs_equal_eager(bundle, few_configs):
         if fp8 and not skinny_available(torch.device("cuda"), True):
             continue
         assert tokens(False, fp8) == tokens(True, fp8)
-
-
-def test_w8a8_skinny_linear():
-    """SkinnyLinear(fp8=True, fp8_activations=True): the kernel's W8A8 numbers where it runs, the reference's on a
-    CPU; use_skinny sets the mode on float8 projections, and the model's logits stay close to bf16."""
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(64, 48, bias=False).bfloat16().requires_grad_(False)
-    q = SkinnyLinear(lin, fp8=True, fp8_activations=True)
-    x = torch.randn(3, 5, 64).bfloat16()
-    want = skinny_mm_reference(x.reshape(-1, 64), q.weight, q.scale, x_fp8=True).reshape(3, 5, 48)
-    if not skinny_available(x.device, fp8=True):
-        assert torch.equal(q(x), want)
-    assert rel(q(x), F.linear(x.float(), lin.weight.float())) < 6e-2
-    assert "fp8_activations=True" in repr(q)
-    model = torch.nn.ModuleDict({"o_proj": torch.nn.Linear(32, 16, bias=False).bfloat16()})
-    assert use_skinny(model, fp8=True, fp8_activations=True) == 1 and model["o_proj"].fp8_activations
-    assert use_skinny(model, fp8=True) == 0 and not model["o_proj"].fp8_activations  # the mode follows the call
