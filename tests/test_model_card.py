@@ -44,7 +44,10 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     lm = {"steps": 40, "train_loss": 0.1, "held_out_loss": 0.2, "train_s": 600.0, "device": "NVIDIA H200",
           "episodes": episodes, "train_sequences": 400, "held_out_sequences": 12,
           "init": "an earlier bundle", "input_noise": 0.15, "change_weight": 2.0, "caveats": "the init saw them.",
-          "grounding": {"episodes": 5, "loss_true_target": 0.5, "loss_other_target": 1.5, "ratio": 3.0}}  # fmt: skip
+          "grounding": {"episodes": 5, "loss_true_target": 0.5, "loss_other_target": 1.5, "ratio": 3.0},
+          "probe": {"greedy": {"episodes": 8, "texts_exact": 0.5, "tol_px": 3.0, "placement_agreement": 0.4,
+                               "all_blocks_agree": 0.25, "texts_reach_goal": 0.75,
+                               "moved_block_agreement": 0.6}}}  # fmt: skip
     (run / "lm" / "lm_result.json").write_text(json.dumps(lm))
     (run / "lm" / "loss.jsonl").write_text(json.dumps({"step": 40, "loss": 0.1, "tokens_per_s": 1234.0}) + "\n")
     rows = [row("Stack", "mujoco", "oracle", 4, 4), row("Stack", "mujoco", "mini", 4, 4, 1.0)]
@@ -66,3 +69,4 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     assert "Overall: 4/4 episodes (100%) against the oracle's 4/4" in text
     assert "Caveats: the init saw them." in text
     assert "0.500 nats under the recorded text and 1.500 with another target named (ratio 3.00" in text
+    assert "subgoal texts exact 50%" in text and "on a symbolic world 75%" in text and "subgoal puts it 60%" in text

@@ -197,6 +197,8 @@ def test_probe_scores_free_running_plans_against_recorded_keyframes(data, bundle
     assert r["episodes"] == 2 and len(r["per_episode"]) == 2
     assert 0.0 <= r["placement_agreement"] < 1.0 and r["texts_exact"] == 0.0
     assert all(e["total"] > 0 for e in r["per_episode"])  # the recorded key-frames show blocks
+    assert r["texts_reach_goal"] == 0.0 and all(e["why_not"] != "ok" for e in r["per_episode"])  # noise: no plan
+    assert 0.0 <= r["moved_block_agreement"] < 1.0
 
     from emu35_robot.training.probe import grounding
 
@@ -256,3 +258,20 @@ def test_the_probe_spreads_its_episodes_over_tasks_and_engines():
     picked = [(r.env_id, r.i) for r, _ in spread(eps, 5)]
     assert picked == [("A-mujoco", 0), ("A-pybullet", 0), ("B-mujoco", 0), ("A-mujoco", 1), ("A-pybullet", 1)]
     assert len(spread(eps, 20)) == 9 and spread([], 4) == []  # never more than there are
+
+
+def test_train_probe_cli_writes_every_episode(data, bundle, tmp_path):
+    """`emu35-robot train probe --out`: the summary on stdout, the whole result (every episode's row) in the file."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "probe.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "emu35_robot", "train", "probe", "--bundle", str(bundle.root), "--data", str(data),
+         "--n", "1", "--greedy", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary, full = json.loads(r.stdout), json.loads(out.read_text())
+    assert summary["episodes"] == full["episodes"] == 1 and "per_episode" not in summary
+    assert set(full["per_episode"][0]) >= {"texts_reach_goal", "why_not", "moved_agree", "subgoals"}

@@ -120,6 +120,12 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
             f"Free-running probe ({mode}, {p['episodes']} held-out episodes, no simulator): subgoal texts exact "
             f"{p['texts_exact']:.0%}, key-frame blocks within {p['tol_px']:g} px of the recorded key-frame's "
             f"{p['placement_agreement']:.0%}, every block right {p['all_blocks_agree']:.0%}."
+            + (
+                f" Order-free: texts reaching the goal on a symbolic world {p['texts_reach_goal']:.0%}, the named "
+                f"block where the expert's key-frame for the same subgoal puts it {p['moved_block_agreement']:.0%}."
+                if "texts_reach_goal" in p
+                else ""
+            )
         )
     g = lm.get("grounding")
     if g and g.get("episodes"):

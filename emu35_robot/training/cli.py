@@ -64,6 +64,7 @@ def add_parser(sub) -> None:
     pr.add_argument("--greedy", action="store_true")
     pr.add_argument("--grounding", action="store_true", help="also: does a key-frame depend on the target's name")
     pr.add_argument("--device", default="cpu")
+    pr.add_argument("--out", default=None, help="also write the whole result, every episode's row, as JSON here")
     rs = ts.add_parser("result", help="lm_result.json (held-out loss, probes) of a run stopped before its last step")
     rs.add_argument("--run", required=True)
     rs.add_argument("--bundle", required=True, help="the bundle packaged from that run's last checkpoint")
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         held = pipeline.episodes(_data(args))[1]
         result = probe(engine, held, args.n, greedy=args.greedy)
         print(json.dumps({k: v for k, v in result.items() if k != "per_episode"}, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
         if args.grounding:
             from .probe import grounding
 

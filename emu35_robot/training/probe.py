@@ -3,9 +3,12 @@
 Plan from each episode's first view, then compare the generated subgoal texts with the recorded ones, and each
 generated key-frame with the recorded key-frame by the blocks it shows: for every palette colour seen in either
 image, it agrees when both show it and the blob centroids are within `tol_px` pixels (at 128 px, 3 px is about
-3 cm on the table). The first trained decoder had a teacher-forced answer loss of 0.11 while its free-running plans
-failed, so this is the number to choose checkpoints by. It runs where the GPU is: the device machines have no
-physics engines.
+3 cm on the table). Both compare with the expert's order, where another order can be as good (any order clears a
+table), so two order-free scores sit beside them: whether the texts reach the goal on a symbolic world
+(`plan_check.check_plan`), and whether each key-frame puts the block its subgoal names where the expert's key-frame
+for the same subgoal text puts it (`moved_block_agreement`). The first trained decoder had a teacher-forced answer
+loss of 0.11 while its free-running plans failed, so these are the numbers to choose checkpoints by. It runs where
+the GPU is: the device machines have no physics engines.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from model.engine import Engine, GenerationRequest
 from model.results import collect
 from model.sampling import SamplingParams
 from sim_envs.keyframe_vision import find_blobs
+from sim_envs.tasks import parse_subgoal
 
 from .collect import EpisodeRecord
+from .plan_check import check_plan
 from .sequences import keyframe_per_subgoal
 
 
@@ -35,6 +40,27 @@ def blob_agreement(generated: np.ndarray | None, truth: np.ndarray, tol_px: floa
     colours = set(t) | set(g)
     ok = sum(c in t and c in g and np.hypot(*np.subtract(t[c].centroid, g[c].centroid)) <= tol_px for c in colours)
     return int(ok), len(colours)
+
+
+def moved_block_agreement(
+    texts: list[str], images: list[np.ndarray | None], expert: list[str], frames: list[np.ndarray], tol_px: float
+) -> tuple[int, int]:
+    """(agreeing, generated subgoals): order-free key-frame scoring. Each generated subgoal is matched to an unused
+    expert subgoal with the same text; it agrees when the block it names sits, in its key-frame, within tol_px of where
+    that block sits in the expert's key-frame for the matched subgoal. Other blocks are not compared: after another
+    (valid) order they are elsewhere. An unmatched text or a missing image agrees with nothing."""
+    unused = list(range(len(expert)))
+    ok = 0
+    for text, image in zip(texts, images):
+        j = next((j for j in unused if expert[j] == text), None)
+        call = parse_subgoal(text)
+        if j is None or call is None or image is None:
+            continue
+        unused.remove(j)
+        colour = call.obj.removesuffix(" block")
+        g, t = find_blobs(image).get(colour), find_blobs(frames[j]).get(colour)
+        ok += g is not None and t is not None and np.hypot(*np.subtract(g.centroid, t.centroid)) <= tol_px
+    return int(ok), len(texts)
 
 
 def spread(episodes: list, n: int) -> list:
@@ -76,27 +102,33 @@ def probe(
         )
         res = collect(engine.generate(req), "vla", rec.instruction)
         texts = [im.caption.strip() for im in res.images]
+        gens = [np.asarray(im.image.convert("RGB").resize((w, h), Image.BILINEAR)) for im in res.images]
         agree = total = 0
         for i, frame_index in enumerate(kf):
-            gen = None
-            if i < len(res.images):
-                gen = np.asarray(res.images[i].image.convert("RGB").resize((w, h), Image.BILINEAR))
-            a, t = blob_agreement(gen, frames[frame_index], tol_px)
+            a, t = blob_agreement(gens[i] if i < len(gens) else None, frames[frame_index], tol_px)
             agree, total = agree + a, total + t
+        outcome = check_plan(texts, rec.subgoals)
+        moved, steps = moved_block_agreement(texts, gens, rec.subgoals, [frames[k] for k in kf], tol_px)
         rows.append(
             {
                 "key": rec.key,
                 "texts_exact": texts == rec.subgoals,
+                "texts_reach_goal": outcome.reaches_goal,
+                "why_not": outcome.reason,
                 "keyframes": len(res.images),
                 "agree": agree,
                 "total": total,
+                "moved_agree": moved,
+                "subgoals": steps,
             }
         )
     n_rows = max(1, len(rows))
     return {
         "episodes": len(rows),
         "texts_exact": sum(r["texts_exact"] for r in rows) / n_rows,
+        "texts_reach_goal": sum(r["texts_reach_goal"] for r in rows) / n_rows,
         "placement_agreement": sum(r["agree"] for r in rows) / max(1, sum(r["total"] for r in rows)),
+        "moved_block_agreement": sum(r["moved_agree"] for r in rows) / max(1, sum(r["subgoals"] for r in rows)),
         "all_blocks_agree": sum(r["agree"] == r["total"] for r in rows) / n_rows,
         "tol_px": tol_px,
         "greedy": greedy,
