@@ -56,9 +56,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="T,K,P",
         help="key-frame sampling: temperature (0 = greedy), top_k (0 = all), top_p; default: the server's",
     )
+    g.add_argument(
+        "--text-sampling",
+        default=None,
+        metavar="T,K,P",
+        help="subgoal-text sampling, the same three numbers; default: the server's (1,1024,0.9, spec §7)",
+    )
 
 
-def _sampling(spec: str | None) -> tuple[float, int, float] | None:
+def _sampling(spec: str | None, flag: str = "--image-sampling") -> tuple[float, int, float] | None:
     if not spec:
         return None
     from model.sampling import SamplingParams  # imported only with the flag: it pulls in torch
@@ -66,9 +72,9 @@ def _sampling(spec: str | None) -> tuple[float, int, float] | None:
     try:
         t, k, p = spec.split(",")
         params = SamplingParams(float(t), int(k), float(p))
-        params.validate("--image-sampling")  # here, not once per episode by the service
+        params.validate(flag)  # here, not once per episode by the service
     except ValueError as e:
-        raise SystemExit(f"--image-sampling: want TEMPERATURE,TOP_K,TOP_P (e.g. 0.5,0,1), got {spec!r}: {e}") from None
+        raise SystemExit(f"{flag}: want TEMPERATURE,TOP_K,TOP_P (e.g. 0.5,0,1), got {spec!r}: {e}") from None
     return params.temperature, params.top_k, params.top_p
 
 
@@ -93,6 +99,7 @@ def config_from_args(args: argparse.Namespace):
         logit_bias=bias,
         jacobi_window=args.jacobi_window,
         image_sampling=_sampling(args.image_sampling),
+        text_sampling=_sampling(args.text_sampling, "--text-sampling"),
         timeout_s=args.timeout,
         token=args.token or os.environ.get("EMU35_ROBOT_TOKEN"),
     )

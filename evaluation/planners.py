@@ -146,6 +146,7 @@ class GrpcOptions:
     logit_bias: dict[int, float] = field(default_factory=dict)
     jacobi_window: int | None = None  # speculative Jacobi decoding of key-frames (same distribution, fewer forwards)
     image_sampling: tuple[float, int, float] | None = None  # key-frame (temperature, top_k, top_p); 0 = greedy
+    text_sampling: tuple[float, int, float] | None = None  # subgoal texts, likewise
     timeout_s: float | None = 600.0
     token: str | None = None
 
@@ -176,6 +177,7 @@ class GrpcPlanner:
             logit_bias=dict(o.logit_bias),
             jacobi_window=o.jacobi_window,
             image_sampling=SamplingParams(*o.image_sampling) if o.image_sampling else None,
+            text_sampling=SamplingParams(*o.text_sampling) if o.text_sampling else None,
         )
         h, w = ctx.image.shape[:2]
         t0 = time.perf_counter()

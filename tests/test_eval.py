@@ -93,7 +93,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
     # with tuple-valued options, which config.json reads back as lists: the resume must still match its settings
     cmd = [sys.executable, "-m", "emu35_robot", "eval", "--tasks", "Tower", "--engines", "mujoco", "--planner",
            "oracle", "--episodes", "8", "--workers", "1", "--no-video", "--out", str(out), *SMALL,
-           "--keyframe-grid", "8x8", "--image-sampling", "0,0,1"]  # fmt: skip
+           "--keyframe-grid", "8x8", "--image-sampling", "0,0,1", "--text-sampling", "0,0,1"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     jsonl, t0 = out / EPISODES_FILE, time.time()
     while not (jsonl.exists() and jsonl.read_text().count("\n") >= 1):
@@ -174,9 +174,9 @@ def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):
     assert r["success"] and r["video"] is None and r["video_error"].startswith(("FileExistsError", "NotADirectory"))
 
 
-def test_a_bad_image_sampling_is_refused_before_any_episode(tmp_path):
-    for bad in ("0,0,2", "-1,0,1", "greedy"):
-        cmd = [sys.executable, "-m", "emu35_robot", "eval", "--planner", "oracle", "--image-sampling", bad,
+def test_a_bad_image_or_text_sampling_is_refused_before_any_episode(tmp_path):
+    for flag, bad in [("--image-sampling", "0,0,2"), ("--image-sampling", "-1,0,1"), ("--text-sampling", "greedy")]:
+        cmd = [sys.executable, "-m", "emu35_robot", "eval", "--planner", "oracle", flag, bad,
                "--episodes", "1", "--out", str(tmp_path / "run")]  # fmt: skip
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert r.returncode != 0 and "--image-sampling" in r.stderr and not (tmp_path / "run").exists()
+        assert r.returncode != 0 and flag in r.stderr and not (tmp_path / "run").exists()
