@@ -13,6 +13,8 @@ deterministic and reads nothing back from the device, which is what capture need
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor
 
@@ -20,12 +22,16 @@ from .sampling import SamplingParams, combine_and_pick, draw_width, exponential_
 
 
 class GraphSampler:
-    """Draw tokens for a group of rows with equal (shape, CFG scale, params) through a captured graph per group shape.
-    Call with the rows' scores ([R, V] each: R = 2 with CFG, else 1), their generators -> tokens [n] on the device
-    (a static tensor: overwritten by the next call with the same shape; read it before)."""
+    """Draw tokens for a group of rows with equal (shape, CFG scale, params) through a captured graph per group shape,
+    keeping the `max_graphs` most recently used. Call with the rows' scores ([R, V] each: R = 2 with CFG, else 1),
+    their generators -> tokens [n] on the device (a static tensor: overwritten by the next call with the same shape;
+    read it before)."""
 
-    def __init__(self) -> None:
-        self._graphs: dict[tuple, tuple] = {}
+    def __init__(self, max_graphs: int = 64) -> None:
+        # least recently used first: requests choose their own sampling params and CFG scale, so the keys are not
+        # bounded by the engine's shapes, and each graph holds its static buffers
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
+        self.max_graphs = max_graphs
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -33,7 +39,11 @@ class GraphSampler:
     def __call__(self, rows: list[Tensor], cfg: float | None, params: SamplingParams, gens: list) -> Tensor:
         R, V = rows[0].shape
         key = (len(rows), R, V, rows[0].dtype, rows[0].device, cfg, params)
-        if key not in self._graphs:
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+        else:
+            while len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)
             self._graphs[key] = self._capture(len(rows), R, V, rows[0], cfg, params)
         graph, scores, noise, out = self._graphs[key]
         if len(rows) == 1:

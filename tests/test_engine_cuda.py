@@ -178,6 +178,10 @@ def test_the_graph_sampler_draws_what_the_eager_draw_draws():
                                 for gs in gens)  # fmt: skip
                 assert draw_tokens(graph, sampler) == draw_tokens(eager), (params, cfg, streams)
     assert len(sampler) == len(params_list) * 3
+    small = GraphSampler(max_graphs=2)  # request-chosen params and scales: the cache is bounded, least recent out
+    for scale in (2.0, 3.0, 4.0, 3.0):
+        draw_tokens([Draw(logits[:2], SamplingParams(0.0), gens[0][0], scale)], small)
+    assert len(small) == 2 and [k[5] for k in small._graphs] == [4.0, 3.0]
     # the combination of both rows in one log-softmax gives cfg_combine's numbers, bit for bit
     from model.sampling import cfg_combine, combine_and_pick
 
