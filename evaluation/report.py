@@ -20,6 +20,7 @@ MEANS = (  # record field -> report column
     ("subgoals_completed", "subgoals completed"),
     ("progress", "canonical progress"),
     ("replans", "re-plans"),
+    ("first_plan_reaches_goal", "first plan's texts reach goal"),
     ("time_to_first_subgoal_s", "first subgoal s"),
     ("plan_latency_s", "plan latency s"),
     ("tokens_generated", "tokens"),

@@ -60,6 +60,7 @@ def test_oracle_and_random_on_both_engines_with_workers(tmp_path):
                 assert len(p["texts"]) in (2, 4, 6)
         if r["planner"] == "oracle":
             assert r["plans"][0]["texts"] == r["canonical_subgoals"]
+            assert r["first_plan_reaches_goal"] and r["first_plan_check"] == "ok"  # the expert's texts do
         assert (out / r["video"]).is_file()
         frame = iio.imread(out / r["video"], index=0)
         assert frame.shape[0] % 16 == 0 and frame.shape[1] % 16 == 0  # whole codec macro blocks: never resized
@@ -79,7 +80,9 @@ def test_oracle_and_random_on_both_engines_with_workers(tmp_path):
         k = sum(r["success"] for r in mine)
         assert row["episodes"] == len(mine) == 2 and row["successes"] == k
         assert row["success_ci"] == pytest.approx(list(wilson(k, 2)))
-        for field in ("subgoals_completed", "replans", "plan_latency_s", "psnr_mean", "placement_agreement"):
+        fields = ("subgoals_completed", "replans", "first_plan_reaches_goal", "plan_latency_s", "psnr_mean",
+                  "placement_agreement")  # fmt: skip
+        for field in fields:
             assert row[field]["mean"] == pytest.approx(np.mean([r[field] for r in mine]))
             assert row[field]["ci"][0] <= row[field]["mean"] <= row[field]["ci"][1]
     html = (out / "report.html").read_text()

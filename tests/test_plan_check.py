@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from emu35_robot.training.plan_check import check_plan, goal_of
 from emu35_robot.training.probe import moved_block_agreement
+from sim_envs.plan_check import check_plan, goal_of
 from sim_envs.scene import PALETTE
 
 CLEAR = ["pick up the red block", "place the red block in the tray", "pick up the blue block",

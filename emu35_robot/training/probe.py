@@ -5,7 +5,7 @@ generated key-frame with the recorded key-frame by the blocks it shows: for ever
 image, it agrees when both show it and the blob centroids are within `tol_px` pixels (at 128 px, 3 px is about
 3 cm on the table). Both compare with the expert's order, where another order can be as good (any order clears a
 table), so two order-free scores sit beside them: whether the texts reach the goal on a symbolic world
-(`plan_check.check_plan`), and whether each key-frame puts the block its subgoal names where the expert's key-frame
+(`sim_envs.plan_check`), and whether each key-frame puts the block its subgoal names where the expert's key-frame
 for the same subgoal text puts it (`moved_block_agreement`). The first trained decoder had a teacher-forced answer
 loss of 0.11 while its free-running plans failed, so these are the numbers to choose checkpoints by. It runs where
 the GPU is: the device machines have no physics engines.
@@ -26,10 +26,10 @@ from model.engine import Engine, GenerationRequest
 from model.results import collect
 from model.sampling import SamplingParams
 from sim_envs.keyframe_vision import find_blobs
+from sim_envs.plan_check import check_plan
 from sim_envs.tasks import parse_subgoal
 
 from .collect import EpisodeRecord
-from .plan_check import check_plan
 from .sequences import keyframe_per_subgoal
 
 

@@ -1,12 +1,12 @@
 """Does a plan's text reach the episode's goal? A symbolic check, order-free where the task is.
 
-The probe used to count a plan's texts as right only when they equal the expert's, word for word and in order. A
-plan that clears the table in another block order then scores as wrong, though the simulator would count it a
-success. Here the plan runs on a symbolic world instead: blocks on the table, in zones, on other blocks, or held.
+Comparing a plan's texts with the expert's, word for word and in order, counts a plan that clears the table in
+another block order as wrong, though the simulator would count it a success. Here the plan runs on a symbolic world
+instead: blocks on the table, in zones, on other blocks, or held.
 Each subgoal must parse (`sim_envs.tasks.parse_subgoal`) and be possible where it comes: pick only with an empty
 gripper and a block with nothing on it, place only the held block, and only on a block with nothing on it. After
 the last subgoal the gripper must be empty and every goal placement must hold. The goal is the expert plan's
-placements: an expert plan is built from exactly the pairs its goal checks (`sim_envs.tasks._pick_place`, `_goal`).
+placements: an expert plan is built from exactly the pairs its goal checks (`tasks._pick_place`, `tasks._goal`).
 So a tower built in the wrong order fails (its middle block is not free to pick), and any block order that clears a
 table passes.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim_envs.tasks import SkillCall, parse_subgoal
+from .tasks import SkillCall, parse_subgoal
 
 
 @dataclass(frozen=True)
