@@ -34,7 +34,7 @@ from .sampling import (
     T2I_IMAGE_SAMPLING,
     TEXT_SAMPLING,
     SamplingParams,
-    cfg_combine,
+    cfg_combine_pairs,
     checkpoint_image_sampling,
     combine_and_pick,
     draw_width,
@@ -729,7 +729,7 @@ class Engine:
             ids_t = torch.tensor([ids] * B, dtype=torch.long)
             pos_t = next_pos[:, None] + torch.arange(m + 1)
             out = yield StepRequest(ids_t, pos_t, torch.ones_like(ids_t, dtype=torch.bool), slot, True)  # [B, m+1, V']
-            p = sampling_probs(cfg_combine(out[0], out[1], cfg) if use_cfg else out[0], image_sampling)
+            p = sampling_probs(cfg_combine_pairs(out, cfg, 0) if use_cfg else out[0], image_sampling)
             a, x = jacobi.accept(p, q, drafts, [f is not None for f in fixed], gen)
             next_pos = next_pos + 1 + a  # inside an image every row's slots are valid
             for j in range(a):  # accepted drafts are in the cache already
