@@ -35,7 +35,7 @@ def goal_of(expert_subgoals: list[str]) -> list[SkillCall]:
 
 def check_plan(subgoals: list[str], expert_subgoals: list[str]) -> PlanCheck:
     """Run `subgoals` on a world whose blocks all start on the table, free; check the expert plan's goal at the end."""
-    where: dict[str, str] = {}  # block -> "table", "held", "zone:<name>" or "on:<block>" (absent: on the table)
+    where: dict[str, str] = {}  # block -> "held", "zone:<name>" or "on:<block>" (absent: on the table)
     held: str | None = None
 
     def free(block: str) -> bool:
@@ -55,7 +55,7 @@ def check_plan(subgoals: list[str], expert_subgoals: list[str]) -> PlanCheck:
         if held != call.obj:
             return PlanCheck(False, False, f"subgoal {i} places the {call.obj}, not held (holding: {held})")
         if call.skill == "place_on":
-            if call.target == call.obj or where.get(call.target) == "held" or not free(call.target):
+            if call.target == call.obj or not free(call.target):  # the held block is call.obj: no other is held
                 return PlanCheck(False, False, f"subgoal {i} places the {call.obj} on the {call.target}, not free")
             where[call.obj] = f"on:{call.target}"
         else:
