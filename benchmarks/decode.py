@@ -203,6 +203,14 @@ def time_prefill(eng: Engine, rows: int, tokens: int, reps: int = 3) -> float:
     return best
 
 
+def record_prefill(eng: Engine, tokens: int, res: dict, label: str, fields: dict) -> None:
+    """Time a `tokens`-token prefill of 1 and 2 rows on `eng`; append each to res["prefill"] (with `fields`), print."""
+    for rows in (1, 2):
+        s = time_prefill(eng, rows, tokens)
+        res["prefill"].append({"rows": rows, "tokens": tokens, "s": s, **fields})
+        print(f"prefill {tokens} tokens x {rows} row(s), {label}: {1000 * s:.0f} ms", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["tiny", "34b"], default="tiny")
@@ -274,10 +282,7 @@ def main() -> None:
     # prefill first, eagerly on the bf16 weights as loaded (the fp8 variants convert them in place); the variants
     # below time it again as they serve it (fused projections, compiled kernels; float8 above 16 rows: _scaled_mm)
     eng = Engine(lm, tok, vq, max_len=args.prefill + 8, cuda_graphs=False, fuse_projections=False)
-    for rows in (1, 2):
-        s = time_prefill(eng, rows, args.prefill)
-        res["prefill"].append({"rows": rows, "tokens": args.prefill, "s": s, "weights": args.dtype, "variant": "eager"})
-        print(f"prefill {args.prefill} tokens x {rows} row(s), {args.dtype}: {1000 * s:.0f} ms", flush=True)
+    record_prefill(eng, args.prefill, res, args.dtype, {"weights": args.dtype, "variant": "eager"})
     del eng
 
     specs = []
@@ -314,10 +319,7 @@ def main() -> None:
             **({"graph_bucket": args.graph_bucket} if args.graph_bucket else {}),
         )
         if variant in ("fused", "skinny", "skinny_fp8"):  # prefill as this engine serves it
-            for rows in (1, 2):
-                s = time_prefill(eng, rows, args.prefill)
-                res["prefill"].append({"rows": rows, "tokens": args.prefill, "s": s, "variant": variant})
-                print(f"prefill {args.prefill} tokens x {rows} row(s), {variant}: {1000 * s:.0f} ms", flush=True)
+            record_prefill(eng, args.prefill, res, variant, {"variant": variant})
         if fp8:
             key = f"{variant}_accuracy"
             res[key] = fp8_accuracy(lm, ref, acc_ids)

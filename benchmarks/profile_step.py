@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode import copy_bandwidth, random_model  # noqa: E402
+from decode import copy_bandwidth, random_model, time_prefill  # noqa: E402
 
 from model.config import emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
@@ -44,26 +44,12 @@ def graph_ms(fn, reps: int = 20) -> float:
     return 1000 * (time.perf_counter() - t) / reps
 
 
-@torch.no_grad()
 def profile_prefill(eng: Engine, tokens: int) -> list[str]:
-    """Wall time of a one-row prefill of `tokens` tokens (best of 3) and its kernels by total time."""
-    cache, dev = eng._cache(1), eng.device
-    ids = torch.randint(0, eng.lm.config.vocab_size, (1, tokens), device=dev)
-
-    def run():
-        cache.reset()
-        eng.lm(ids, cache=cache, cache_pos=torch.arange(tokens, device=dev), kv_len=tokens, logits_to_keep=1)
-
-    best = float("inf")
-    for _ in range(3):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
+    """Wall time of a one-row prefill of `tokens` tokens (decode.py's time_prefill: best of 3) and the kernels of one
+    more, by total time."""
+    best = time_prefill(eng, 1, tokens)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        run()
-        torch.cuda.synchronize()
+        time_prefill(eng, 1, tokens, reps=1)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=90)
     return [f"prefill {tokens} tokens x 1 row (fused projections, compiled kernels): {1000 * best:.0f} ms", table]
 
