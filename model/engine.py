@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from . import jacobi
+from .cuda_graphs import warm_and_capture
 from .graph_sampler import GraphSampler
 from .prompts import TASKS, task_prompt, unconditional_prompt
 from .sampling import (
@@ -285,15 +286,7 @@ def capture_graph(lm: Emu35, cache, static: tuple, kv_len: int, vocab_slice: sli
         ).logits
 
     saved = cache.valid.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        out = run()
+    graph, out = warm_and_capture(run, pool)
     cache.valid.copy_(saved)
     return graph, static, out
 

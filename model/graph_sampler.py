@@ -18,6 +18,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
+from .cuda_graphs import warm_and_capture
 from .sampling import SamplingParams, combine_and_pick, draw_width, exponential_noise
 
 
@@ -62,13 +63,5 @@ class GraphSampler:
         scores = torch.zeros(n, R, V, dtype=like.dtype, device=like.device)
         W = draw_width(V, params)
         noise = torch.ones(n, W, dtype=torch.float, device=like.device) if W else None
-        stream = torch.cuda.Stream(like.device)
-        stream.wait_stream(torch.cuda.current_stream(like.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                combine_and_pick(scores, cfg, params, noise)
-        torch.cuda.current_stream(like.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = combine_and_pick(scores, cfg, params, noise)
+        graph, out = warm_and_capture(lambda: combine_and_pick(scores, cfg, params, noise), device=like.device)
         return graph, scores, noise, out
