@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .keyframe_vision import VISIBLE_DZ, backproject, block_xy, find_blobs, image_distance
+from .keyframe_vision import VISIBLE_DZ, block_width_px, block_xy, find_blobs, image_distance, project
 from .scene import BLOCK_HALF
 from .skills import pick, place_at, run_call
 from .tasks import SkillCall, check_call, parse_subgoal
@@ -105,12 +105,14 @@ class KeyframeExecutor:
     """Reads the predicted key-frame with colour segmentation and back-projection; never reads the subgoal text.
 
     Not holding anything: the block whose position differs most between the current front view and the
-    key-frame is the one to pick. Holding a block: its blob in the key-frame, back-projected onto the table
-    plane, is where it goes; if instead it fits the top of another block (back-projected one block higher),
-    it is stacked there. The skills then run on the simulator's estimate of the *current* scene.
+    key-frame is the one to pick. Holding a block: if its blob in the key-frame sits where it would appear
+    stacked on another block (within ``stack_tol`` of that block's apparent width, compared in the image,
+    where a predicted key-frame's errors are isotropic), it is stacked there; otherwise its blob,
+    back-projected onto the table plane, is where it goes. The skills then run on the simulator's estimate
+    of the *current* scene.
     """
 
-    def __init__(self, max_steps: int = 120, min_move: float = 0.02, stack_tol: float = 0.025) -> None:
+    def __init__(self, max_steps: int = 120, min_move: float = 0.02, stack_tol: float = 0.7) -> None:
         self.max_steps, self.min_move, self.stack_tol = max_steps, min_move, stack_tol
 
     def _fail(self, sg: Subgoal, msg: str) -> SubgoalResult:
@@ -180,10 +182,12 @@ class KeyframeExecutor:
         ws = u.world_state()
         best, best_d = None, self.stack_tol
         for name, p in ws.positions.items():
-            if name == held or p[2] > 0.2:
+            if name == held or p[2] > 0.2 or self._covered(ws, name, held):
                 continue
-            xy = backproject(blob.centroid, cam, p[2] + 2 * BLOCK_HALF + VISIBLE_DZ)[:2]
-            d = float(np.linalg.norm(xy - p[:2]))
+            # where the held block's blob would be, stacked on this one; the distance in block widths
+            top = np.array([p[0], p[1], p[2] + 2 * BLOCK_HALF + VISIBLE_DZ])
+            uv = project(top, cam)[0]
+            d = float(np.linalg.norm(uv - np.asarray(blob.centroid))) / block_width_px(top, cam)
             if d < best_d:
                 best, best_d = name, d
         if best is not None:
@@ -208,6 +212,16 @@ class KeyframeExecutor:
 
         ok = _predicate(env, sg, call, reached)
         return _finish(env, sg, call, steps, ok, f"placed {held} at {np.round(target, 3).tolist()}")
+
+    @staticmethod
+    def _covered(ws, name: str, held: str) -> bool:
+        """Another block rests on ``name``: its top is no place to stack."""
+        p = ws.positions[name]
+        others = [q for n, q in ws.positions.items() if n not in (name, held)]
+        return any(
+            abs(q[2] - p[2] - 2 * BLOCK_HALF) < BLOCK_HALF and np.linalg.norm(q[:2] - p[:2]) < 2 * BLOCK_HALF
+            for q in others
+        )
 
     @staticmethod
     def _neighbours_along_y(ws, held: str, xy) -> bool:
