@@ -52,7 +52,7 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     (run / "lm" / "loss.jsonl").write_text(json.dumps({"step": 40, "loss": 0.1, "tokens_per_s": 1234.0}) + "\n")
     rows = [row("Stack", "mujoco", "oracle", 4, 4), row("Stack", "mujoco", "mini", 4, 4, 1.0)]
     report = {"rows": rows, "overall": [dict(r, planner=r["planner"]) for r in rows]}
-    text = model_card(run, bundle.root, report, "mini")
+    text = model_card(run, bundle.root, report, "mini", "Evaluated with the new executor.")
     cfg = json.loads((bundle.model / "config.json").read_text())
     assert f"{cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}" in text
     assert (
@@ -68,5 +68,6 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     )
     assert "Overall: 4/4 episodes (100%) against the oracle's 4/4" in text
     assert "Caveats: the init saw them." in text
+    assert "): met.\n\nEvaluated with the new executor.\n" in text
     assert "0.500 nats under the recorded text and 1.500 with another target named (ratio 3.00" in text
     assert "subgoal texts exact 50%" in text and "on a symbolic world 75%" in text and "subgoal puts it 60%" in text

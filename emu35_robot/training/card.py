@@ -61,7 +61,7 @@ def _loss(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str = "") -> str:
+def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str = "", eval_note: str = "") -> str:
     vq, lm = _json(run / "vq" / "vq_result.json"), _json(run / "lm" / "lm_result.json")
     loss_log = run / "lm" / "loss.jsonl"
     log = [json.loads(x) for x in loss_log.read_text().splitlines()] if loss_log.is_file() else []
@@ -155,6 +155,8 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
             f"Targets (success >= {SUCCESS_RATIO:.0%} of the oracle's on every row, placement agreement >= "
             f"{PLACEMENT:.0%}): {'met' if ok else 'NOT met'}.",
         ]
+        if eval_note:  # how this evaluation differs from earlier ones (e.g. a changed executor), in the author's words
+            out += ["", eval_note]
         overall = {r["planner"]: r for r in report.get("overall", [])}
         if planner in overall and "oracle" in overall:
             m, o = overall[planner], overall["oracle"]

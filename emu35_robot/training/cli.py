@@ -77,6 +77,7 @@ def add_parser(sub) -> None:
     cd.add_argument("--bundle", required=True)
     cd.add_argument("--eval", default=None, help="output dir of `emu35-robot eval --planner oracle,HOST:PORT`")
     cd.add_argument("--planner", default=None, help="the mini planner's name in that report (default: not oracle)")
+    cd.add_argument("--eval-note", default="", help="a line printed under the evaluation table")
     k = ts.add_parser("package", help="write the trained run as a bundle in the official layouts")
     k.add_argument("--run", required=True)
     k.add_argument("--out", required=True)
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             report = json.loads((Path(args.eval) / "report.json").read_text())
             names = sorted({r["planner"] for r in report["rows"]} - {"oracle", "random"})
             planner = args.planner or (names[0] if names else "")
-        text = model_card(Path(args.run), Path(args.bundle), report, planner)
+        text = model_card(Path(args.run), Path(args.bundle), report, planner, args.eval_note)
         (Path(args.bundle) / "MODEL_CARD.md").write_text(text)
         print(text)
     else:
