@@ -107,3 +107,16 @@ def test_draw_tokens_combines_cfg_then_samples(params):
         want = [int(sample(cfg_combine(logits[2 * s], logits[2 * s + 1], 3.0)[None], params, [g])[0])
                 for s, g in enumerate(refs)]  # fmt: skip
         assert got == [want[0], int(logits[0].argmax()), *want[1:]]
+
+
+def test_top_k_alone_keeps_every_tie_with_the_kth():
+    """Top-k without top-p masks below the k-th score over the whole vocabulary: 30 tokens tied at the top all stay
+    in a top-5 (no cap at 2k candidates), and a draw only ever lands on them."""
+    scores = torch.zeros(1, 100)
+    scores[0, 40:70] = 2.0
+    params = SamplingParams(1.0, 5, 1.0)
+    probs = sampling_probs(scores, params)[0]
+    assert (probs[40:70] - 1 / 30).abs().max() < 1e-6 and probs.sum().item() == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample(scores, params, g)[0]) for _ in range(300)}
+    assert draws <= set(range(40, 70)) and len(draws) > 20
