@@ -106,10 +106,10 @@ class KeyframeExecutor:
 
     Not holding anything: the block whose position differs most between the current front view and the
     key-frame is the one to pick. Holding a block: if its blob in the key-frame sits where it would appear
-    stacked on another block (within ``stack_tol`` of that block's apparent width, compared in the image,
-    where a predicted key-frame's errors are isotropic), it is stacked there; otherwise its blob,
-    back-projected onto the table plane, is where it goes. The skills then run on the simulator's estimate
-    of the *current* scene.
+    stacked on another block's free top (within ``stack_tol`` of a block's apparent width, compared in the image,
+    where a key-frame's errors are made: on the table plane they stretch along the line of sight), it is stacked
+    there; otherwise its blob, back-projected onto the table plane, is where it goes. The skills then run on the
+    simulator's estimate of the *current* scene.
     """
 
     def __init__(self, max_steps: int = 120, min_move: float = 0.02, stack_tol: float = 0.7) -> None:
