@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--planner",
         default="oracle,mini",
-        help="comma-separated: oracle, random, mini (the shipped Emu3.5-mini, served in-process), or host:port of "
-        "`emu35-robot serve`",
+        help="comma-separated: oracle, random, mini (the shipped Emu3.5-mini, served in-process), saved:DIR (plans an "
+        "earlier --save-plans run wrote), or host:port of `emu35-robot serve`",
     )
     p.add_argument("--episodes", type=int, default=10, help="episodes (seeds) per task x engine x planner")
     p.add_argument("--seed", type=int, default=0, help="first seed; episode i uses seed + i")
@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps-per-subgoal", type=int, default=120)
     p.add_argument("--placement-tol", type=float, default=0.03, help="metres, for key-frame placement agreement")
     p.add_argument("--no-video", action="store_true", help="skip the per-episode videos")
+    p.add_argument(
+        "--save-plans",
+        action="store_true",
+        help="write every plan (texts, key-frames) to OUT/plans/PLANNER/ (--planner saved:OUT/plans/PLANNER replays)",
+    )
     p.add_argument("--video-every", type=int, default=3, help="a video frame every k env steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from episodes.jsonl, run nothing")
@@ -111,6 +116,7 @@ def config_from_args(args: argparse.Namespace):
         placement_tol_m=args.placement_tol,
         video=not args.no_video,
         video_every=args.video_every,
+        save_plans=args.save_plans,
         grpc=grpc,
     )
 
@@ -130,6 +136,9 @@ def main(args: argparse.Namespace) -> int:
     for e in engines:
         if e not in ENGINES:
             raise ValueError(f"unknown engine {e!r}; known: {list(ENGINES)}")
+    for p in _csv(args.planner):  # here, not as a failed record per episode
+        if p.startswith("saved:") and not Path(p[len("saved:") :]).is_dir():
+            raise FileNotFoundError(f"planner {p!r}: no such directory (eval --save-plans writes OUT/plans/PLANNER)")
     if args.report_only:
         records = read_records(out / EPISODES_FILE)
     else:

@@ -26,6 +26,8 @@ from sim_envs.tasks import is_held
 from .metrics import block_agreement, psnr, ssim
 from .planners import GrpcOptions, PlanContext, Planner, PlanResult
 
+PLANS_DIR = "plans"
+
 
 @dataclass(frozen=True)
 class EpisodeSpec:
@@ -52,6 +54,7 @@ class EvalConfig:
     placement_tol_m: float = 0.03
     video: bool = True
     video_every: int = 3  # record a video frame every k env steps
+    save_plans: bool = False  # every plan's texts and key-frames to DIR/plans/ (replayed by planner saved:DIR/...)
     grpc: GrpcOptions = field(default_factory=GrpcOptions)
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +89,34 @@ class FrameCapture(gym.Wrapper):
         if self.every and self.n % self.every == 0:
             self.grab()
         return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name)
+
+
+def save_plan(directory: Path, ctx: PlanContext, pr: PlanResult) -> Path:
+    """One plan as ``{env}_{seed}_a{attempt}.npz`` (texts, key-frames, which subgoals have one), written whole or not
+    at all, so that an executor can be re-run on it later without the planner (`SavedPlanner`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / plan_file(ctx.env_id, ctx.seed, ctx.attempt)
+    h, w = ctx.image.shape[:2]
+    kfs = [s.keyframe if s.keyframe is not None else np.zeros((h, w, 3), np.uint8) for s in pr.subgoals]
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        texts=np.array([s.text for s in pr.subgoals], dtype=str),
+        keyframes=np.stack(kfs) if kfs else np.zeros((0, h, w, 3), np.uint8),
+        has_keyframe=np.array([s.keyframe is not None for s in pr.subgoals], dtype=bool),
+        instruction=np.array(ctx.instruction),
+        error=np.array(pr.error),
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def plan_file(env_id: str, seed: int, attempt: int) -> str:
+    return f"{_safe(env_id)}_{seed}_a{attempt}.npz"
 
 
 def _finite(x: float | None) -> float | None:
@@ -127,6 +158,8 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                 attempt, u.subgoal_index, scene.block_names(), scene.zone_names(),
             )  # fmt: skip
             pr = planner.plan(ctx)
+            if cfg.save_plans and out_dir is not None:
+                save_plan(Path(out_dir) / PLANS_DIR / _safe(spec.planner), ctx, pr)
             plans.append(_plan_record(attempt, pr))
             plan_frames.append(pr.subgoals)
             for i, sg in enumerate(pr.subgoals):
@@ -166,7 +199,7 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
         if cap.every and out_dir is not None:
             from .video import write_episode_video
 
-            path = Path(out_dir) / "videos" / re.sub(r"[^A-Za-z0-9_-]", "-", spec.key.replace("|", "_"))
+            path = Path(out_dir) / "videos" / _safe(spec.key.replace("|", "_"))
             try:  # the episode's result stands whether or not its video could be written
                 written = write_episode_video(path, cap.frames, plan_frames, spec, info["instruction"])
                 record["video"], record["video_format"] = os.path.relpath(written, out_dir), written.suffix[1:]

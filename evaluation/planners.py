@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -238,18 +239,53 @@ class ShippedModelPlanner(GrpcPlanner):
         self.name = "mini"
 
 
+class SavedPlanner:
+    """``saved:DIR``: the plans an earlier run wrote with ``eval --save-plans`` (DIR = its ``plans/PLANNER``), served
+    again for the same episodes, so that executors can be compared on the same plans without the planner (a model's
+    plan costs seconds to minutes on a CPU; executing it, well under one). A plan that was not saved (another seed,
+    or a re-plan from a state the earlier run never reached) is a planner error, which ends the episode."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        if not self.dir.is_dir():
+            raise FileNotFoundError(f"planner 'saved:{directory}': no such directory (eval --save-plans writes it)")
+        self.name = f"saved:{directory}"
+
+    def plan(self, ctx: PlanContext) -> PlanResult:
+        from .episode import plan_file
+
+        path = self.dir / plan_file(ctx.env_id, ctx.seed, ctx.attempt)
+        if not path.is_file():
+            return PlanResult([], 0.0, None, error=f"no saved plan {path.name} in {self.dir}")
+        with np.load(path, allow_pickle=False) as z:
+            texts, kfs, has = z["texts"], z["keyframes"], z["has_keyframe"]
+            error = str(z["error"])
+        h, w = ctx.image.shape[:2]
+        subgoals = [
+            Subgoal(str(t), cv2.resize(k, (w, h), interpolation=cv2.INTER_AREA) if k.shape[:2] != (h, w) else k)
+            if has_kf
+            else Subgoal(str(t))
+            for t, k, has_kf in zip(texts, kfs, has)
+        ]
+        return PlanResult(subgoals, 0.0, 0.0 if subgoals else None, error=error)
+
+
 REFERENCE_PLANNERS = ("oracle", "random")
 
 
 def make_planner(name: str, image_size: int, grpc_options: GrpcOptions | None = None) -> Planner:
-    """``oracle``, ``random``, ``mini`` (the shipped model, served in-process) or a ``host:port`` of
-    ``emu35-robot serve``."""
+    """``oracle``, ``random``, ``mini`` (the shipped model, served in-process), ``saved:DIR`` (plans saved by an
+    earlier run) or a ``host:port`` of ``emu35-robot serve``."""
     if name == "oracle":
         return OraclePlanner(image_size)
     if name == "random":
         return RandomPlanner()
     if name == "mini":
         return ShippedModelPlanner(grpc_options)
+    if name.startswith("saved:"):
+        return SavedPlanner(name[len("saved:") :])
     if ":" not in name:
-        raise ValueError(f"planner must be 'oracle', 'random', 'mini' or a gRPC address host:port, got {name!r}")
+        raise ValueError(
+            f"planner must be 'oracle', 'random', 'mini', 'saved:DIR' or a gRPC address host:port, got {name!r}"
+        )
     return GrpcPlanner(name, grpc_options)

@@ -103,7 +103,8 @@ def check_config(out_dir: Path, cfg: EvalConfig) -> None:
     now = cfg.to_json()
     if path.exists():
         before = json.loads(path.read_text())
-        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v and k != "video"}
+        unscored = ("video", "save_plans")  # what a run writes besides its records, not what they measure
+        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v and k not in unscored}
         if diff:
             raise ValueError(f"{out_dir} holds a run with other settings {diff}; use another --out")
     out_dir.mkdir(parents=True, exist_ok=True)

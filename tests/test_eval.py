@@ -183,3 +183,29 @@ def test_a_bad_image_or_text_sampling_is_refused_before_any_episode(tmp_path):
                "--episodes", "1", "--out", str(tmp_path / "run")]  # fmt: skip
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and flag in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_saved_plans_replay_through_another_executor(tmp_path):
+    """--save-plans writes every plan; --planner saved:DIR serves them again, so executors can be compared on the
+    same plans without the planner: the oracle's plans replayed score as the oracle did, texts and all."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    args = ["--tasks", "Stack", "--engines", "mujoco", "--episodes", "2", "--seed", "3", *SMALL, "--no-video"]
+    assert cli_main(["eval", "--planner", "oracle", "--out", str(first), "--save-plans", *args]) == 0
+    saved = first / "plans" / "oracle"
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "sim_envs-Stack-mujoco-v0_3_a0.npz",
+        "sim_envs-Stack-mujoco-v0_4_a0.npz",
+    ]
+    assert cli_main(["eval", "--planner", f"saved:{saved}", "--out", str(again), *args]) == 0
+    a, b = read_records(first / EPISODES_FILE), read_records(again / EPISODES_FILE)
+    assert [r["success"] for r in a] == [r["success"] for r in b] == [True, True]
+    assert [r["plans"][0]["texts"] for r in a] == [r["plans"][0]["texts"] for r in b]
+    assert [r["placement_agreement"] for r in a] == [r["placement_agreement"] for r in b]
+    # a seed no run saved is a planner error in that episode's record, not a crash
+    assert cli_main(["eval", "--planner", f"saved:{saved}", "--out", str(tmp_path / "other"), *args[:4], "--episodes",
+                     "1", "--seed", "9", *SMALL, "--no-video"]) == 0  # fmt: skip
+    (r,) = read_records(tmp_path / "other" / EPISODES_FILE)
+    assert not r["success"] and "no saved plan" in r["planner_errors"][0]
+    # a directory that is not there is refused before any episode
+    assert cli_main(["eval", "--planner", f"saved:{tmp_path / 'none'}", "--out", str(tmp_path / "x"), *args]) == 2
+    assert not (tmp_path / "x").exists()
