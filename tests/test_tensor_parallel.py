@@ -1,5 +1,7 @@
 """Tensor parallelism: two CPU processes (gloo), each holding half of every block, give the unsharded logits."""
 
+import os
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -70,6 +72,9 @@ def _worker(rank: int, world: int, store: str, ckpt: str) -> None:
         torch.testing.assert_close(loaded(ids).logits, full_ref, **TOL)
     dist.barrier()  # a rank that leaves first can abort the other in gloo's teardown
     dist.destroy_process_group()
+    # and skip the interpreter's teardown: gloo's threads can still abort it there ("terminate called without an
+    # active exception", SIGABRT, seen in CI on 2026-11-30 after the file store and the barrier); all is checked
+    os._exit(0)
 
 
 def test_two_ranks_equal_unsharded_forward_and_cached_decoding(tmp_path):
