@@ -109,6 +109,7 @@ def save_plan(directory: Path, ctx: PlanContext, pr: PlanResult) -> Path:
         keyframes=np.stack(kfs) if kfs else np.zeros((0, h, w, 3), np.uint8),
         has_keyframe=np.array([s.keyframe is not None for s in pr.subgoals], dtype=bool),
         instruction=np.array(ctx.instruction),
+        image=ctx.image,  # what the plan was made from: a re-plan is served again only from the same view
         error=np.array(pr.error),
     )
     os.replace(tmp, path)

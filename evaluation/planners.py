@@ -243,7 +243,8 @@ class SavedPlanner:
     """``saved:DIR``: the plans an earlier run wrote with ``eval --save-plans`` (DIR = its ``plans/PLANNER``), served
     again for the same episodes, so that executors can be compared on the same plans without the planner (a model's
     plan costs seconds to minutes on a CPU; executing it, well under one). A plan that was not saved (another seed,
-    or a re-plan from a state the earlier run never reached) is a planner error, which ends the episode."""
+    a re-plan the earlier run never made), or a re-plan asked from a view other than the one it was made from (the
+    executor left the scene elsewhere), is a planner error, which ends the episode."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
@@ -259,7 +260,11 @@ class SavedPlanner:
             return PlanResult([], 0.0, None, error=f"no saved plan {path.name} in {self.dir}")
         with np.load(path, allow_pickle=False) as z:
             texts, kfs, has = z["texts"], z["keyframes"], z["has_keyframe"]
-            error = str(z["error"])
+            error, seen = str(z["error"]), z["image"]
+        if ctx.attempt > 0 and not np.array_equal(
+            seen, ctx.image
+        ):  # the first plan's scene is the seed's by construction
+            return PlanResult([], 0.0, None, error=f"{path.name} was planned from another view of the scene")
         h, w = ctx.image.shape[:2]
         subgoals = [
             Subgoal(str(t), cv2.resize(k, (w, h), interpolation=cv2.INTER_AREA) if k.shape[:2] != (h, w) else k)

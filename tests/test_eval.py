@@ -201,6 +201,17 @@ def test_saved_plans_replay_through_another_executor(tmp_path):
     assert [r["success"] for r in a] == [r["success"] for r in b] == [True, True]
     assert [r["plans"][0]["texts"] for r in a] == [r["plans"][0]["texts"] for r in b]
     assert [r["placement_agreement"] for r in a] == [r["placement_agreement"] for r in b]
+    # a re-plan asked from another view than the one it was made from is refused, in the record
+    from evaluation.episode import plan_file
+    from evaluation.planners import PlanContext, SavedPlanner
+
+    z = dict(np.load(saved / plan_file("sim_envs/Stack-mujoco-v0", 3, 0)))
+    np.savez(saved / plan_file("sim_envs/Stack-mujoco-v0", 3, 1), **z)  # as if attempt 1 had been made from it
+    ctx = PlanContext("x", z["image"], "sim_envs/Stack-mujoco-v0", 3, 1, 0, [], [])
+    assert not SavedPlanner(saved).plan(ctx).error
+    moved = z["image"].copy()
+    moved[10, 10] ^= 1
+    assert "another view" in SavedPlanner(saved).plan(PlanContext("x", moved, ctx.env_id, 3, 1, 0, [], [])).error
     # a seed no run saved is a planner error in that episode's record, not a crash
     assert cli_main(["eval", "--planner", f"saved:{saved}", "--out", str(tmp_path / "other"), *args[:4], "--episodes",
                      "1", "--seed", "9", *SMALL, "--no-video"]) == 0  # fmt: skip
