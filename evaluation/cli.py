@@ -124,6 +124,7 @@ def config_from_args(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from sim_envs import ENGINES, FAMILIES
 
+    from .planners import SavedPlanner
     from .report import markdown_table, write_report
     from .runner import EPISODES_FILE, episode_specs, read_records, run
 
@@ -136,9 +137,9 @@ def main(args: argparse.Namespace) -> int:
     for e in engines:
         if e not in ENGINES:
             raise ValueError(f"unknown engine {e!r}; known: {list(ENGINES)}")
-    for p in _csv(args.planner):  # here, not as a failed record per episode
-        if p.startswith("saved:") and not Path(p[len("saved:") :]).is_dir():
-            raise FileNotFoundError(f"planner {p!r}: no such directory (eval --save-plans writes OUT/plans/PLANNER)")
+    for p in _csv(args.planner):  # a missing saved-plans folder here, not as a failed record per episode
+        if p.startswith("saved:"):
+            SavedPlanner(p[len("saved:") :])
     if args.report_only:
         records = read_records(out / EPISODES_FILE)
     else:

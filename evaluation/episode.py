@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from sim_envs.plan_check import check_plan
 from sim_envs.tasks import is_held
 
 from .metrics import block_agreement, psnr, ssim
-from .planners import GrpcOptions, PlanContext, Planner, PlanResult
+from .planners import GrpcOptions, PlanContext, Planner, PlanResult, file_safe, plan_file
 
 PLANS_DIR = "plans"
 
@@ -91,10 +90,6 @@ class FrameCapture(gym.Wrapper):
         return out
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "-", name)
-
-
 def save_plan(directory: Path, ctx: PlanContext, pr: PlanResult) -> Path:
     """One plan as ``{env}_{seed}_a{attempt}.npz`` (texts, key-frames, which subgoals have one), written whole or not
     at all, so that an executor can be re-run on it later without the planner (`SavedPlanner`)."""
@@ -114,10 +109,6 @@ def save_plan(directory: Path, ctx: PlanContext, pr: PlanResult) -> Path:
     )
     os.replace(tmp, path)
     return path
-
-
-def plan_file(env_id: str, seed: int, attempt: int) -> str:
-    return f"{_safe(env_id)}_{seed}_a{attempt}.npz"
 
 
 def _finite(x: float | None) -> float | None:
@@ -160,7 +151,7 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
             )  # fmt: skip
             pr = planner.plan(ctx)
             if cfg.save_plans and out_dir is not None:
-                save_plan(Path(out_dir) / PLANS_DIR / _safe(spec.planner), ctx, pr)
+                save_plan(Path(out_dir) / PLANS_DIR / file_safe(spec.planner), ctx, pr)
             plans.append(_plan_record(attempt, pr))
             plan_frames.append(pr.subgoals)
             for i, sg in enumerate(pr.subgoals):
@@ -200,7 +191,7 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
         if cap.every and out_dir is not None:
             from .video import write_episode_video
 
-            path = Path(out_dir) / "videos" / _safe(spec.key.replace("|", "_"))
+            path = Path(out_dir) / "videos" / file_safe(spec.key.replace("|", "_"))
             try:  # the episode's result stands whether or not its video could be written
                 written = write_episode_video(path, cap.frames, plan_frames, spec, info["instruction"])
                 record["video"], record["video_format"] = os.path.relpath(written, out_dir), written.suffix[1:]

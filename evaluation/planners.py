@@ -6,6 +6,7 @@ scene's object names and draws well-formed but uninformed plans. A model worth d
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,16 @@ class ShippedModelPlanner(GrpcPlanner):
         self.name = "mini"
 
 
+def file_safe(name: str) -> str:
+    """`name` with every character but letters, digits, _ and - replaced by -, for a file or folder name."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name)
+
+
+def plan_file(env_id: str, seed: int, attempt: int) -> str:
+    """The file one saved plan lives in (`episode.save_plan` writes it, `SavedPlanner` reads it)."""
+    return f"{file_safe(env_id)}_{seed}_a{attempt}.npz"
+
+
 class SavedPlanner:
     """``saved:DIR``: the plans an earlier run wrote with ``eval --save-plans`` (DIR = its ``plans/PLANNER``), served
     again for the same episodes, so that executors can be compared on the same plans without the planner (a model's
@@ -253,17 +264,14 @@ class SavedPlanner:
         self.name = f"saved:{directory}"
 
     def plan(self, ctx: PlanContext) -> PlanResult:
-        from .episode import plan_file
-
         path = self.dir / plan_file(ctx.env_id, ctx.seed, ctx.attempt)
         if not path.is_file():
             return PlanResult([], 0.0, None, error=f"no saved plan {path.name} in {self.dir}")
         with np.load(path, allow_pickle=False) as z:
             texts, kfs, has = z["texts"], z["keyframes"], z["has_keyframe"]
             error, seen = str(z["error"]), z["image"]
-        if ctx.attempt > 0 and not np.array_equal(
-            seen, ctx.image
-        ):  # the first plan's scene is the seed's by construction
+        # the first plan's scene is the seed's by construction; a re-plan's depends on what the executor did
+        if ctx.attempt > 0 and not np.array_equal(seen, ctx.image):
             return PlanResult([], 0.0, None, error=f"{path.name} was planned from another view of the scene")
         h, w = ctx.image.shape[:2]
         subgoals = [

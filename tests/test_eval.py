@@ -202,8 +202,7 @@ def test_saved_plans_replay_through_another_executor(tmp_path):
     assert [r["plans"][0]["texts"] for r in a] == [r["plans"][0]["texts"] for r in b]
     assert [r["placement_agreement"] for r in a] == [r["placement_agreement"] for r in b]
     # a re-plan asked from another view than the one it was made from is refused, in the record
-    from evaluation.episode import plan_file
-    from evaluation.planners import PlanContext, SavedPlanner
+    from evaluation.planners import PlanContext, SavedPlanner, plan_file
 
     z = dict(np.load(saved / plan_file("sim_envs/Stack-mujoco-v0", 3, 0)))
     np.savez(saved / plan_file("sim_envs/Stack-mujoco-v0", 3, 1), **z)  # as if attempt 1 had been made from it
