@@ -1,9 +1,9 @@
 """A decode step's CFG combination and token draw, replayed as one CUDA graph.
 
-After the forward, a CFG image step picks its token with ~15 small kernels (two log-softmaxes, the combination, top-k
-of 20,480 candidates, the index sort that keeps the draw independent of the order of ties, softmax, gathers, the
-draw). At the 34B shape on an H200 they took ~0.45 ms of wall time against ~0.2 ms of GPU time: launches, not work
-(benchmarks/RESULTS.md). Here they run as one captured graph per (rows, width, CFG scale, sampling params).
+After the forward, a CFG image step picks its token with a dozen or so small kernels (the CFG combination, the top-k
+threshold, the draw; `sampling.combine_and_pick`). Launched one by one they cost more wall time than GPU time: at the
+34B shape on an H200, 0.59 ms against 0.27 ms before they were captured (benchmarks/RESULTS.md). Here they run as one
+captured graph per (rows, width, CFG scale, sampling params).
 
 The random part stays outside the graph and unchanged: each row's Exp(1) noise is drawn eagerly from the request's
 own generator into the graph's static input (one small kernel per row), exactly as `sampling.sample` draws it, so a
