@@ -52,6 +52,16 @@ class TrainConfig:
     # Batches of sequences of similar length (HF's group_by_length). Why: a batch is padded to its longest sequence;
     # our plans run from ~700 to ~2,500 tokens, and random batches of 64 are ~46 % real tokens, grouped ones ~92 %.
     group_by_length: bool = False
+    # Contrastive grounding (needs `negatives` in the Trainer): a sequence's negative is the same sequence with other
+    # words (e.g. another block named) and the same images. Per image, the mean over its changed tokens of
+    # log p(token | words) - log p(token | other words) is pushed above `contrast_margin` nats by
+    # softplus(beta * (margin - mean)), weighted `contrast_weight` against the next-token loss, on up to
+    # `contrast_rows` rows of each micro-batch. Why: the next-token loss rewards a key-frame guessed from the view
+    # alone as much as one read from the words; a small decoder trained by it lifted the wrong block.
+    contrast_weight: float = 0.0
+    contrast_rows: int = 16
+    contrast_margin: float = 1.0
+    contrast_beta: float = 2.0
     bf16: bool = True  # autocast on CUDA; CPU runs float32
     log_every: int = 10
     ckpt_every: int = 200
@@ -84,13 +94,43 @@ def changed_tokens(ids: Tensor, img_id: int, visual: tuple[int, int]) -> Tensor:
     return torch.from_numpy(out).to(ids.device)
 
 
-def lm_loss(lm: Emu35, ids: Tensor, weights: Tensor, inputs: Tensor | None = None) -> Tensor:
-    """Weighted next-token cross-entropy. ids, weights [B, T]; the weight of a target token applies to its loss.
-    `inputs` [B, T]: what the model reads instead of `ids` (e.g. corrupted tokens); the targets are always `ids`."""
+def token_ce(lm: Emu35, ids: Tensor, inputs: Tensor | None = None) -> Tensor:
+    """[B, T-1] cross-entropy of predicting ids[:, 1:]. `inputs` [B, T]: what the model reads instead of `ids`
+    (e.g. corrupted tokens); the targets are always `ids`."""
     logits = lm((ids if inputs is None else inputs)[:, :-1]).logits  # [B, T-1, V]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    w = weights[:, 1:].reshape(-1)
+    return ce.view(ids.shape[0], -1)
+
+
+def lm_loss(lm: Emu35, ids: Tensor, weights: Tensor, inputs: Tensor | None = None) -> Tensor:
+    """Weighted next-token cross-entropy. ids, weights [B, T]; the weight of a target token applies to its loss."""
+    return weighted_mean(token_ce(lm, ids, inputs), weights)
+
+
+def weighted_mean(ce: Tensor, weights: Tensor) -> Tensor:
+    """ce [B, T-1] (from token_ce), weights [B, T] of the target tokens -> their weighted mean."""
+    w = weights[:, 1:]
     return (ce * w).sum() / w.sum().clamp(min=1.0)
+
+
+def contrast_loss(
+    ce_pos: Tensor, ce_neg: Tensor, changed: Tensor, image_no: Tensor, margin: float, beta: float
+) -> tuple[Tensor, Tensor]:
+    """Grounding loss of aligned (sequence, negative) rows. ce_pos, ce_neg [N, L] cross-entropies of the same target
+    tokens under each row's words and its negative's; changed [N, L] bool (the image tokens compared); image_no
+    [N, L] which image of the row a token is in. Per (row, image) with changed tokens: d = mean(ce_neg - ce_pos), the
+    nats the image's changed tokens cost more under the other words. Returns (mean softplus(beta * (margin - d)),
+    mean d) over those images; (0, 0) when there are none."""
+    d = (ce_neg - ce_pos) * changed  # [N, L]
+    groups = (torch.arange(len(d), device=d.device)[:, None] * (int(image_no.max()) + 1) + image_no)[changed]
+    if groups.numel() == 0:
+        zero = ce_pos.sum() * 0
+        return zero, zero.detach()
+    ids, inverse = torch.unique(groups, return_inverse=True)
+    total = torch.zeros(len(ids), device=d.device).index_add(0, inverse, d[changed])
+    count = torch.zeros(len(ids), device=d.device).index_add(0, inverse, torch.ones_like(d[changed]))
+    mean = total / count  # [images]
+    return F.softplus(beta * (margin - mean)).mean(), mean.mean().detach()
 
 
 def collate(seqs: Sequence[Sequence[int]], pad_id: int, max_len: int) -> Tensor:
@@ -180,12 +220,21 @@ class Trainer:
         params=None,
         save_fn=None,
         loss_from: Sequence[int] | None = None,
+        negatives: Sequence[tuple[Sequence[int], int] | None] | None = None,
     ):
-        """`loss_from[i]`: tokens of sequence i that are prompt (no loss); None trains on every token."""
+        """`loss_from[i]`: tokens of sequence i that are prompt (no loss); None trains on every token.
+        `negatives[i]`: (ids, loss_from) of sequence i with other words and the same answer layout (its answer as
+        long as sequence i's, the same tokens where those are images), or None; for `cfg.contrast_weight`."""
         self.lm, self.seqs, self.out, self.cfg = lm, sequences, Path(out_dir), cfg
         if loss_from is not None and len(loss_from) != len(sequences):
             raise ValueError(f"loss_from has {len(loss_from)} entries for {len(sequences)} sequences")
-        self.loss_from = loss_from
+        if negatives is not None:
+            if loss_from is None or len(negatives) != len(sequences):
+                raise ValueError("negatives need loss_from and one entry (or None) per sequence")
+            for i, neg in enumerate(negatives):
+                if neg is not None and len(neg[0]) - neg[1] != len(sequences[i]) - loss_from[i]:
+                    raise ValueError(f"negative {i}: its answer is not as long as its sequence's")
+        self.loss_from, self.negatives = loss_from, negatives
         self.out.mkdir(parents=True, exist_ok=True)
         c = lm.config
         self.visual = (c.visual_token_start, c.visual_token_start + c.num_visual_tokens)
@@ -322,6 +371,42 @@ class Trainer:
         self.rng.setstate((r[0], tuple(r[1]), r[2]))
         return True
 
+    def _contrast(self, idx: list[int], ids: Tensor, inputs: Tensor, ce: Tensor, changed: Tensor):
+        """contrast_loss over up to cfg.contrast_rows rows of this micro-batch that have a negative. The negative
+        reads the same (corrupted) image tokens as its row, so the two differ only in their words."""
+        cfg, dev = self.cfg, ids.device
+        rows = [r for r, i in enumerate(idx) if self.negatives[i] is not None][: cfg.contrast_rows]
+        if not rows:
+            zero = ce.sum() * 0
+            return zero, zero.detach()
+        negs = [self.negatives[idx[r]] for r in rows]
+        neg_ids = collate([n for n, _ in negs], self.pad_id, cfg.max_len).to(dev)
+        a = torch.tensor([self.loss_from[idx[r]] for r in rows], device=dev)[:, None]  # answer starts, row
+        b = torch.tensor([n for _, n in negs], device=dev)[:, None]  # ... and negative
+        n_ans = torch.tensor([len(n) - s for n, s in negs], device=dev)[:, None]
+        n_ans = torch.minimum(n_ans, torch.minimum(ids.shape[1] - a, neg_ids.shape[1] - b))  # cut by max_len
+        span = torch.arange(int(n_ans.max()), device=dev)[None]  # [1, L]
+        valid = span < n_ans  # [N, L]
+        pa = (a + span).clamp(max=ids.shape[1] - 1)
+        pb = (b + span).clamp(max=neg_ids.shape[1] - 1)
+        r = torch.tensor(rows, device=dev)[:, None]
+        pos_ids, pos_in = ids[r, pa], inputs[r, pa]
+        lo, hi = self.visual
+        visual = valid & (pos_ids >= lo) & (pos_ids < hi)
+        neg_in = neg_ids.clone()
+        rr = torch.arange(len(rows), device=dev)[:, None].expand_as(pb)
+        neg_in[rr[visual], pb[visual]] = pos_in[visual]
+        ce_neg = token_ce(self.lm, neg_ids, neg_in)  # [N, Tn-1]
+        image_no = torch.cumsum(ids[rows] == self.img_id, dim=1)[rr, pa]
+        return contrast_loss(
+            ce[r, pa - 1],
+            ce_neg[rr, pb - 1],
+            changed[r, pa] & valid,
+            image_no,
+            cfg.contrast_margin,
+            cfg.contrast_beta,
+        )
+
     # ---- the loop -----------------------------------------------------------------------------------------
     def fit(self, progress: bool = True, until: int | None = None) -> list[dict]:
         """Train to cfg.steps (or stop after step `until`: a time-boxed job; run fit() again to go on)."""
@@ -346,7 +431,7 @@ class Trainer:
                 lr = lr_at(self.step, cfg)
                 for g in self.opt.param_groups:
                     g["lr"] = lr
-                total = 0.0
+                total = contrast_d = 0.0
                 for _ in range(cfg.grad_accum):
                     idx = self._next_batch()
                     host_ids = collate([self.seqs[i] for i in idx], self.pad_id, cfg.max_len)
@@ -354,11 +439,21 @@ class Trainer:
                     w = token_weights(ids, *self.visual, self.pad_id, cfg.visual_weight)
                     if self.loss_from is not None:
                         w = mask_prompts(w, [self.loss_from[i] for i in idx])
+                    contrast = self.negatives is not None and cfg.contrast_weight > 0
+                    changed = None
+                    if cfg.change_weight or contrast:
+                        changed = changed_tokens(host_ids, self.img_id, self.visual).to(dev)
                     if cfg.change_weight:
-                        w = w * (1 + cfg.change_weight * changed_tokens(host_ids, self.img_id, self.visual).to(dev))
+                        w = w * (1 + cfg.change_weight * changed)
                     inputs = corrupt_visual(ids, w, self.visual, cfg.input_noise, self.noise_gen)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                        loss = lm_loss(lm, ids, w, inputs) / cfg.grad_accum
+                        ce = token_ce(lm, ids, inputs)
+                        loss = weighted_mean(ce, w)
+                        if contrast:
+                            c_loss, c_d = self._contrast(idx, ids, inputs, ce, changed)
+                            loss = loss + cfg.contrast_weight * c_loss
+                            contrast_d += float(c_d) / cfg.grad_accum
+                        loss = loss / cfg.grad_accum
                     loss.backward()
                     total += float(loss.detach())
                     tokens += int((w > 0).sum())
@@ -378,6 +473,8 @@ class Trainer:
                         "tokens_per_s": tokens / (time.perf_counter() - t0),
                         "elapsed_s": self.elapsed_s(),
                     }
+                    if self.negatives is not None and cfg.contrast_weight > 0:
+                        rec["contrast_d"] = contrast_d  # nats a key-frame's changed tokens cost more under other words
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                 if bar is not None:

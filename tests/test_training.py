@@ -14,9 +14,12 @@ from model.train import (
     TrainConfig,
     Trainer,
     changed_tokens,
+    collate,
+    contrast_loss,
     corrupt_visual,
     lm_loss,
     mask_prompts,
+    token_ce,
     token_weights,
 )
 from model.train_vq import VQTrainConfig, colour_mask, ibq_straight_through, psnr, reconstruction_loss, train_vq
@@ -225,3 +228,99 @@ def test_colour_weight_emphasises_saturated_pixels():
     off_grey[0, :, 1, 1] += 0.5
     torch.testing.assert_close(reconstruction_loss(off_red, x), reconstruction_loss(off_grey, x))  # unweighted
     assert reconstruction_loss(off_red, x, 20.0) > 10 * reconstruction_loss(off_grey, x, 20.0)
+
+
+def test_contrast_loss_is_per_image_mean_of_the_extra_cost_under_other_words():
+    ce_pos = torch.tensor([[1.0, 1.0, 2.0, 0.5], [1.0, 1.0, 1.0, 1.0]])
+    ce_neg = torch.tensor([[3.0, 1.0, 2.5, 9.0], [1.0, 2.0, 4.0, 1.0]])
+    changed = torch.tensor([[True, False, True, False], [False, True, True, False]])
+    image_no = torch.tensor([[1, 1, 2, 2], [1, 1, 1, 1]])
+    loss, d = contrast_loss(ce_pos, ce_neg, changed, image_no, margin=1.0, beta=2.0)
+    per_image = torch.tensor([2.0, 0.5, (1.0 + 3.0) / 2])  # row 0 image 1, row 0 image 2, row 1 image 1
+    torch.testing.assert_close(d, per_image.mean())
+    torch.testing.assert_close(loss, torch.nn.functional.softplus(2.0 * (1.0 - per_image)).mean())
+    none, _ = contrast_loss(ce_pos, ce_neg, torch.zeros_like(changed), image_no, 1.0, 2.0)
+    assert float(none) == 0.0
+
+
+def grounding_pairs(tok, n=32, seed=0):
+    """(sequence, loss_from) and its negative: a view of two codes, a subgoal naming a colour, a key-frame whose
+    first code is that colour's; the negative names another colour (a word of another length in its prompt, so the
+    answers sit at different offsets) and keeps the images."""
+    rng = np.random.default_rng(seed)
+    colours = {"red": 5, "blue": 9, "green": 13, "cyan": 17}
+
+    def image(codes):
+        return [tok.boi_id, *tok.encode("1*2"), tok.img_id, *map(tok.code_to_id, codes), tok.eoi_id]
+
+    seqs, negs = [], []
+    for _ in range(n):
+        a, b = rng.choice(list(colours), size=2, replace=False)
+        view = [int(rng.integers(20, 64)), int(rng.integers(20, 64))]
+        out = []
+        for name in (a, b):
+            prompt = [tok.bos_id, *tok.encode(f"USER: move the {name} one"), *image(view)]
+            words = tok.encode(f"take {name}")
+            words += tok.encode(" ") * (12 - len(words))  # the same answer layout under either name
+            answer = [*words, *image([colours[a], view[1]]), tok.eos_id]
+            out.append((prompt + answer, len(prompt)))
+        seqs.append(out[0])
+        negs.append(out[1])
+    return seqs, negs
+
+
+def test_contrast_in_the_trainer_aligns_each_row_with_its_negative(tiny, tmp_path):
+    """The batched grounding term equals the one computed sequence by sequence, unpadded: answers matched by
+    offset, the negative reading the row's own (here corrupted) image tokens."""
+    tok, cfg = tiny
+    seqs, negs = grounding_pairs(tok, n=4)
+    negs[2] = None  # a sequence without a negative is skipped
+    lm = random_emu35(cfg, seed=0)
+    tc = TrainConfig(batch_size=4, contrast_weight=1.0, contrast_rows=8, bf16=False)
+    tr = Trainer(lm, [s for s, _ in seqs], tmp_path, tc, loss_from=[n for _, n in seqs], negatives=negs)
+    ids = collate([s for s, _ in seqs], tok.pad_id, 1024)
+    w = token_weights(ids, *tr.visual, tok.pad_id, 0.5)
+    inputs = corrupt_visual(ids, w, tr.visual, 0.5, torch.Generator().manual_seed(0))
+    changed = changed_tokens(ids, tok.img_id, tr.visual)
+    with torch.no_grad():
+        loss, d = tr._contrast([0, 1, 2, 3], ids, inputs, token_ce(lm, ids, inputs), changed)
+        want = []
+        for r in (0, 1, 3):
+            (pos, a), (neg, b) = seqs[r], negs[r]
+            n_ans = len(pos) - a
+            neg_in = torch.tensor(neg)
+            neg_in[b:] = torch.where(
+                (torch.tensor(pos[a:]) >= tr.visual[0]) & (torch.tensor(pos[a:]) < tr.visual[1]),
+                inputs[r, a : a + n_ans],
+                neg_in[b:],
+            )
+            ce_p = token_ce(lm, ids[r : r + 1, : len(pos)], inputs[r : r + 1, : len(pos)])[0, a - 1 :]
+            ce_n = token_ce(lm, torch.tensor([neg]), neg_in[None])[0, b - 1 :]
+            m = changed[r, a : a + n_ans]
+            assert m.sum() == 1  # the key-frame's first code differs from the view's
+            want.append(float((ce_n - ce_p)[m].mean()))
+    torch.testing.assert_close(float(d), float(np.mean(want)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        float(loss), float(torch.nn.functional.softplus(2.0 * (1.0 - torch.tensor(want))).mean()), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_contrast_training_raises_the_cost_under_other_words_and_resumes_exactly(tiny, tmp_path):
+    tok, cfg = tiny
+    seqs, negs = grounding_pairs(tok)
+    tc = TrainConfig(
+        steps=20, batch_size=8, lr=3e-3, warmup=2, log_every=1, ckpt_every=10, bf16=False, contrast_weight=1.0,
+        contrast_rows=4,
+    )  # fmt: skip
+    args = ([s for s, _ in seqs],)
+    kw = dict(loss_from=[n for _, n in seqs], negatives=negs)
+    hist = Trainer(random_emu35(cfg, seed=0), *args, tmp_path / "a", tc, **kw).fit(progress=False)
+    # nats the recorded key-frame's changed tokens cost more under the other colour: ~0 untrained
+    assert abs(hist[0]["contrast_d"]) < 0.2 and hist[-1]["contrast_d"] > 2.0
+    Trainer(random_emu35(cfg, seed=0), *args, tmp_path / "b", tc, **kw).fit(progress=False, until=10)
+    lm = random_emu35(cfg, seed=3)
+    h = Trainer(lm, *args, tmp_path / "b", tc, **kw).fit(progress=False)
+    assert h[-1] == {**hist[-1], "tokens_per_s": h[-1]["tokens_per_s"], "elapsed_s": h[-1]["elapsed_s"]}
+    with pytest.raises(ValueError, match="answer is not as long"):
+        short = [(negs[0][0][:-1], negs[0][1])] * len(seqs)
+        Trainer(lm, *args, tmp_path / "c", tc, loss_from=kw["loss_from"], negatives=short)

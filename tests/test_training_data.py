@@ -275,3 +275,45 @@ def test_train_probe_cli_writes_every_episode(data, bundle, tmp_path):
     summary, full = json.loads(r.stdout), json.loads(out.read_text())
     assert summary["episodes"] == full["episodes"] == 1 and "per_episode" not in summary
     assert set(full["per_episode"][0]) >= {"texts_reach_goal", "why_not", "moved_agree", "subgoals"}
+
+
+def test_negatives_name_other_colours_over_the_same_images(data):
+    """The grounding loss's negatives: every colour the episode names becomes another one it names; the sequence
+    keeps its answer layout and images, only the words differ."""
+    from emu35_robot.training.augment import COLOUR_WORD, swap_colours
+    from emu35_robot.training.sequences import vla_sequences
+
+    tok = TextTokenizer(byte_level_ranks(), vision_token_list(64))
+    torch.manual_seed(0)
+    vq = VisionTokenizer(tiny_vision_config(n_embed=64, resolution=64))
+    episodes = load(data)[:4]
+    rng = np.random.default_rng(0)
+    named = lambda r: [COLOUR_WORD.findall(t) for t in (r.instruction, *r.subgoals)]
+    swapped = 0
+    for rec, _ in episodes:
+        neg = swap_colours(rec, rng)
+        if len(set(sum(named(rec), []))) < 2:  # e.g. the red block into the red zone
+            assert neg is None
+            continue
+        swapped += 1
+        assert neg.keyframe_subgoals == rec.keyframe_subgoals
+        for a, b in zip(sum(named(rec), []), sum(named(neg), [])):
+            assert a != b and b in set(sum(named(rec), []))
+        assert COLOUR_WORD.sub("C", neg.instruction) == COLOUR_WORD.sub("C", rec.instruction)
+    assert swapped >= 2
+
+    seqs, negs = vla_sequences(episodes, tok, vq, negatives=np.random.default_rng(0))
+    assert seqs == vla_sequences(episodes, tok, vq)  # the sequences themselves are unchanged
+    assert len(negs) == len(seqs) and sum(n is not None for n in negs) >= 2
+    visual = tok.is_visual
+    for (ids, a), neg in zip(seqs, negs):
+        if tok.decode(ids[:a]).startswith("<|extra_203|>You are a helpful assistant. USER: "):
+            assert neg is None  # CFG's unconditional sequence has no words to swap
+        if neg is None:
+            continue
+        n_ids, b = neg
+        assert len(ids) - a == len(n_ids) - b
+        pos_ans, neg_ans = ids[a:], n_ids[b:]
+        assert [t for t in pos_ans if visual(t)] == [t for t in neg_ans if visual(t)]
+        assert [i for i, t in enumerate(pos_ans) if visual(t)] == [i for i, t in enumerate(neg_ans) if visual(t)]
+        assert pos_ans != neg_ans

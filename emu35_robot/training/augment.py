@@ -66,6 +66,23 @@ def augment_episode(
     return rec, frames
 
 
+COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
+
+
+def swap_colours(rec: EpisodeRecord, rng: np.random.Generator) -> EpisodeRecord | None:
+    """The episode with other words and the same frames, a negative for the grounding loss
+    (`TrainConfig.contrast_weight`): the colours its texts name are deranged among themselves, so every block, zone
+    and target named becomes another one the episode names. None when it names fewer than two colours."""
+    named = sorted({m for t in (rec.instruction, *rec.subgoals) for m in COLOUR_WORD.findall(t)})
+    if len(named) < 2:
+        return None
+    order = [named[i] for i in rng.permutation(len(named))]
+    perm = dict(zip(order, order[1:] + order[:1]))  # one cycle: no colour keeps its name
+    return replace(
+        rec, instruction=recolour_text(rec.instruction, perm), subgoals=[recolour_text(s, perm) for s in rec.subgoals]
+    )
+
+
 def augment_explore(
     rec: ExploreRecord, frames: np.ndarray, rng: np.random.Generator
 ) -> tuple[ExploreRecord, np.ndarray]:

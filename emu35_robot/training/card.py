@@ -93,6 +93,11 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
         f"Decoder training: {lm.get('steps')} steps; answer loss {_loss(lm.get('train_loss'))} (train"
         + (f", {lm['input_noise']:.0%} of image inputs corrupted" if lm.get("input_noise") else "")
         + (f", changed image tokens weighted {1 + lm['change_weight']:g}x" if lm.get("change_weight") else "")
+        + (
+            f", grounding loss against colour-swapped texts weighted {lm['contrast_weight']:g}"
+            if lm.get("contrast_weight")
+            else ""
+        )
         + "), "
         f"{_loss(lm.get('held_out_loss'))} (held-out episodes)"
         + (f"; {log[-1].get('tokens_per_s', 0):,.0f} tokens/s." if log else "."),

@@ -41,6 +41,12 @@ def add_parser(sub) -> None:
             p.add_argument(
                 "--change-weight", type=float, default=0.0, help="extra loss weight of image tokens that changed"
             )
+            p.add_argument(
+                "--contrast-weight",
+                type=float,
+                default=0.0,
+                help="weight of the grounding loss against colour-swapped negatives (0: off)",
+            )
         if name == "vq":
             p.add_argument("--init", default=None, help="fine-tune this vision_tokenizer dir instead of afresh")
     a = ts.add_parser("all", help="vq -> lm -> package in one go; each stage resumes or is skipped when done")
@@ -56,6 +62,7 @@ def add_parser(sub) -> None:
     a.add_argument("--input-noise", type=float, default=0.15, help="share of image tokens read corrupted")
     a.add_argument("--lm-init", default=None, help="fine-tune this model dir (e.g. a bundle's model/)")
     a.add_argument("--change-weight", type=float, default=0.0, help="extra loss weight of image tokens that changed")
+    a.add_argument("--contrast-weight", type=float, default=0.0, help="grounding loss weight (0: off)")
     a.add_argument("--device", default="cuda")
     pr = ts.add_parser("probe", help="free-running plans on recorded episodes, scored against their key-frames")
     pr.add_argument("--bundle", required=True)
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             init,
             args.lr,
             args.change_weight,
+            args.contrast_weight,
         )
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}")
     elif args.train_command == "all":
@@ -138,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             args.input_noise,
             lm_init,
             change_weight=args.change_weight,
+            contrast_weight=args.contrast_weight,
         )
         print(f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f} at step {hist[-1]['step']}", flush=True)
         print(f"wrote {pipeline.package(run_dir, Path(args.out))}")

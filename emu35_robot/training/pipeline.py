@@ -188,25 +188,40 @@ def probe_held_out(lm: Emu35, tok: TextTokenizer, vq: VisionTokenizer, held: lis
     return out, reads
 
 
-def save_sequences(path: Path, seqs: dict[str, list[tuple[list[int], int]]]) -> None:
-    """Token sequences as flat int32 arrays + offsets + loss starts (a JSON of 100k sequences is a gigabyte)."""
+def save_sequences(path: Path, seqs: dict[str, list]) -> None:
+    """Token sequences as flat int32 arrays + offsets + loss starts (a JSON of 100k sequences is a gigabyte).
+    `seqs`: "train" and "held_out" lists of (ids, loss_from); optionally "train_negatives" (aligned with "train":
+    (ids, loss_from) or None), stored with the index of the sequence each belongs to."""
     arrays = {}
-    for split_name, items in seqs.items():
+    for name, items in seqs.items():
+        of = [i for i, x in enumerate(items) if x is not None]
+        items = [items[i] for i in of]
         lengths = np.array([len(ids) for ids, _ in items], dtype=np.int64)
-        arrays[f"{split_name}_ids"] = np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in items])
-        arrays[f"{split_name}_offsets"] = np.concatenate([[0], np.cumsum(lengths)])
-        arrays[f"{split_name}_loss_from"] = np.array([n for _, n in items], dtype=np.int64)
+        arrays[f"{name}_ids"] = np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in items] or [[]])
+        arrays[f"{name}_offsets"] = np.concatenate([[0], np.cumsum(lengths)])
+        arrays[f"{name}_loss_from"] = np.array([n for _, n in items], dtype=np.int64)
+        if name.endswith("_negatives"):
+            arrays[f"{name}_of"] = np.array(of, dtype=np.int64)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
 
 
-def load_sequences(path: Path) -> dict[str, list[tuple[np.ndarray, int]]]:
+def load_sequences(path: Path) -> dict[str, list]:
+    """save_sequences' dict back; "train_negatives" is present only when they were saved."""
     z = np.load(path)
     out = {}
-    for split_name in ("train", "held_out"):
-        ids, off, start = z[f"{split_name}_ids"], z[f"{split_name}_offsets"], z[f"{split_name}_loss_from"]
-        out[split_name] = [(ids[off[i] : off[i + 1]], int(start[i])) for i in range(len(start))]
+    for name in ("train", "held_out", "train_negatives"):
+        if f"{name}_ids" not in z:
+            continue
+        ids, off, start = z[f"{name}_ids"], z[f"{name}_offsets"], z[f"{name}_loss_from"]
+        items = [(ids[off[i] : off[i + 1]], int(start[i])) for i in range(len(start))]
+        if name.endswith("_negatives"):
+            full = [None] * len(out["train"])
+            for i, item in zip(z[f"{name}_of"], items):
+                full[int(i)] = item
+            items = full
+        out[name] = items
     return out
 
 
@@ -218,20 +233,36 @@ def held_out_sequences(split_episodes: tuple, tok: TextTokenizer, vq: VisionToke
 
 
 def build_sequences(
-    split_episodes: tuple, tok: TextTokenizer, vq: VisionTokenizer, augment: int, seed: int = 0, workers: int = 0
+    split_episodes: tuple,
+    tok: TextTokenizer,
+    vq: VisionTokenizer,
+    augment: int,
+    seed: int = 0,
+    workers: int = 0,
+    negatives: bool = False,
 ) -> dict:
     """From `episodes(data)`: held-out episodes as recorded; training episodes as recorded plus `augment`
-    recoloured/mirrored copies. `workers` processes encode the text (0: one per core)."""
+    recoloured/mirrored copies. `workers` processes encode the text (0: one per core). `negatives`: also
+    "train_negatives", each vla sequence's colour-swapped negative (for the grounding loss)."""
     train, held, e_train, e_held = split_episodes
     rng = np.random.default_rng(seed)
+    neg_rng = np.random.default_rng([seed, 1]) if negatives else None  # its own stream: augmentation unchanged
     w = workers or os.cpu_count() or 1
-    seqs = {
-        "train": vla_sequences(train, tok, vq, w) + explore_sequences(e_train, tok, vq, w),
-        "held_out": held_out_sequences(split_episodes, tok, vq, w),
-    }
+    seqs = {"train": [], "held_out": held_out_sequences(split_episodes, tok, vq, w)}
+    if negatives:
+        seqs["train_negatives"] = []
+
+    def add(vla_episodes, explore_episodes) -> None:
+        out = vla_sequences(vla_episodes, tok, vq, w, negatives=neg_rng)
+        explore = explore_sequences(explore_episodes, tok, vq, w)
+        if negatives:
+            out, negs = out
+            seqs["train_negatives"] += negs + [None] * len(explore)
+        seqs["train"] += out + explore
+
+    add(train, e_train)
     for _ in range(augment):
-        seqs["train"] += vla_sequences([augment_episode(r, f, rng) for r, f in train], tok, vq, w)
-        seqs["train"] += explore_sequences([augment_explore(r, f, rng) for r, f in e_train], tok, vq, w)
+        add([augment_episode(r, f, rng) for r, f in train], [augment_explore(r, f, rng) for r, f in e_train])
     return seqs
 
 
@@ -250,9 +281,11 @@ def stage_lm(
     init: Path | None = None,
     lr: float = 1e-3,
     change_weight: float = 0.0,
+    contrast_weight: float = 0.0,
 ) -> list[dict]:
     """Train the decoder from scratch, or fine-tune one (`init`: a model dir in the official layout, e.g. a
-    previous bundle's model/, whose vocabulary must match; continuing a trained model wants a lower peak `lr`)."""
+    previous bundle's model/, whose vocabulary must match; continuing a trained model wants a lower peak `lr`).
+    `contrast_weight` > 0 adds the grounding loss against colour-swapped negatives (TrainConfig)."""
     tok = TextTokenizer(byte_level_ranks(), vision_token_list(N_CODES))
     tok.save_pretrained(run / "tokenizer")
     vq = VisionTokenizer.from_pretrained(run / "vq" / "vision_tokenizer", device=device)
@@ -261,9 +294,11 @@ def stage_lm(
     if not seq_file.exists():
         t = time.perf_counter()
         split_episodes = episodes(data)
-        save_sequences(seq_file, build_sequences(split_episodes, tok, vq, augment))
+        save_sequences(seq_file, build_sequences(split_episodes, tok, vq, augment, negatives=contrast_weight > 0))
         print(f"sequences built in {time.perf_counter() - t:.0f}s", flush=True)
     seqs = load_sequences(seq_file)
+    if contrast_weight > 0 and "train_negatives" not in seqs:
+        raise ValueError(f"{seq_file} was built without negatives: remove it to rebuild with them")
     print(
         f"sequences: {len(seqs['train'])} train, {len(seqs['held_out'])} held out, "
         f"max {max(len(s) for s, _ in seqs['train'])} tokens",
@@ -295,9 +330,11 @@ def stage_lm(
         input_noise=input_noise,
         change_weight=change_weight,
         group_by_length=True,
+        contrast_weight=contrast_weight,
     )
     train = seqs["train"]
-    trainer = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train])
+    negatives = seqs.get("train_negatives") if contrast_weight > 0 else None
+    trainer = Trainer(lm, [s for s, _ in train], run / "lm", cfg, loss_from=[n for _, n in train], negatives=negatives)
     hist = trainer.fit(until=until)
     if hist and hist[-1]["step"] == steps:
         split_episodes = split_episodes or episodes(data)
@@ -309,6 +346,7 @@ def stage_lm(
             "input_noise": input_noise,
             "peak_lr": lr,
             "change_weight": change_weight,
+            "contrast_weight": contrast_weight,
             **({"init": str(init)} if init is not None else {}),
         }
         result = write_lm_result(run, lm, tok, vq, seqs["held_out"], split_episodes[1], steps, hist[-1]["loss"], facts)

@@ -129,15 +129,36 @@ def encode_episodes(vq: VisionTokenizer, episodes: list[tuple], chunk: int = 256
 
 
 def vla_sequences(
-    episodes: list[tuple[EpisodeRecord, np.ndarray]], tok: TextTokenizer, vq: VisionTokenizer, workers: int = 1
-) -> list[tuple[list[int], int]]:
-    pairs = []
+    episodes: list[tuple[EpisodeRecord, np.ndarray]],
+    tok: TextTokenizer,
+    vq: VisionTokenizer,
+    workers: int = 1,
+    negatives: np.random.Generator | None = None,
+) -> list[tuple[list[int], int]] | tuple[list, list]:
+    """(ids, loss_from) per sequence. With `negatives` (a generator): also each sequence's negative for the
+    grounding loss (`augment.swap_colours`: the same images under texts naming other colours; None for the
+    unconditional sequences and episodes naming fewer than two colours), returned as (sequences, negatives)."""
+    from .augment import swap_colours
+
+    pairs, neg_pairs = [], []
     for (rec, _), codes in zip(episodes, encode_episodes(vq, episodes)):
         texts = episode_texts(rec, codes, tok)
-        if texts:
-            texts.append(unconditional_text(rec, codes, tok))
-        pairs += texts
-    return encode_pairs(pairs, tok, workers)
+        if not texts:
+            continue
+        if negatives is not None:
+            swapped = swap_colours(rec, negatives)
+            try:
+                negs = episode_texts(swapped, codes, tok) if swapped is not None else [None] * len(texts)
+            except ValueError:  # a swapped subgoal too long for the fixed gap
+                negs = [None] * len(texts)
+            neg_pairs += [*negs, None]
+        pairs += [*texts, unconditional_text(rec, codes, tok)]
+    seqs = encode_pairs(pairs, tok, workers)
+    if negatives is None:
+        return seqs
+    have = [i for i, n in enumerate(neg_pairs) if n is not None]
+    encoded = dict(zip(have, encode_pairs([neg_pairs[i] for i in have], tok, workers)))
+    return seqs, [encoded.get(i) for i in range(len(seqs))]
 
 
 def explore_text(rec: ExploreRecord, codes: np.ndarray, tok: TextTokenizer) -> Pair:
