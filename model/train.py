@@ -372,13 +372,13 @@ class Trainer:
         return True
 
     def _contrast(self, idx: list[int], ids: Tensor, inputs: Tensor, ce: Tensor, changed: Tensor):
-        """contrast_loss over up to cfg.contrast_rows rows of this micro-batch that have a negative. The negative
-        reads the same (corrupted) image tokens as its row, so the two differ only in their words."""
+        """(contrast_loss, mean d, rows) over up to cfg.contrast_rows rows of this micro-batch that have a negative.
+        The negative reads the same (corrupted) image tokens as its row, so the two differ only in their words."""
         cfg, dev = self.cfg, ids.device
         rows = [r for r, i in enumerate(idx) if self.negatives[i] is not None][: cfg.contrast_rows]
         if not rows:
             zero = ce.sum() * 0
-            return zero, zero.detach()
+            return zero, zero.detach(), 0
         negs = [self.negatives[idx[r]] for r in rows]
         neg_ids = collate([n for n, _ in negs], self.pad_id, cfg.max_len).to(dev)
         a = torch.tensor([self.loss_from[idx[r]] for r in rows], device=dev)[:, None]  # answer starts, row
@@ -398,14 +398,8 @@ class Trainer:
         neg_in[rr[visual], pb[visual]] = pos_in[visual]
         ce_neg = token_ce(self.lm, neg_ids, neg_in)  # [N, Tn-1]
         image_no = torch.cumsum(ids[rows] == self.img_id, dim=1)[rr, pa]
-        return contrast_loss(
-            ce[r, pa - 1],
-            ce_neg[rr, pb - 1],
-            changed[r, pa] & valid,
-            image_no,
-            cfg.contrast_margin,
-            cfg.contrast_beta,
-        )
+        m, beta = cfg.contrast_margin, cfg.contrast_beta
+        return (*contrast_loss(ce[r, pa - 1], ce_neg[rr, pb - 1], changed[r, pa] & valid, image_no, m, beta), len(rows))
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def fit(self, progress: bool = True, until: int | None = None) -> list[dict]:
@@ -432,6 +426,7 @@ class Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = lr
                 total = contrast_d = 0.0
+                contrast_n = 0  # micro-batches with a contrasted row
                 for _ in range(cfg.grad_accum):
                     idx = self._next_batch()
                     host_ids = collate([self.seqs[i] for i in idx], self.pad_id, cfg.max_len)
@@ -450,9 +445,9 @@ class Trainer:
                         ce = token_ce(lm, ids, inputs)
                         loss = weighted_mean(ce, w)
                         if contrast:
-                            c_loss, c_d = self._contrast(idx, ids, inputs, ce, changed)
+                            c_loss, c_d, n = self._contrast(idx, ids, inputs, ce, changed)
                             loss = loss + cfg.contrast_weight * c_loss
-                            contrast_d += float(c_d) / cfg.grad_accum
+                            contrast_d, contrast_n = contrast_d + float(c_d), contrast_n + (n > 0)
                         loss = loss / cfg.grad_accum
                     loss.backward()
                     total += float(loss.detach())
@@ -473,8 +468,8 @@ class Trainer:
                         "tokens_per_s": tokens / (time.perf_counter() - t0),
                         "elapsed_s": self.elapsed_s(),
                     }
-                    if self.negatives is not None and cfg.contrast_weight > 0:
-                        rec["contrast_d"] = contrast_d  # nats a key-frame's changed tokens cost more under other words
+                    if contrast_n:  # nats a key-frame's changed tokens cost more under other words, this step
+                        rec["contrast_d"] = contrast_d / contrast_n
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                 if bar is not None:

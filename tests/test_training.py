@@ -283,7 +283,7 @@ def test_contrast_in_the_trainer_aligns_each_row_with_its_negative(tiny, tmp_pat
     inputs = corrupt_visual(ids, w, tr.visual, 0.5, torch.Generator().manual_seed(0))
     changed = changed_tokens(ids, tok.img_id, tr.visual)
     with torch.no_grad():
-        loss, d = tr._contrast([0, 1, 2, 3], ids, inputs, token_ce(lm, ids, inputs), changed)
+        loss, d, n = tr._contrast([0, 1, 2, 3], ids, inputs, token_ce(lm, ids, inputs), changed)
         want = []
         for r in (0, 1, 3):
             (pos, a), (neg, b) = seqs[r], negs[r]
@@ -299,6 +299,7 @@ def test_contrast_in_the_trainer_aligns_each_row_with_its_negative(tiny, tmp_pat
             m = changed[r, a : a + n_ans]
             assert m.sum() == 1  # the key-frame's first code differs from the view's
             want.append(float((ce_n - ce_p)[m].mean()))
+    assert n == 3
     torch.testing.assert_close(float(d), float(np.mean(want)), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
         float(loss), float(torch.nn.functional.softplus(2.0 * (1.0 - torch.tensor(want))).mean()), atol=1e-5, rtol=1e-5
