@@ -288,6 +288,8 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
                     keyframe_progress=common_pb2.ImageProgress(index=e.index, rows_done=e.rows_done, rows_total=e.h)
                 )
             elif isinstance(e, ImageFinished):
+                if len(done) >= n_max:  # finished before the cancel took effect (tiny images): not asked for
+                    continue
                 text, glob, local = split_chain_of_thought(raw)
                 raw = ""
                 if glob:

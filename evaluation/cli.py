@@ -29,6 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="keyframe", choices=["keyframe", "language"])
     p.add_argument("--replans", type=int, default=1, help="re-plans allowed per episode (closed loop)")
     p.add_argument(
+        "--horizon",
+        type=int,
+        default=0,
+        help="run only each plan's first K subgoals, then plan again from the camera (0: whole plans); a gRPC "
+        "planner is asked for K subgoals unless --max-subgoals says otherwise",
+    )
+    p.add_argument(
         "--image-size",
         type=int,
         default=None,
@@ -97,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
         bias[int(k)] = float(v)
     grpc = GrpcOptions(
         image_size=grid,
-        max_subgoals=args.max_subgoals,
+        max_subgoals=args.max_subgoals or args.horizon,
         max_new_tokens=args.max_new_tokens,
         cfg_scale=args.cfg_scale,
         seed=args.plan_seed,
@@ -111,6 +118,7 @@ def config_from_args(args: argparse.Namespace):
     return EvalConfig(
         executor=args.executor,
         replans=args.replans,
+        horizon=args.horizon,
         image_size=args.image_size or (128 if "mini" in _csv(args.planner) else 96),
         max_steps_per_subgoal=args.max_steps_per_subgoal,
         placement_tol_m=args.placement_tol,

@@ -66,13 +66,16 @@ class RecordWriter:
 
 # ---- worker side ---------------------------------------------------------------------------------------------------
 
-_PLANNERS: dict[str, Planner] = {}  # per worker process: one oracle cache / one gRPC channel per planner
+# per worker process: one oracle cache / one gRPC channel per planner and settings (a second run in the same
+# process, e.g. the CLI called again from Python, may ask the same address with other options)
+_PLANNERS: dict[tuple[str, int, str], Planner] = {}
 
 
 def _planner(name: str, cfg: EvalConfig) -> Planner:
-    if name not in _PLANNERS:
-        _PLANNERS[name] = make_planner(name, cfg.image_size, cfg.grpc)
-    return _PLANNERS[name]
+    key = (name, cfg.image_size, repr(cfg.grpc))
+    if key not in _PLANNERS:
+        _PLANNERS[key] = make_planner(name, cfg.image_size, cfg.grpc)
+    return _PLANNERS[key]
 
 
 def _run_safely(spec: EpisodeSpec, cfg: EvalConfig, out_dir: str) -> dict:
@@ -102,7 +105,7 @@ def check_config(out_dir: Path, cfg: EvalConfig) -> None:
     path = out_dir / CONFIG_FILE
     now = cfg.to_json()
     if path.exists():
-        before = json.loads(path.read_text())
+        before = {**EvalConfig().to_json(), **json.loads(path.read_text())}  # a setting added since: its default
         unscored = ("video", "save_plans")  # what a run writes besides its records, not what they measure
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v and k not in unscored}
         if diff:

@@ -156,6 +156,13 @@ def test_one_episode_planned_by_the_grpc_service(grpc_server, tmp_path):
             "--out", str(out), "--keyframe-grid", "3x3", "--max-subgoals", "2", "--max-new-tokens", "160",
             "--logit-bias", f"{tok.boi_id}=50", "--jacobi-window", "4", *SMALL]  # fmt: skip
     assert cli_main(args) == 0
+    # a horizon asks the service for that many subgoals only
+    h1 = ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", address, "--episodes", "1",
+          "--out", str(tmp_path / "h1"), "--keyframe-grid", "3x3", "--max-new-tokens", "160",
+          "--logit-bias", f"{tok.boi_id}=50", "--horizon", "1", "--replans", "2", *SMALL]  # fmt: skip
+    assert cli_main(h1) == 0
+    (r1,) = read_records(tmp_path / "h1" / EPISODES_FILE)
+    assert r1["error"] is None and len(r1["plans"]) >= 2 and all(len(p["texts"]) <= 1 for p in r1["plans"])
     (r,) = read_records(out / EPISODES_FILE)
     assert r["error"] is None and r["planner_errors"] == [], r
     assert r["planner"] == address and r["tokens_generated"] > 0
@@ -219,3 +226,28 @@ def test_saved_plans_replay_through_another_executor(tmp_path):
     # a directory that is not there is refused before any episode
     assert cli_main(["eval", "--planner", f"saved:{tmp_path / 'none'}", "--out", str(tmp_path / "x"), *args]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_a_receding_horizon_plans_again_after_each_subgoal(tmp_path):
+    """--horizon 1: each plan runs only its first subgoal, then the next plan starts from the new view; those
+    continuations are not re-plans. A run directory written before the setting existed resumes under its default."""
+    out = tmp_path / "h1"
+    args = ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", "oracle", "--episodes", "1", "--seed", "3",
+            "--out", str(out), "--no-video", *SMALL]  # fmt: skip
+    assert cli_main([*args, "--horizon", "1"]) == 0
+    (r,) = read_records(out / EPISODES_FILE)
+    n = len(r["canonical_subgoals"])
+    assert r["success"] and r["replans"] == 0 and r["plans_made"] == n == 2
+    assert [p["after"] for p in r["plans"]] == ["start", "horizon"]
+    assert [(s["plan"], s["index"]) for s in r["subgoals"]] == [(0, 0), (1, 0)]
+    assert r["first_plan_reaches_goal"] is None  # a plan cut at the horizon is not judged as a whole
+    assert json.loads((out / "config.json").read_text())["horizon"] == 1
+
+    old = tmp_path / "old"
+    whole = [a if a != str(out) else str(old) for a in args]
+    assert cli_main(whole) == 0
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["horizon"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert cli_main([*whole, "--episodes", "2"]) == 0
+    assert [r["plans_made"] for r in read_records(old / EPISODES_FILE)] == [1, 1]
