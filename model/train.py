@@ -409,6 +409,7 @@ class Trainer:
         resumed = self.try_resume()
         dev = lm.device
         use_bf16 = cfg.bf16 and dev.type == "cuda"
+        contrast = self.negatives is not None and cfg.contrast_weight > 0
         log_path = self.out / ("loss.jsonl" if self.rank == 0 else f"loss.rank{self.rank}.jsonl")
         if not resumed and log_path.exists():
             log_path.unlink()
@@ -434,7 +435,6 @@ class Trainer:
                     w = token_weights(ids, *self.visual, self.pad_id, cfg.visual_weight)
                     if self.loss_from is not None:
                         w = mask_prompts(w, [self.loss_from[i] for i in idx])
-                    contrast = self.negatives is not None and cfg.contrast_weight > 0
                     changed = None
                     if cfg.change_weight or contrast:
                         changed = changed_tokens(host_ids, self.img_id, self.visual).to(dev)
