@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU measurements issue 9 still needs, each writing its JSON and log to OUT_DIR:
 #   bash benchmarks/gpu_pending.sh OUT_DIR
-# One H200: the CUDA tests (graphs, Jacobi beside them, FP8, the Triton skinny kernel), the decode step (cuBLAS bf16,
-# Triton bf16, Triton FP8), the same step at commit 1cd583f when OLD_TREE names an export of it (the 2026-11-24
-# figures: `git archive 1cd583f model benchmarks | tar -x -C DIR`), whole 720x720 and 1024x1024 images, and continuous
+# One H200: the CUDA tests (graphs, Jacobi beside them, FP8, the Triton skinny kernel, the Gluon FP8 kernel), the
+# decode step (cuBLAS bf16, Triton bf16, FP8), the float8 kernel variants (fp8_variants.py), the same step at commit
+# 1cd583f when OLD_TREE names an export of it (the 2026-11-24 figures:
+# `git archive 1cd583f model benchmarks | tar -x -C DIR`), whole 720x720 and 1024x1024 images, and continuous
 # batching at the 34B shape. With two GPUs it adds tensor parallelism: the raw sharded step and the serving path.
 # Every step has a time limit (a hung step must not eat the device budget); one that fails or times out is logged and
 # the next one runs. ONLY="name ..." runs just those steps (e.g. ONLY="decode tp_spmd"). All steps: about 25 minutes,
@@ -35,6 +36,7 @@ if [ -n "${OLD_TREE:-}" ]; then
     --out "$out/decode_34b_1cd583f.json"
 fi
 step sampling 120 $py benchmarks/sampling_step.py --device cuda --streams 1,8
+step fp8_variants 240 $py benchmarks/fp8_variants.py --rows 2,8 --variants cur,read,gluon --out "$out/fp8_variants.json"
 step profile 240 $py benchmarks/profile_step.py --rows 2 --prefill 2048 --out "$out/profile_34b.txt"
 step image_time 420 $py benchmarks/image_time.py --shape 34b --device cuda --grids 45x45,64x64 --windows 0 \
   --out "$out/image_time_34b.json"

@@ -314,10 +314,10 @@ class Engine:
         if self.device.type == "cuda" if fuse_projections is None else fuse_projections:
             lm.fuse_projections()  # in place: the engine owns its model for inference
         if skinny is None:  # the Triton kernel where it runs (a CUDA GPU; float8 also under TRITON_INTERPRET=1):
-            from .skinny_mm import skinny_available  # 34B CFG step on an H200: bf16 0.96x cuBLAS's time, float8 0.65x
+            from .skinny_mm import skinny_available  # 34B CFG step on an H200: bf16 0.96x cuBLAS's time, float8 0.58x
 
             skinny = skinny_available(self.device, fp8=fp8) and (fp8 or self.device.type == "cuda")
-        if skinny:  # decode products (<= 16 rows) through a Triton kernel (model/skinny_mm.py), float8 weights with fp8
+        if skinny:  # decode products (<= 16 rows) through model/skinny_mm.py (float8: its Gluon kernel up to 8 rows)
             from .skinny_mm import use_skinny
 
             use_skinny(lm, fp8=fp8)  # autotunes at each shape's first eager call: capture_graph warms up eagerly

@@ -16,6 +16,9 @@ a shape is seen; **that must not happen inside CUDA graph capture**: the engine 
 capturing it (model/engine.py `capture_graph`), and `tune(model)` tunes ahead of time. A first call while capturing
 raises instead of breaking the capture.
 
+Float8 products of at most `GLUON_ROWS` (8) rows go to `model.fp8_gluon` instead where it runs (sm89+, a Triton with
+Gluon): it loads W straight into tensor-core registers and reads float8 15-20 % faster (benchmarks/RESULTS.md).
+
 Where Triton cannot run (no Triton, CPU, float32 activations) `skinny_mm` computes the same math in torch. Set
 TRITON_INTERPRET=1 before importing this module to run the kernel with Triton's CPU interpreter (tests).
 """
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fp8 import PROJECTIONS, Fp8Linear
+from .fp8_gluon import fp8_mm, fp8_mm_available, k_fits
 
 try:
     import triton
@@ -40,6 +44,9 @@ except ImportError:  # CI and CPU installs: the torch fallback below
     triton = None
 
 MAX_ROWS = 16  # the kernel pads rows to 16; more rows (prefill, Jacobi windows) take cuBLAS
+# float8 products of at most this many rows go through model.fp8_gluon's kernel where it runs (W loaded straight into
+# tensor-core registers: 1.1-1.2x faster than this module's kernel at 2 rows on an H200, slower at 16)
+GLUON_ROWS = 8
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FP8_ASM = True  # float8 -> bf16 by integer ops (_e4m3_to_bf16); False: Triton's conversion (slower, see there)
 FP8 = torch.float8_e4m3fn
@@ -222,6 +229,8 @@ def skinny_mm(x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | N
         y = skinny_mm_reference(x, w, scale)
         return y if out is None else out.copy_(y)
     x = x.contiguous()
+    if scale is not None and M <= GLUON_ROWS and config is None and fp8_mm_available(x.device) and k_fits(K):
+        return fp8_mm(x, w, scale, out)
     y = torch.empty(M, N, dtype=torch.bfloat16, device=x.device) if out is None else out
     bucket = 1 << (M - 1).bit_length()  # 1, 2, 4, 8, 16
     s = scale.reshape(-1) if scale is not None else x  # unscaled: HAS_SCALE=False compiles the read of s_ptr away
@@ -298,11 +307,15 @@ class SkinnyLinear(nn.Module):
 
 
 @torch.no_grad()
-def use_skinny(model: nn.Module, fp8: bool = False, names: tuple[str, ...] = PROJECTIONS) -> int:
+def use_skinny(model: nn.Module, fp8: bool = False, names: tuple[str, ...] = PROJECTIONS, head: bool = True) -> int:
     """Replace every projection named in `names` (nn.Linear, or Fp8Linear from quantize_fp8) by a SkinnyLinear, in
     place, one at a time (with fp8 the extra memory is one projection's float copy while it is quantized). bf16
-    SkinnyLinears become float8 ones when fp8 is set. The output head stays as it is: Emu35.forward multiplies
-    `lm_head.weight` (or its visual slice) itself. Returns how many modules were replaced."""
+    SkinnyLinears become float8 ones when fp8 is set. With fp8 and `head`, an Emu35 also gets a float8 copy of its
+    output head (`head_fp8`, per-row scales as Fp8Linear) that decode steps multiply (Emu35.forward: at most 16 rows;
+    prefill keeps the bf16 `lm_head`): at the 34B shape the visual slice a CFG step reads drops from 1.34 GB to 0.67
+    GB. Returns how many projections were replaced (the head not counted)."""
+    if fp8 and head and isinstance(getattr(model, "lm_head", None), nn.Linear) and model.head_fp8 is None:
+        model.head_fp8 = Fp8Linear(model.lm_head)
     n = 0
     for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):

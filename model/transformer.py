@@ -345,6 +345,8 @@ class Emu35(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.inv_freq: Tensor | None = None if self.lm_head.weight.is_meta else rope_inv_freq(config)
+        # float8 copy of the head for decode steps (model.skinny_mm.use_skinny(fp8=True)); prefill keeps lm_head
+        self.head_fp8: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -449,8 +451,15 @@ class Emu35(nn.Module):
         _, x = KERNELS["add_rms_norm"](x, delta, norm.weight, norm.eps)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        w = self.lm_head.weight if vocab_slice is None else self.lm_head.weight[vocab_slice]
-        return CausalLMOutput(logits=F.linear(x, w).float(), cache=cache)
+        sl = slice(None) if vocab_slice is None else vocab_slice
+        if self.head_fp8 is not None and x.shape[0] * x.shape[1] <= 16:  # a decode step: half the head's bytes
+            from .skinny_mm import skinny_mm
+
+            wq, scale = self.head_fp8.weight[sl], self.head_fp8.scale.reshape(-1)[sl]
+            logits = skinny_mm(x.reshape(-1, x.shape[-1]), wq, scale).reshape(*x.shape[:-1], -1)
+        else:
+            logits = F.linear(x, self.lm_head.weight[sl])
+        return CausalLMOutput(logits=logits.float(), cache=cache)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device="cpu") -> Emu35:

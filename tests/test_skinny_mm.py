@@ -98,7 +98,13 @@ def test_use_skinny_logits_close(bundle, fp8):
         assert use_skinny(lm, fp8=fp8) == 0  # already done
         assert isinstance(lm.model.layers[0].mlp.down_proj, SkinnyLinear)
         assert isinstance(lm.lm_head, torch.nn.Linear)
+        assert (lm.head_fp8 is not None) == fp8  # float8 decode steps get a float8 copy of the head
         out = [lm(ids).logits for ids in (short, long)]
+        if fp8:  # the 12-row call read the float8 head; the 40-row one the bf16 lm_head, as without the copy
+            head = lm.head_fp8
+            lm.head_fp8 = None
+            assert not torch.equal(lm(short).logits, out[0]) and torch.equal(lm(long).logits, out[1])
+            lm.head_fp8 = head
     for o, r in zip(out, ref):
         assert o.shape == r.shape
         if fp8:  # ~3% per projection, compounding over the blocks (tests/test_fp8.py)
@@ -188,6 +194,42 @@ def test_kernel_all_rows_odd_shapes(fp8, few_configs):
             sk.FP8_ASM = True
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gluon_fp8_every_config_rows_odd_shapes():
+    """model.fp8_gluon's kernel (W loaded into tensor-core registers) against the dequantized product: every config,
+    1-16 rows (8 and 16 padded), N off the blocks; then the tuned path, and a graph replay equal to the eager call."""
+    from model.fp8_gluon import _BEST, CONFIGS, config_fits, fp8_mm, fp8_mm_available
+
+    dev = torch.device("cuda")
+    if not fp8_mm_available(dev):
+        pytest.skip("needs Gluon and sm89+")
+    g = torch.Generator().manual_seed(2)
+    K = 1024  # a multiple of every config's S * KS
+    for N in (77, 48):
+        _, wq, s = weights(N, K, seed=N)
+        wq, s = wq.to(dev), s.to(dev)
+        for M in (1, 2, 5, 8, 9, 16):
+            x = torch.randn(M, K, generator=g).bfloat16().to(dev)
+            ref = skinny_mm_reference(x, wq, s).float()
+            for c in CONFIGS:
+                assert config_fits(c, K)
+                y = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device=dev)
+                fp8_mm(x, wq, s, out=y, config=c)
+                err = float((y.float() - ref).abs().max() / ref.abs().max())
+                assert err < 5e-3, (N, M, c, err)
+    x = torch.randn(2, K, generator=g).bfloat16().to(dev)
+    y = fp8_mm(x, wq, s)  # tunes (N, K, 8 rows) on first use
+    assert (N, K, 8) in _BEST
+    assert torch.equal(skinny_mm(x, wq, s), y)  # skinny_mm sends <= GLUON_ROWS float8 rows here
+    out = torch.empty_like(y)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fp8_mm(x, wq, s, out=out)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, y)
+
+
 def test_e4m3_bit_conversion():
     """_e4m3_to_bf16's integer recipe, emulated with torch for all 256 bytes: prmt gives each 16-bit lane the byte
     below and its sign bit copied above; (lane << 4) & 0x87F0 as bf16, times 2^120, is the e4m3 value."""
@@ -219,3 +261,19 @@ def test_engine_skinny_graphs_equal_eager(bundle, few_configs):
         if fp8 and not skinny_available(torch.device("cuda"), True):
             continue
         assert tokens(False, fp8) == tokens(True, fp8)
+
+
+def test_gluon_configs_cover_the_shapes():
+    """Every 34B decode projection and the shipped mini's have a Gluon config whose K step divides K; a K no config
+    divides stays on the Triton kernel (k_fits), and fp8_mm refuses bad shapes before launching anything."""
+    from model.fp8_gluon import CONFIGS, config_fits, fp8_mm, k_fits
+
+    for K in (5120, 8192, 25600, 384, 1536, 1024):
+        assert k_fits(K) and any(config_fits(c, K) for c in CONFIGS)
+    assert not k_fits(100) and not k_fits(96)
+    assert all(c[1] % c[4] == 0 and c[0] % (16 * c[3]) == 0 for c in CONFIGS)  # KS by k_width, rows by warps
+    wq = torch.zeros(8, 64, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError):
+        fp8_mm(torch.zeros(17, 64).bfloat16(), wq, torch.ones(8))  # more than 16 rows
+    with pytest.raises(ValueError):
+        fp8_mm(torch.zeros(2, 32).bfloat16(), wq, torch.ones(8))  # K does not match
