@@ -68,26 +68,6 @@ SHIPPED = [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
 
 
 @triton.jit
-def _e4m3_to_bf16_scaled(w):
-    """As model.skinny_mm._e4m3_to_bf16 without the final multiply: the result is 2^-120 times the weight."""
-    return tl.inline_asm_elementwise(
-        asm="""
-        prmt.b32 $0, $2, $2, 0x9180;
-        prmt.b32 $1, $2, $2, 0xB3A2;
-        shl.b32 $0, $0, 4;
-        shl.b32 $1, $1, 4;
-        and.b32 $0, $0, 0x87F087F0;
-        and.b32 $1, $1, 0x87F087F0;
-        """,
-        constraints="=r,=r,r",
-        args=[w.to(tl.uint8, bitcast=True)],
-        dtype=tl.bfloat16,
-        is_pure=True,
-        pack=4,
-    )
-
-
-@triton.jit
 def _variant_kernel(
     x_ptr, w_ptr, s_ptr, y_ptr, M, N, K,
     MODE: tl.constexpr,  # 0: shipped conversion, 1: fold 2^120 into the scale, 2: read only
@@ -114,7 +94,7 @@ def _variant_kernel(
             if MODE == 0:
                 acc += tl.dot(sk._e4m3_to_bf16(w), x)
             else:
-                acc += tl.dot(_e4m3_to_bf16_scaled(w), x)
+                acc += tl.dot(sk._e4m3_to_bf16(w, True), x)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
     if MODE == 2:

@@ -33,6 +33,18 @@ except ImportError:  # no Triton, or one without Gluon
 
 TWO_120 = 2.0**120
 MAX_ROWS = 16
+# float8 e4m3 -> bf16 for four weights in one 32-bit register ($2) into two bf16x2 registers ($0, $1). Per 16-bit lane,
+# prmt puts a weight's byte in the low half and copies of its sign bit in the high half; (lane << 4) & 0x87F0 is then
+# sign | exponent | mantissa in bf16's places with e4m3's exponent bias (7, not 127): 2^-120 of the value, exact in
+# bf16 (subnormals too). model.skinny_mm multiplies by 2^120 in the same asm; this module folds it into the scales.
+E4M3_LANES_PTX = """
+prmt.b32 $0, $2, $2, 0x9180;
+prmt.b32 $1, $2, $2, 0xB3A2;
+shl.b32 $0, $0, 4;
+shl.b32 $1, $1, 4;
+and.b32 $0, $0, 0x87F087F0;
+and.b32 $1, $1, 0x87F087F0;
+"""
 
 
 @functools.cache
@@ -46,25 +58,15 @@ def fp8_mm_available(device: torch.device) -> bool:
 if gluon is not None:
     _TWO_120 = gl.constexpr(TWO_120)
 
+    _E4M3_LANES = gl.constexpr(E4M3_LANES_PTX)
+
     @gluon.jit
     def _e4m3_to_bf16_scaled(w):
-        """float8 e4m3 -> bf16 times 2^-120, exactly, in integer ops (model.skinny_mm._e4m3_to_bf16 without its
-        final bf16x2 multiply)."""
+        """float8 e4m3 -> bf16 times 2^-120, exactly, in integer ops (`E4M3_LANES_PTX`)."""
         return gl.inline_asm_elementwise(
-            asm="""
-            prmt.b32 $0, $2, $2, 0x9180;
-            prmt.b32 $1, $2, $2, 0xB3A2;
-            shl.b32 $0, $0, 4;
-            shl.b32 $1, $1, 4;
-            and.b32 $0, $0, 0x87F087F0;
-            and.b32 $1, $1, 0x87F087F0;
-            """,
-            constraints="=r,=r,r",
-            args=[w.to(gl.uint8, bitcast=True)],
-            dtype=gl.bfloat16,
-            is_pure=True,
-            pack=4,
-        )
+            asm=_E4M3_LANES, constraints="=r,=r,r", args=[w.to(gl.uint8, bitcast=True)], dtype=gl.bfloat16,
+            is_pure=True, pack=4,
+        )  # fmt: skip
 
     @gluon.jit
     def _fp8_mm_kernel(

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fp8 import PROJECTIONS, Fp8Linear
-from .fp8_gluon import fp8_mm, fp8_mm_available, k_fits
+from .fp8_gluon import E4M3_LANES_PTX, fp8_mm, fp8_mm_available, k_fits
 
 try:
     import triton
@@ -104,36 +104,28 @@ if triton is not None:
         ]
     ]
 
+    _E4M3_TO_BF16 = tl.constexpr(
+        "{ .reg .b32 bias, nz; mov.b32 bias, 0x7B807B80; mov.b32 nz, 0x80008000;\n"
+        + E4M3_LANES_PTX
+        + "fma.rn.bf16x2 $0, $0, bias, nz; fma.rn.bf16x2 $1, $1, bias, nz; }"
+    )
+    _E4M3_TO_BF16_SCALED = tl.constexpr(E4M3_LANES_PTX)
+
     @triton.jit
-    def _e4m3_to_bf16(w):
-        """float8 e4m3 -> bf16, exactly (subnormals too), in integer ops. Per 16-bit lane, prmt puts a weight's byte
-        in the low half and copies of its sign bit in the high half; (lane << 4) & 0x87F0 is then sign | exponent |
-        mantissa in bf16's places with e4m3's exponent bias (7, not 127): 2^-120 of the value, exact in bf16; one
-        bf16x2 multiply by 2^120 fixes it. Two weights per 32-bit register: 4 instructions per 2 weights, half of them
-        off the integer pipe. Triton's own conversion (cvt e4m3x2 -> f16x2, then f16 -> bf16 one at a time) runs on
-        the conversion units, too slow to keep up with a float8 weight stream at HBM speed."""
+    def _e4m3_to_bf16(w, SCALED: tl.constexpr = False):
+        """float8 e4m3 -> bf16, exactly (subnormals too), in integer ops: model.fp8_gluon.E4M3_LANES_PTX gives 2^-120 of
+        each value, and one bf16x2 multiply by 2^120 fixes it (left out with SCALED: the caller scales the products).
+        Two weights per 32-bit register: 4 instructions per 2 weights, half of them off the integer pipe. Triton's own
+        conversion (cvt e4m3x2 -> f16x2, then f16 -> bf16 one at a time) runs on the conversion units, too slow to
+        keep up with a float8 weight stream at HBM speed."""
+        if SCALED:
+            asm: tl.constexpr = _E4M3_TO_BF16_SCALED
+        else:
+            asm: tl.constexpr = _E4M3_TO_BF16
         return tl.inline_asm_elementwise(
-            asm="""
-            {
-            .reg .b32 bias, nz;
-            mov.b32 bias, 0x7B807B80;
-            mov.b32 nz, 0x80008000;
-            prmt.b32 $0, $2, $2, 0x9180;
-            prmt.b32 $1, $2, $2, 0xB3A2;
-            shl.b32 $0, $0, 4;
-            shl.b32 $1, $1, 4;
-            and.b32 $0, $0, 0x87F087F0;
-            and.b32 $1, $1, 0x87F087F0;
-            fma.rn.bf16x2 $0, $0, bias, nz;
-            fma.rn.bf16x2 $1, $1, bias, nz;
-            }
-            """,
-            constraints="=r,=r,r",
-            args=[w.to(tl.uint8, bitcast=True)],
-            dtype=tl.bfloat16,
-            is_pure=True,
+            asm=asm, constraints="=r,=r,r", args=[w.to(tl.uint8, bitcast=True)], dtype=tl.bfloat16, is_pure=True,
             pack=4,
-        )
+        )  # fmt: skip
 
     @triton.jit(do_not_specialize=["M", "M_BUCKET"])
     def _skinny_kernel(

@@ -452,7 +452,7 @@ class Emu35(nn.Module):
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         sl = slice(None) if vocab_slice is None else vocab_slice
-        if self.head_fp8 is not None and x.shape[0] * x.shape[1] <= 16:  # a decode step: half the head's bytes
+        if self.head_fp8 is not None and x.shape[0] * x.shape[1] <= 16:  # decode (skinny_mm.MAX_ROWS): half the bytes
             from .skinny_mm import skinny_mm
 
             wq, scale = self.head_fp8.weight[sl], self.head_fp8.scale.reshape(-1)[sl]
