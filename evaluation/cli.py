@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "planner is asked for K subgoals unless --max-subgoals says otherwise",
     )
     p.add_argument(
+        "--recover",
+        action="store_true",
+        help="before each re-plan, put down a block left in the gripper, so every plan starts with an empty gripper",
+    )
+    p.add_argument(
         "--image-size",
         type=int,
         default=None,
@@ -119,6 +124,7 @@ def config_from_args(args: argparse.Namespace):
         executor=args.executor,
         replans=args.replans,
         horizon=args.horizon,
+        recover=args.recover,
         image_size=args.image_size or (128 if "mini" in _csv(args.planner) else 96),
         max_steps_per_subgoal=args.max_steps_per_subgoal,
         placement_tol_m=args.placement_tol,

@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from sim_envs import env_id
-from sim_envs.executors import Executor, KeyframeExecutor, LanguageExecutor, Subgoal
+from sim_envs.executors import Executor, KeyframeExecutor, LanguageExecutor, Subgoal, put_down_held
 from sim_envs.plan_check import check_plan
 from sim_envs.tasks import is_held
 
@@ -53,6 +53,9 @@ class EvalConfig:
     # re-plan). Why: a plan's later key-frames are drawn from its own earlier ones and inherit their errors; planned
     # again, every key-frame is drawn from a real view. At most 2 x (canonical subgoals) such continuations.
     horizon: int = 0
+    # before a re-plan, put down a block left in the gripper (sim_envs.executors.put_down_held), so every plan starts
+    # with an empty gripper. Why: the mini's re-plans from a wrong block in hand failed (README, Evaluation)
+    recover: bool = False
     image_size: int = 96
     max_steps_per_subgoal: int = 120
     placement_tol_m: float = 0.03
@@ -203,6 +206,9 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
             if failures > cfg.replans:
                 break
             after = "failure"
+            if cfg.recover:
+                cap.tag = (attempt, -1)
+                plans[-1]["put_down"], plans[-1]["put_down_steps"] = put_down_held(cap, cfg.max_steps_per_subgoal)
         cap.tag = (len(plans) - 1, -1)
         cap.grab()
         record = _summarise(spec, cfg, info, u, plans, subgoals, done)

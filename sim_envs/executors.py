@@ -15,7 +15,7 @@ import numpy as np
 from .keyframe_vision import VISIBLE_DZ, block_width_px, block_xy, find_blobs, image_distance, project
 from .scene import BLOCK_HALF
 from .skills import pick, place_at, run_call
-from .tasks import SkillCall, check_call, parse_subgoal
+from .tasks import SkillCall, check_call, is_held, parse_subgoal
 
 
 @dataclass
@@ -232,3 +232,23 @@ class KeyframeExecutor:
             return False
         d = min(near, key=np.linalg.norm)
         return bool(abs(d[1]) > abs(d[0]))
+
+
+def put_down_held(env, max_steps: int = 120) -> tuple[str | None, int]:
+    """Put a block left in the gripper down on the table, near where it is held; returns (the block, env steps), or
+    (None, 0) when the gripper holds nothing.
+
+    For re-planning after a failed subgoal (a wrong block picked, a place the executor could not ground): the next
+    plan then starts with an empty gripper, as an episode's first plan does. The spot is the block's own (x, y)
+    unless another block stands within two block widths; then the nearest free point 6-12 cm around it."""
+    u = env.unwrapped
+    ws = u.world_state()
+    held = next((b for b in u.task.scene.block_names() if is_held(ws, b)), None)
+    if held is None:
+        return None, 0
+    here = ws.positions[held][:2]
+    others = [p[:2] for n, p in ws.positions.items() if n != held]
+    rings = [here + r * np.array([np.cos(a), np.sin(a)]) for r in (0.06, 0.09, 0.12) for a in np.arange(8) * np.pi / 4]
+    free = [xy for xy in [here, *rings] if all(np.linalg.norm(xy - q) > 4 * BLOCK_HALF for q in others)]
+    xy = min(free, key=lambda xy: float(np.linalg.norm(xy - here))) if free else here
+    return held, _drive(env, place_at(env, held, xy, 0.0), max_steps)

@@ -251,3 +251,48 @@ def test_a_receding_horizon_plans_again_after_each_subgoal(tmp_path):
     (old / "config.json").write_text(json.dumps(cfg))
     assert cli_main([*whole, "--episodes", "2"]) == 0
     assert [r["plans_made"] for r in read_records(old / EPISODES_FILE)] == [1, 1]
+
+
+class _WrongPickThenCanonical:
+    """First plan: pick up a block the task does not start with, then a subgoal no executor grounds (the episode's
+    first failure, with that block in hand); every later plan: the canonical subgoals."""
+
+    name = "scripted"
+
+    def plan(self, ctx):
+        from evaluation.planners import PlanResult
+        from sim_envs.executors import Subgoal
+
+        if ctx.attempt == 0:
+            texts = [f"pick up the {ctx.blocks[-1]}", "do a little dance"]
+        else:
+            env = gym_make(ctx.env_id)
+            _, info = env.reset(seed=ctx.seed)
+            env.close()
+            texts = list(info["subgoals"])
+        return PlanResult([Subgoal(t) for t in texts], 0.0, 0.0)
+
+
+def gym_make(env_id):
+    import gymnasium as gym
+
+    return gym.make(env_id, image_size=64, image_obs=False)
+
+
+@pytest.mark.parametrize("engine", ["mujoco", "pybullet"])
+def test_recover_puts_a_held_block_down_before_the_replan(engine):
+    """--recover: after a failed subgoal with a block in hand, the block goes down on the table before the re-plan,
+    so the next plan starts with an empty gripper (and here, with the canonical plan, succeeds). Without it nothing
+    is put down (the language executor's pick then drops the held block itself; the key-frame executor would try
+    to place it, README: Evaluation)."""
+    from evaluation.episode import run_episode
+
+    spec = EpisodeSpec("Stack", engine, "scripted", 3)
+    kw = dict(executor="language", replans=1, image_size=64, video=False)
+    r = run_episode(spec, EvalConfig(recover=True, **kw), _WrongPickThenCanonical())
+    first = r["plans"][0]
+    assert r["subgoals"][0]["success"] and not r["subgoals"][1]["success"]  # picked, then the dance failed
+    assert first["put_down"] == r["subgoals"][0]["skill"][1] and first["put_down_steps"] > 0
+    assert r["success"] and r["replans"] == 1
+    r = run_episode(spec, EvalConfig(recover=False, **kw), _WrongPickThenCanonical())
+    assert "put_down" not in r["plans"][0]
