@@ -23,7 +23,7 @@ from sim_envs.executors import Executor, KeyframeExecutor, LanguageExecutor, Sub
 from sim_envs.plan_check import check_plan
 from sim_envs.tasks import is_held
 
-from .metrics import block_agreement, psnr, ssim
+from .metrics import block_agreement, follows_text, psnr, ssim
 from .planners import GrpcOptions, PlanContext, Planner, PlanResult, file_safe, plan_file
 
 PLANS_DIR = "plans"
@@ -182,6 +182,8 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                     ok = block_agreement(sg.keyframe, achieved, cam, colours, cfg.placement_tol_m)
                     held = {b.colour for b in scene.blocks if is_held(ws, b.name)}
                     resting = [a for c, a in ok.items() if c not in held]
+                    if cfg.executor == "keyframe":
+                        rec["follows_text"] = follows_text(sg.text, r.skill, scene)
                     rec.update(
                         psnr=_finite(psnr(achieved, sg.keyframe)),
                         ssim=ssim(achieved, sg.keyframe),
@@ -265,6 +267,7 @@ def _summarise(spec, cfg, info, u, plans, subgoals, done) -> dict[str, Any]:
         "ssim_mean": _mean([s["ssim"] for s in fid]),
         "placement_agreement": _ratio(fid, "placement_agree", "placement_total"),
         "placement_agreement_resting": _ratio(fid, "placement_rest_agree", "placement_rest_total"),
+        "keyframe_follows_text": _mean([s.get("follows_text") for s in subgoals]),
         "steps": int(sum(s["steps"] for s in subgoals)),
         "planner_errors": [p["error"] for p in plans if p["error"]],
         "plans": plans,

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 
 from sim_envs.keyframe_vision import detect_blocks
-from sim_envs.scene import CameraModel
+from sim_envs.scene import CameraModel, SceneSpec
+from sim_envs.tasks import SkillCall, parse_subgoal
 
 Z95 = 1.959963984540054
 
@@ -66,6 +67,25 @@ def block_agreement(
     p, q = detect_blocks(predicted, cam, colours), detect_blocks(achieved, cam, colours)
     return {c: bool(np.linalg.norm(p[c] - q[c]) <= tol) if c in p and c in q else (c not in p and c not in q)
             for c in colours}  # fmt: skip
+
+
+def follows_text(text: str, skill: SkillCall | None, scene: SceneSpec) -> bool | None:
+    """Did the key-frame executor, which never reads the text, do what the subgoal's text says? The same block
+    picked; the same block placed on the named block; or placed at a point inside the named zone. None when the text
+    is outside the grammar. It separates a key-frame that shows the wrong thing from an executor that fails to do
+    what a right key-frame shows (the subgoal's own success judges both)."""
+    want = parse_subgoal(text)
+    if want is None:
+        return None
+    if skill is None or skill.obj != want.obj:
+        return False
+    if want.skill == "pick":
+        return skill.skill == "pick"
+    if want.skill == "place_on":
+        return skill.skill == "place_on" and skill.target == want.target
+    if skill.skill != "place_at" or want.target not in scene.zone_names():
+        return False
+    return scene.zone(want.target).contains(np.array([float(v) for v in skill.target.split(",")]))
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:

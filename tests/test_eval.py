@@ -49,6 +49,10 @@ def test_oracle_and_random_on_both_engines_with_workers(tmp_path):
         assert r["placement_agreement"] == pytest.approx(agree)
         rest = sum(s["placement_rest_agree"] for s in sgs) / sum(s["placement_rest_total"] for s in sgs)
         assert r["placement_agreement_resting"] == pytest.approx(rest)
+        follows = [s["follows_text"] for s in sgs if s["follows_text"] is not None]  # key-frame executor: every one
+        assert len(follows) == len(sgs) and r["keyframe_follows_text"] == pytest.approx(np.mean(follows))
+        if r["planner"] == "oracle":
+            assert r["keyframe_follows_text"] >= 0.75  # the expert's own key-frames show what its texts say
         picks = [s for s in sgs if s["success"] and s["text"].startswith("pick up")]
         assert all(s["placement_rest_total"] == s["placement_total"] - 1 for s in picks)  # the held block is left out
         if not r["success"] and sgs[-1]["success"] is False:  # stopped by a failed subgoal: re-planned if allowed

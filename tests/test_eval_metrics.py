@@ -78,3 +78,24 @@ def test_record_writer_repairs_a_torn_line(tmp_path):
     w.append({"key": "b"})
     w.close()
     assert [json.loads(line)["key"] for line in p.read_text().splitlines()] == ["a", "b"]
+
+
+def test_follows_text_compares_the_executor_s_skill_with_the_subgoal_text():
+    from evaluation.metrics import follows_text
+    from sim_envs.scene import BlockSpec, SceneSpec, ZoneSpec
+    from sim_envs.tasks import SkillCall
+
+    blocks = tuple(BlockSpec(f"{c} block", c, (0.1 * i, 0.0), 0.0) for i, c in enumerate(("red", "green")))
+    scene = SceneSpec(blocks, (ZoneSpec("blue zone", "blue", (0.2, 0.2), 0.06),))
+    assert follows_text("pick up the red block", SkillCall("pick", "red block"), scene) is True
+    assert follows_text("pick up the red block", SkillCall("pick", "green block"), scene) is False
+    assert follows_text("pick up the red block", None, scene) is False  # the executor could not ground it
+    on = "place the red block on the green block"
+    assert follows_text(on, SkillCall("place_on", "red block", "green block"), scene) is True
+    assert follows_text(on, SkillCall("place_at", "red block", "0.100,0.000"), scene) is False
+    zone = "place the red block in the blue zone"
+    assert follows_text(zone, SkillCall("place_at", "red block", "0.230,0.170"), scene) is True
+    assert follows_text(zone, SkillCall("place_at", "red block", "0.300,0.200"), scene) is False  # outside
+    assert follows_text(zone, SkillCall("place_on", "red block", "green block"), scene) is False
+    assert follows_text(zone, SkillCall("place_at", "green block", "0.200,0.200"), scene) is False  # other block
+    assert follows_text("do a little dance", SkillCall("pick", "red block"), scene) is None
