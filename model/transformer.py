@@ -52,25 +52,6 @@ def qk_norm_rope(q: Tensor, k: Tensor, wq: Tensor, wk: Tensor, eps: float, cos: 
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
-def qk_norm_rope_cache(
-    q: Tensor, k: Tensor, v: Tensor, wq: Tensor, wk: Tensor, eps: float, cos: Tensor, sin: Tensor,
-    k_cache: Tensor, v_cache: Tensor, cache_pos: Tensor,
-) -> Tensor:  # fmt: skip
-    """`qk_norm_rope`, with k and v written into one layer's cache, in one compiled kernel: a decode step at the 34B
-    shape launched two more kernels per layer (128 a step) for the writes alone. q [B, T, H, D], k/v [B, T, K, D];
-    k_cache/v_cache [B, K, S, D]; cache_pos [T] (slots of every row) or [B, T] (each row's own) -> q [B, H, T, D]."""
-    q, k = qk_norm_rope(q, k, wq, wk, eps, cos, sin)  # [B, H, T, D], [B, K, T, D]
-    if cache_pos.dim() == 2:
-        B, T = cache_pos.shape
-        rows = torch.arange(B, device=cache_pos.device)[:, None].expand(B, T)
-        k_cache[rows, :, cache_pos] = k.transpose(1, 2)  # [B, T, K, D]
-        v_cache[rows, :, cache_pos] = v
-    else:
-        k_cache.index_copy_(2, cache_pos, k)
-        v_cache.index_copy_(2, cache_pos, v.transpose(1, 2))
-    return q
-
-
 def masked_softmax(scores: Tensor, mask: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
     """float32 scores [B, K, G, S], mask [B, 1, G, S] (True = attend) -> probabilities in `dtype`."""
     return (scores * scale).masked_fill(~mask, float("-inf")).softmax(-1).to(dtype)
@@ -113,7 +94,6 @@ KERNELS = {
     "rms_norm": rms_norm,
     "swiglu": swiglu,
     "qk_norm_rope": qk_norm_rope,
-    "qk_norm_rope_cache": qk_norm_rope_cache,
     "add_rms_norm": add_rms_norm,
     "masked_softmax": masked_softmax,
 }
@@ -260,14 +240,25 @@ class Attention(nn.Module):
     ) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.project(x)
-        q, k, v = q.view(B, T, self.n_head, -1), k.view(B, T, self.n_kv, -1), v.view(B, T, self.n_kv, -1)
-        norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, cos, sin)
-        if cache is not None:  # per-row slots [B, T] (continuous batching) or shared slots [T]
-            q = KERNELS["qk_norm_rope_cache"](q, k, v, *norms, cache.k[layer], cache.v[layer], cache_pos)
+        q, k = KERNELS["qk_norm_rope"](
+            q.view(B, T, self.n_head, self.head_dim),
+            k.view(B, T, self.n_kv, self.head_dim),
+            self.q_norm.weight,
+            self.k_norm.weight,
+            self.q_norm.eps,
+            cos,
+            sin,
+        )  # [B, H, T, D], [B, K, T, D]
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        if cache is not None and cache_pos.dim() == 2:  # per-row slots [B, T]: each row writes its own slots
+            rows = torch.arange(B, device=x.device)[:, None].expand(B, T)
+            cache.k[layer][rows, :, cache_pos] = k.transpose(1, 2)  # [B, T, K, D]
+            cache.v[layer][rows, :, cache_pos] = v.transpose(1, 2)
+            k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
+        elif cache is not None:
+            cache.k[layer].index_copy_(2, cache_pos, k)
+            cache.v[layer].index_copy_(2, cache_pos, v)
             k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]  # [B, K, S, D]
-        else:
-            q, k = KERNELS["qk_norm_rope"](q, k, *norms)  # [B, H, T, D], [B, K, T, D]
-            v = v.transpose(1, 2)  # [B, K, T, D]
         scale = 1.0 / math.sqrt(self.head_dim)
         if mask is None:
             y = F.scaled_dot_product_attention(

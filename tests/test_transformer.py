@@ -241,34 +241,3 @@ def test_per_row_cache_slots_equal_separate_rows():
             torch.testing.assert_close(out[0, -1], m(a).logits[0, -1], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out[1, -1], m(b).logits[0, -1], atol=1e-5, rtol=1e-5)
             nxt = out[:, -1].argmax(-1, keepdim=True)
-
-
-@pytest.mark.parametrize("per_row", [False, True])
-def test_kv_write_fused_into_the_rope_kernel_compiles_to_the_same_writes(per_row):
-    """qk_norm_rope_cache (QK-norm, RoPE and the KV-cache writes, one kernel once compiled): torch.compile'd, as
-    compile_kernels() runs it on CUDA, it writes the same cache slots and returns the same q as eagerly, and each
-    layer's cache view gets exactly its own slots."""
-    from model.transformer import qk_norm_rope_cache
-
-    g = torch.Generator().manual_seed(0)
-    B, T, H, K, D, S, L = 2, 3, 4, 2, 16, 12, 3
-    q, k, v = (torch.randn(B, T, n, D, generator=g) for n in (H, K, K))
-    wq, wk = torch.rand(D, generator=g) + 0.5, torch.rand(D, generator=g) + 0.5
-    cos, sin = torch.randn(B, T, D, generator=g), torch.randn(B, T, D, generator=g)
-    pos = torch.tensor([[1, 4, 7], [0, 5, 9]]) if per_row else torch.tensor([2, 3, 8])
-    compiled = torch.compile(qk_norm_rope_cache, dynamic=False)
-    caches = {}
-    for name, fn in (("eager", qk_norm_rope_cache), ("compiled", compiled)):
-        kc, vc = torch.zeros(L, B, K, S, D), torch.zeros(L, B, K, S, D)
-        outs = [fn(q, k, v, wq, wk, 1e-6, cos, sin, kc[i], vc[i], pos) for i in range(L)]
-        caches[name] = (outs, kc, vc)
-    (qe, ke, ve), (qc, kcomp, vcomp) = caches["eager"], caches["compiled"]
-    for a, b in zip(qe, qc):
-        torch.testing.assert_close(a, b)
-    torch.testing.assert_close(ke, kcomp)
-    torch.testing.assert_close(ve, vcomp)
-    for b in range(B):
-        slots = pos[b] if per_row else pos
-        for i in range(L):  # every layer's view got its own writes, at exactly these slots
-            assert (ke[i, b] != 0).any(-1).any(0).nonzero().flatten().tolist() == sorted(slots.tolist())
-            assert torch.equal(ve[i, b][:, slots], v[b].transpose(0, 1))  # v as given, [K, T, D]
