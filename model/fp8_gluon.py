@@ -14,7 +14,8 @@ The tile is [S, BLOCK_N, KS]: S slices of K run side by side as a batched MMA (o
 a narrow projection (N = 5120) still gives every SM several warps; the slices' sums are added once at the end. The
 conversion leaves out model.skinny_mm's multiply by 2^120 (it goes into the scale, once per output).
 
-`fp8_mm_available()` says whether it can run: CUDA sm_90 with a Triton that has Gluon. Otherwise model.skinny_mm.
+`fp8_mm_available()` says whether it can run: CUDA sm89+ (measured on sm_90) with a Triton that has Gluon.
+Otherwise model.skinny_mm.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ if gluon is not None:
         kb3 = gl.expand_dims(gl.expand_dims(kb, 0), 2)
         sb3 = gl.expand_dims(gl.expand_dims(sb, 1), 2)
         x_ptrs = x_ptr + mb3 * K + sb3 * KS + kb3
-        x_mask = (mb3 < M) & (kb3 < KS) & (sb3 < S)  # [S, KS, MP]
+        x_mask = (mb3 < M) & (kb3 < KS) & (sb3 < S)  # [S, KS, MP]: the last two always hold, they give the shape
         acc = gl.zeros([S, BLOCK_N, MP], gl.float32, layout=mma)
         step = S * KS
         if PREFETCH:  # converted tiles are carried: a float8 tile would take a register per byte
@@ -184,7 +185,7 @@ def fp8_mm(x: Tensor, w: Tensor, scale: Tensor, out: Tensor | None = None, confi
     N = w.shape[0]
     if not 1 <= M <= MAX_ROWS or w.shape[1] != K:
         raise ValueError(f"fp8_mm: x {tuple(x.shape)}, w {tuple(w.shape)} (1-{MAX_ROWS} rows)")
-    mp = 8 if M <= 8 else 16
+    mp = padded_rows(M)
     cfg = config or _BEST.get((N, K, mp)) or tune(x, w, scale)
     if not config_fits(cfg, K):
         raise ValueError(f"fp8_mm: config {cfg} does not divide K = {K}")
@@ -197,6 +198,11 @@ def fp8_mm(x: Tensor, w: Tensor, scale: Tensor, out: Tensor | None = None, confi
     return y
 
 
+def padded_rows(M: int) -> int:
+    """Rows as the kernel's MMA takes them (its n): 8, or 16 for 9-16 rows; part of the tuning key."""
+    return 8 if M <= 8 else 16
+
+
 _BEST: dict[tuple[int, int, int], tuple] = {}  # (N, K, padded rows) -> the fastest config, chosen by tune
 
 
@@ -207,7 +213,7 @@ def tune(x: Tensor, w: Tensor, scale: Tensor) -> tuple:
     import triton.testing
 
     M, (N, K) = x.shape[0], w.shape
-    key = (N, K, 8 if M <= 8 else 16)
+    key = (N, K, padded_rows(M))
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError(
             f"fp8_mm: first call for (N, K, rows) = {key} inside CUDA graph capture; run it eagerly first"

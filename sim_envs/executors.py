@@ -249,6 +249,6 @@ def put_down_held(env, max_steps: int = 120) -> tuple[str | None, int]:
     here = ws.positions[held][:2]
     others = [p[:2] for n, p in ws.positions.items() if n != held]
     rings = [here + r * np.array([np.cos(a), np.sin(a)]) for r in (0.06, 0.09, 0.12) for a in np.arange(8) * np.pi / 4]
-    free = [xy for xy in [here, *rings] if all(np.linalg.norm(xy - q) > 4 * BLOCK_HALF for q in others)]
-    xy = min(free, key=lambda xy: float(np.linalg.norm(xy - here))) if free else here
+    # candidates nearest first: the first free one
+    xy = next((xy for xy in [here, *rings] if all(np.linalg.norm(xy - q) > 4 * BLOCK_HALF for q in others)), here)
     return held, _drive(env, place_at(env, held, xy, 0.0), max_steps)
