@@ -17,13 +17,18 @@ import queue
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 from PIL import Image
 
+from model.sampling import SamplingParams
+
 from .auth import bearer_metadata
+from .consensus import medoid
 from .convert import GenerationBuilder, PlanBuilder, TurnBuilder
 from .images import to_input
 from .limits import Limits
@@ -38,6 +43,9 @@ from .proto import (
     service_pb2_grpc,
 )
 from .types import ExploreTurn, Generation, Options, Plan
+
+# key-frames of the consensus candidates after the first: sampled, a little cooler than the spec's temperature 1
+CONSENSUS_SAMPLING = SamplingParams(temperature=0.7, top_k=0, top_p=1.0)
 
 ImageLike = Image.Image | np.ndarray | bytes | str
 TASKS = {
@@ -183,6 +191,34 @@ class PlannerClient:
         if not isinstance(last, Plan):
             raise RuntimeError("the stream ended without a finished plan")
         return last
+
+    def plan_consensus(
+        self,
+        instruction: str,
+        images: Iterable[ImageLike],
+        candidates: int = 5,
+        *,
+        sampling: SamplingParams = CONSENSUS_SAMPLING,
+        options: Options | None = None,
+        max_subgoals: int = 0,
+        timeout: float | None = None,
+    ) -> tuple[Plan, list[Plan]]:
+        """Ask for `candidates` plans of the scene at once (the service decodes them in one batch) and return the
+        consensus (`emu35_robot.consensus.medoid`) and all of them. Candidate 0 is decoded with `options` as given
+        (the server's key-frame default unless they say otherwise); the others draw their key-frames with `sampling`
+        and seeds `seed + i` (seed from `options`, else random), so they differ."""
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        images = list(images)
+        base = options or Options()
+        seed = base.seed if base.seed is not None else random.randrange(2**62)
+        opts = [replace(base, seed=seed)] + [
+            replace(base, seed=seed + i, image_sampling=sampling) for i in range(1, candidates)
+        ]
+        call = lambda o: self.plan(instruction, images, max_subgoals=max_subgoals, options=o, timeout=timeout)  # noqa: E731
+        with ThreadPoolExecutor(candidates) as pool:
+            plans = list(pool.map(call, opts))
+        return plans[medoid(plans)], plans
 
     # ---- Generation -----------------------------------------------------------------------------------------
     def generate_stream(

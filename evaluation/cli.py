@@ -74,6 +74,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="key-frame sampling: temperature (0 = greedy), top_k (0 = all), top_p; default: the server's",
     )
     g.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="> 1: ask for that many plans at once and execute the consensus (PlannerClient.plan_consensus)",
+    )
+    g.add_argument(
+        "--candidate-sampling",
+        default=None,
+        metavar="T,K,P",
+        help="key-frame sampling of the candidates after the first (default 0.7,0,1)",
+    )
+    g.add_argument(
         "--text-sampling",
         default=None,
         metavar="T,K,P",
@@ -119,6 +131,8 @@ def config_from_args(args: argparse.Namespace):
         text_sampling=_sampling(args.text_sampling, "--text-sampling"),
         timeout_s=args.timeout,
         token=args.token or os.environ.get("EMU35_ROBOT_TOKEN"),
+        candidates=args.candidates,
+        candidate_sampling=_sampling(args.candidate_sampling, "--candidate-sampling"),
     )
     return EvalConfig(
         executor=args.executor,

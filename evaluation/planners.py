@@ -151,6 +151,8 @@ class GrpcOptions:
     text_sampling: tuple[float, int, float] | None = None  # subgoal texts, likewise
     timeout_s: float | None = 600.0
     token: str | None = None
+    candidates: int = 1  # > 1: that many plans at once, the consensus kept (PlannerClient.plan_consensus)
+    candidate_sampling: tuple[float, int, float] | None = None  # the extra candidates' key-frames; None: the client's
 
 
 class GrpcPlanner:
@@ -166,6 +168,7 @@ class GrpcPlanner:
     def plan(self, ctx: PlanContext) -> PlanResult:
         import grpc
 
+        from emu35_robot.consensus import distance_matrix
         from emu35_robot.types import Options, Plan, SamplingParams
         from emu35_robot.types import Subgoal as RemoteSubgoal
 
@@ -184,12 +187,27 @@ class GrpcPlanner:
         h, w = ctx.image.shape[:2]
         t0 = time.perf_counter()
         first, plan = None, None
+        consensus = {}
         try:
-            for ev in self.client.plan_stream(ctx.instruction, [ctx.image], max_subgoals=o.max_subgoals, options=opts):
-                if isinstance(ev, RemoteSubgoal) and first is None:
-                    first = time.perf_counter() - t0
-                elif isinstance(ev, Plan):
-                    plan = ev
+            if o.candidates > 1:
+                kw = {"sampling": SamplingParams(*o.candidate_sampling)} if o.candidate_sampling else {}
+                plan, plans = self.client.plan_consensus(
+                    ctx.instruction, [ctx.image], o.candidates, options=opts, max_subgoals=o.max_subgoals, **kw
+                )
+                first = time.perf_counter() - t0  # nothing is executable before every candidate is done
+                consensus = {
+                    "chosen": next(i for i, p in enumerate(plans) if p is plan),
+                    "distances": np.round(distance_matrix(plans), 4).tolist(),
+                    "tokens": [p.usage.generated_tokens for p in plans],
+                }
+            else:
+                for ev in self.client.plan_stream(
+                    ctx.instruction, [ctx.image], max_subgoals=o.max_subgoals, options=opts
+                ):
+                    if isinstance(ev, RemoteSubgoal) and first is None:
+                        first = time.perf_counter() - t0
+                    elif isinstance(ev, Plan):
+                        plan = ev
         except grpc.RpcError as e:
             return PlanResult([], time.perf_counter() - t0, first, error=f"{e.code().name}: {e.details()}")
         dt = time.perf_counter() - t0
@@ -203,7 +221,11 @@ class GrpcPlanner:
             sgs.append(Subgoal(s.text.strip(), kf))
         u = plan.usage
         info = {"reason": u.reason, "prompt_tokens": u.prompt_tokens, "server_timings": u.timings}
-        return PlanResult(sgs, dt, first, tokens=u.generated_tokens, info=info)
+        tokens = u.generated_tokens
+        if consensus:
+            info["consensus"] = consensus
+            tokens = sum(consensus["tokens"])  # every candidate's tokens were generated
+        return PlanResult(sgs, dt, first, tokens=tokens, info=info)
 
     def close(self) -> None:
         self.client.close()

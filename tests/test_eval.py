@@ -178,6 +178,27 @@ def test_one_episode_planned_by_the_grpc_service(grpc_server, tmp_path):
     assert (out / r["video"]).is_file() and r["video"] in (out / "report.html").read_text()
 
 
+def test_consensus_candidates_through_the_grpc_service(grpc_server, tmp_path):
+    """--candidates 3: each plan is the consensus of three, whose choice, distances and tokens the record keeps."""
+    torch.set_num_threads(1)
+    address, tok = grpc_server
+    out = tmp_path / "cons"
+    args = ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", address, "--episodes", "1",
+            "--out", str(out), "--keyframe-grid", "3x3", "--max-subgoals", "2", "--max-new-tokens", "160",
+            "--logit-bias", f"{tok.boi_id}=50", "--replans", "0", "--candidates", "3",
+            "--candidate-sampling", "1,0,1", "--no-video", *SMALL]  # fmt: skip
+    assert cli_main(args) == 0
+    (r,) = read_records(out / EPISODES_FILE)
+    assert r["error"] is None and r["planner_errors"] == [], r
+    (p,) = r["plans"]
+    c = p["info"]["consensus"]
+    assert c["chosen"] in (0, 1, 2) and len(c["distances"]) == 3 and len(c["tokens"]) == 3
+    assert p["tokens"] == sum(c["tokens"]) == r["tokens_generated"]
+    assert r["time_to_first_subgoal_s"] == pytest.approx(r["plan_latency_s"], abs=0.01)  # nothing before all three
+    with pytest.raises(SystemExit, match="candidate-sampling"):
+        cli_main([*args[: -len(SMALL) - 1], "--candidate-sampling", "x", *SMALL])
+
+
 def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):
     from evaluation.episode import run_episode
     from evaluation.planners import OraclePlanner

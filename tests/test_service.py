@@ -389,3 +389,30 @@ def test_concurrent_plans_share_a_batch_and_match_solo_results(engine, bundle):
         assert len(alone[0].subgoals) == 2 and alone[1].usage.generated_tokens == 300
     finally:
         s.stop(0)
+
+
+def test_plan_consensus_draws_candidates_in_one_batch_and_keeps_their_medoid(engine, bundle):
+    """`plan_consensus` sends its candidates at once (the batch reaches them all), candidate 0 is the plan asked for
+    (here greedy), the others draw their key-frames with their own seeds, and the one returned is the medoid."""
+    from emu35_robot.consensus import distance_matrix, medoid
+
+    s = PlannerServer(port=0, host="127.0.0.1", limits=Limits(max_batch=3, max_queue=3), grace_s=5).start()
+    s.attach(engine, info(bundle))
+    try:
+        with PlannerClient(f"127.0.0.1:{s.port}", timeout=60) as c:
+            greedy = SamplingParams(0.0, 0, 1.0)
+            opts = force_images(engine, size=(3, 3), max_new_tokens=200, image_sampling=greedy)
+            alone = c.plan("go", [scene()], max_subgoals=2, options=opts)
+            best, plans = c.plan_consensus("go", [scene()], 3, options=opts, max_subgoals=2)
+        assert s.runtime.scheduler.batch.peak == 3
+        assert len(plans) == 3 and all(len(p.subgoals) == 2 for p in plans)
+        assert [g.codes.tolist() for g in plans[0].subgoals] == [g.codes.tolist() for g in alone.subgoals]
+        assert plans[1].subgoals[0].codes.tolist() != plans[2].subgoals[0].codes.tolist()  # sampled, other seeds
+        assert best is plans[medoid(plans)]
+        d = distance_matrix(plans)
+        assert d.shape == (3, 3) and np.allclose(d, d.T) and (d.diagonal() == 0).all()
+        assert (d[~np.eye(3, dtype=bool)] > 0).all()
+        with pytest.raises(ValueError, match="candidates"):
+            PlannerClient(f"127.0.0.1:{s.port}").plan_consensus("go", [scene()], 0)
+    finally:
+        s.stop(0)
