@@ -152,19 +152,20 @@ def grpc_server(bundle):
     s.stop(0)
 
 
+def grpc_eval(address, tok, out, *extra):
+    """`eval` of one Stack episode on MuJoCo planned by the service, 3x3 key-frames forced by a BOI bias."""
+    return ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", address, "--episodes", "1",
+            "--out", str(out), "--keyframe-grid", "3x3", "--max-new-tokens", "160",
+            "--logit-bias", f"{tok.boi_id}=50", *extra, *SMALL]  # fmt: skip
+
+
 def test_one_episode_planned_by_the_grpc_service(grpc_server, tmp_path):
     torch.set_num_threads(1)
     address, tok = grpc_server
     out = tmp_path / "grpc"
-    args = ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", address, "--episodes", "1",
-            "--out", str(out), "--keyframe-grid", "3x3", "--max-subgoals", "2", "--max-new-tokens", "160",
-            "--logit-bias", f"{tok.boi_id}=50", "--jacobi-window", "4", *SMALL]  # fmt: skip
-    assert cli_main(args) == 0
+    assert cli_main(grpc_eval(address, tok, out, "--max-subgoals", "2", "--jacobi-window", "4")) == 0
     # a horizon asks the service for that many subgoals only
-    h1 = ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", address, "--episodes", "1",
-          "--out", str(tmp_path / "h1"), "--keyframe-grid", "3x3", "--max-new-tokens", "160",
-          "--logit-bias", f"{tok.boi_id}=50", "--horizon", "1", "--replans", "2", *SMALL]  # fmt: skip
-    assert cli_main(h1) == 0
+    assert cli_main(grpc_eval(address, tok, tmp_path / "h1", "--horizon", "1", "--replans", "2")) == 0
     (r1,) = read_records(tmp_path / "h1" / EPISODES_FILE)
     assert r1["error"] is None and len(r1["plans"]) >= 2 and all(len(p["texts"]) <= 1 for p in r1["plans"])
     (r,) = read_records(out / EPISODES_FILE)
@@ -183,11 +184,8 @@ def test_consensus_candidates_through_the_grpc_service(grpc_server, tmp_path):
     torch.set_num_threads(1)
     address, tok = grpc_server
     out = tmp_path / "cons"
-    args = ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", address, "--episodes", "1",
-            "--out", str(out), "--keyframe-grid", "3x3", "--max-subgoals", "2", "--max-new-tokens", "160",
-            "--logit-bias", f"{tok.boi_id}=50", "--replans", "0", "--candidates", "3",
-            "--candidate-sampling", "1,0,1", "--no-video", *SMALL]  # fmt: skip
-    assert cli_main(args) == 0
+    opts = ("--max-subgoals", "2", "--replans", "0", "--candidates", "3", "--no-video")
+    assert cli_main(grpc_eval(address, tok, out, *opts, "--candidate-sampling", "1,0,1")) == 0
     (r,) = read_records(out / EPISODES_FILE)
     assert r["error"] is None and r["planner_errors"] == [], r
     (p,) = r["plans"]
@@ -196,7 +194,7 @@ def test_consensus_candidates_through_the_grpc_service(grpc_server, tmp_path):
     assert p["tokens"] == sum(c["tokens"]) == r["tokens_generated"]
     assert r["time_to_first_subgoal_s"] == pytest.approx(r["plan_latency_s"], abs=0.01)  # nothing before all three
     with pytest.raises(SystemExit, match="candidate-sampling"):
-        cli_main([*args[: -len(SMALL) - 1], "--candidate-sampling", "x", *SMALL])
+        cli_main(grpc_eval(address, tok, tmp_path / "bad", *opts, "--candidate-sampling", "x"))
 
 
 def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):
