@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("instruction")
     pl.add_argument("--image", action="append", required=True, help="camera image (PNG/JPEG), repeatable")
     pl.add_argument("--max-subgoals", type=int, default=0)
+    pl.add_argument(
+        "--candidates", type=int, default=1, help="> 1: that many plans at once, keep their consensus (README)"
+    )
     _client_args(pl)
     pl.set_defaults(func=_client_main, client="plan")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from .client import PlannerClient
+from .consensus import distance_matrix
 from .contact_sheet import contact_sheet
 from .types import ExploreView, GeneratedImage, ImageProgress, Options, Subgoal, TextChunk
 
@@ -72,11 +73,22 @@ def run(args: argparse.Namespace, token: str | None) -> int:
     images = [Image.open(p) for p in getattr(args, "image", [])]
     with _client(args, token) as client:
         if args.client == "plan":
-            bar, plan = Progress("plan", args.quiet), None
-            for ev in client.plan_stream(args.instruction, images, max_subgoals=args.max_subgoals, options=opts):
-                bar.update(ev)
-                plan = ev
-            bar.done()
+            consensus = None
+            if args.candidates > 1:  # no stream to show: the plan is known when every candidate is done
+                plan, plans = client.plan_consensus(
+                    args.instruction, images, args.candidates, options=opts, max_subgoals=args.max_subgoals
+                )
+                consensus = {
+                    "chosen": next(i for i, p in enumerate(plans) if p is plan),
+                    "distances": distance_matrix(plans).round(4).tolist(),
+                    "generated_tokens": [p.usage.generated_tokens for p in plans],
+                }
+            else:
+                bar, plan = Progress("plan", args.quiet), None
+                for ev in client.plan_stream(args.instruction, images, max_subgoals=args.max_subgoals, options=opts):
+                    bar.update(ev)
+                    plan = ev
+                bar.done()
             steps = []
             for s in plan.subgoals:
                 s.image.save(out / f"keyframe_{s.index:02d}.png")
@@ -96,6 +108,8 @@ def run(args: argparse.Namespace, token: str | None) -> int:
                 "chain_of_thought": plan.chain_of_thought,
                 "usage": _usage(plan.usage),
             }
+            if consensus is not None:
+                doc["consensus"] = consensus
             (out / "plan.json").write_text(json.dumps(doc, indent=2))
             sheet = contact_sheet([s.image for s in plan.subgoals], [s.text for s in plan.subgoals], plan.instruction)
             print(f"{len(plan.subgoals)} subgoal(s), finished: {plan.usage.reason}; wrote {out}/")

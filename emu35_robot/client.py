@@ -210,6 +210,9 @@ class PlannerClient:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         images = list(images)
+        for im in images:  # a lazily opened file decodes on first use, which threads must not race for
+            if isinstance(im, Image.Image):
+                im.load()
         base = options or Options()
         seed = base.seed if base.seed is not None else random.randrange(2**62)
         opts = [replace(base, seed=seed)] + [
