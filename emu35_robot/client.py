@@ -206,7 +206,7 @@ class PlannerClient:
         """Ask for `candidates` plans of the scene at once (the service decodes them in one batch) and return the
         consensus (`emu35_robot.consensus.medoid`) and all of them. Candidate 0 is decoded with `options` as given
         (the server's key-frame default unless they say otherwise); the others draw their key-frames with `sampling`
-        and seeds `seed + i` (seed from `options`, else random), so they differ."""
+        and seeds `seed + i` (seed from `options`, else random; modulo 2^64, the proto's uint64), so they differ."""
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         images = list(images)
@@ -216,7 +216,7 @@ class PlannerClient:
         base = options or Options()
         seed = base.seed if base.seed is not None else random.randrange(2**62)
         opts = [replace(base, seed=seed)] + [
-            replace(base, seed=seed + i, image_sampling=sampling) for i in range(1, candidates)
+            replace(base, seed=(seed + i) % 2**64, image_sampling=sampling) for i in range(1, candidates)
         ]
         call = lambda o: self.plan(instruction, images, max_subgoals=max_subgoals, options=o, timeout=timeout)  # noqa: E731
         with ThreadPoolExecutor(candidates) as pool:
