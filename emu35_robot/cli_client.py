@@ -11,7 +11,6 @@ from pathlib import Path
 from PIL import Image
 
 from .client import PlannerClient
-from .consensus import distance_matrix
 from .contact_sheet import contact_sheet
 from .types import ExploreView, GeneratedImage, ImageProgress, Options, Subgoal, TextChunk
 
@@ -75,14 +74,10 @@ def run(args: argparse.Namespace, token: str | None) -> int:
         if args.client == "plan":
             consensus = None
             if args.candidates > 1:  # no stream to show: the plan is known when every candidate is done
-                plan, plans = client.plan_consensus(
+                c = client.plan_consensus(
                     args.instruction, images, args.candidates, options=opts, max_subgoals=args.max_subgoals
                 )
-                consensus = {
-                    "chosen": next(i for i, p in enumerate(plans) if p is plan),
-                    "distances": distance_matrix(plans).round(4).tolist(),
-                    "generated_tokens": [p.usage.generated_tokens for p in plans],
-                }
+                plan, consensus = c.plan, c.summary()
             else:
                 bar, plan = Progress("plan", args.quiet), None
                 for ev in client.plan_stream(args.instruction, images, max_subgoals=args.max_subgoals, options=opts):

@@ -28,7 +28,7 @@ from PIL import Image
 from model.sampling import SamplingParams
 
 from .auth import bearer_metadata
-from .consensus import medoid
+from .consensus import Consensus, consensus
 from .convert import GenerationBuilder, PlanBuilder, TurnBuilder
 from .images import to_input
 from .limits import Limits
@@ -202,9 +202,10 @@ class PlannerClient:
         options: Options | None = None,
         max_subgoals: int = 0,
         timeout: float | None = None,
-    ) -> tuple[Plan, list[Plan]]:
-        """Ask for `candidates` plans of the scene at once (the service decodes them in one batch) and return the
-        consensus (`emu35_robot.consensus.medoid`) and all of them. Candidate 0 is decoded with `options` as given
+    ) -> Consensus:
+        """Ask for `candidates` plans of the scene at once (the service decodes them in one batch) and return their
+        `Consensus`: `.plan` the medoid (`emu35_robot.consensus.medoid`), `.candidates` all of them, `.chosen`,
+        `.distances`. Candidate 0 is decoded with `options` as given
         (the server's key-frame default unless they say otherwise); the others draw their key-frames with `sampling`
         and seeds `seed + i` (seed from `options`, else random; modulo 2^64, the proto's uint64), so they differ."""
         if candidates < 1:
@@ -221,7 +222,7 @@ class PlannerClient:
         call = lambda o: self.plan(instruction, images, max_subgoals=max_subgoals, options=o, timeout=timeout)  # noqa: E731
         with ThreadPoolExecutor(candidates) as pool:
             plans = list(pool.map(call, opts))
-        return plans[medoid(plans)], plans
+        return consensus(plans)
 
     # ---- Generation -----------------------------------------------------------------------------------------
     def generate_stream(

@@ -11,6 +11,7 @@ the service returns.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -55,12 +56,42 @@ def distance_matrix(plans: Sequence[Plan]) -> np.ndarray:
     return d
 
 
-def medoid(plans: Sequence[Plan]) -> int:
-    """Index of the plan with the least total distance to the others; ties go to the lowest index (so a greedy
-    candidate listed first wins them). Plans without subgoals are never chosen unless all are empty."""
-    if not plans:
-        raise ValueError("medoid: no plans")
-    d = distance_matrix(plans)
+def _medoid(plans: Sequence[Plan], d: np.ndarray) -> int:
     total = d.sum(1)
     total[[not p.subgoals for p in plans]] = np.inf
     return int(np.argmin(total)) if np.isfinite(total).any() else 0
+
+
+def medoid(plans: Sequence[Plan]) -> int:
+    """Index of the plan with the least total distance to the others; ties go to the lowest index (so a greedy
+    candidate listed first wins them). Plans without subgoals are never chosen unless all are empty."""
+    return consensus(plans).chosen
+
+
+@dataclass
+class Consensus:
+    """The candidates of one scene, their distances and the medoid kept."""
+
+    candidates: list[Plan]
+    distances: np.ndarray  # [n, n], `distance_matrix`
+    chosen: int  # index of the medoid
+
+    @property
+    def plan(self) -> Plan:
+        return self.candidates[self.chosen]
+
+    def summary(self) -> dict:
+        """What a record keeps of it: the choice, the distances and every candidate's generated tokens."""
+        return {
+            "chosen": self.chosen,
+            "distances": self.distances.round(4).tolist(),
+            "tokens": [p.usage.generated_tokens for p in self.candidates],
+        }
+
+
+def consensus(plans: Sequence[Plan]) -> Consensus:
+    """The distances of `plans` (computed once) and their medoid (`medoid`)."""
+    if not plans:
+        raise ValueError("medoid: no plans")
+    d = distance_matrix(plans)
+    return Consensus(list(plans), d, _medoid(plans, d))

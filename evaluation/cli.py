@@ -119,6 +119,8 @@ def config_from_args(args: argparse.Namespace):
     for item in args.logit_bias:
         k, v = item.split("=")
         bias[int(k)] = float(v)
+    if args.candidates < 1:
+        raise SystemExit(f"--candidates: want 1 or more plans per request, got {args.candidates}")
     grpc = GrpcOptions(
         image_size=grid,
         max_subgoals=args.max_subgoals or args.horizon,

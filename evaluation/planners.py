@@ -168,7 +168,6 @@ class GrpcPlanner:
     def plan(self, ctx: PlanContext) -> PlanResult:
         import grpc
 
-        from emu35_robot.consensus import distance_matrix
         from emu35_robot.types import Options, Plan, SamplingParams
         from emu35_robot.types import Subgoal as RemoteSubgoal
 
@@ -191,15 +190,11 @@ class GrpcPlanner:
         try:
             if o.candidates > 1:
                 kw = {"sampling": SamplingParams(*o.candidate_sampling)} if o.candidate_sampling else {}
-                plan, plans = self.client.plan_consensus(
+                c = self.client.plan_consensus(
                     ctx.instruction, [ctx.image], o.candidates, options=opts, max_subgoals=o.max_subgoals, **kw
                 )
                 first = time.perf_counter() - t0  # nothing is executable before every candidate is done
-                consensus = {
-                    "chosen": next(i for i, p in enumerate(plans) if p is plan),
-                    "distances": np.round(distance_matrix(plans), 4).tolist(),
-                    "tokens": [p.usage.generated_tokens for p in plans],
-                }
+                plan, consensus = c.plan, c.summary()
             else:
                 for ev in self.client.plan_stream(
                     ctx.instruction, [ctx.image], max_subgoals=o.max_subgoals, options=opts

@@ -195,6 +195,8 @@ def test_consensus_candidates_through_the_grpc_service(grpc_server, tmp_path):
     assert r["time_to_first_subgoal_s"] == pytest.approx(r["plan_latency_s"], abs=0.01)  # nothing before all three
     with pytest.raises(SystemExit, match="candidate-sampling"):
         cli_main(grpc_eval(address, tok, tmp_path / "bad", *opts, "--candidate-sampling", "x"))
+    with pytest.raises(SystemExit, match="--candidates"):
+        cli_main(grpc_eval(address, tok, tmp_path / "bad", "--candidates", "0"))
 
 
 def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):

@@ -403,13 +403,15 @@ def test_plan_consensus_draws_candidates_in_one_batch_and_keeps_their_medoid(eng
             greedy = SamplingParams(0.0, 0, 1.0)
             opts = force_images(engine, size=(3, 3), max_new_tokens=200, image_sampling=greedy)
             alone = c.plan("go", [scene()], max_subgoals=2, options=opts)
-            best, plans = c.plan_consensus("go", [scene()], 3, options=opts, max_subgoals=2)
+            result = c.plan_consensus("go", [scene()], 3, options=opts, max_subgoals=2)
+        best, plans = result.plan, result.candidates
         assert s.runtime.scheduler.batch.peak == 3
         assert len(plans) == 3 and all(len(p.subgoals) == 2 for p in plans)
         assert [g.codes.tolist() for g in plans[0].subgoals] == [g.codes.tolist() for g in alone.subgoals]
         assert plans[1].subgoals[0].codes.tolist() != plans[2].subgoals[0].codes.tolist()  # sampled, other seeds
         assert best is plans[medoid(plans)]
         d = distance_matrix(plans)
+        assert np.array_equal(result.distances, d) and result.summary()["chosen"] == result.chosen
         assert d.shape == (3, 3) and np.allclose(d, d.T) and (d.diagonal() == 0).all()
         assert (d[~np.eye(3, dtype=bool)] > 0).all()
         with pytest.raises(ValueError, match="candidates"):

@@ -68,7 +68,7 @@ def test_cli_plan_generate_explore(served, tmp_path):
             "2", "--out", str(tmp_path / "cons"), "--max-subgoals", "1", "--max-new-tokens", "100", *force)  # fmt: skip
     assert r.returncode == 0, r.stderr
     cons = json.loads((tmp_path / "cons" / "plan.json").read_text())["consensus"]
-    assert cons["chosen"] in (0, 1) and len(cons["distances"]) == 2 and len(cons["generated_tokens"]) == 2
+    assert cons["chosen"] in (0, 1) and len(cons["distances"]) == 2 and len(cons["tokens"]) == 2
 
     r = cli("generate", "--server", addr, "--task", "t2i", "a red cube", "--out", str(tmp_path / "gen"),
             "--max-new-tokens", "30", "--jacobi-window", "4", *force)  # fmt: skip
