@@ -159,10 +159,14 @@ def bytes_read_per_step(lm: Emu35, visual: slice | None) -> int:
     """Weight bytes one decode step must read: every projection, norm and the head (only its visual slice on
     image rows) once; not the embedding table, of which a step reads one row per token."""
     n = 0
+    # tensor parallelism with a peer gather (model.lamport_all_reduce): each rank reads its share of the head's rows
+    split = lm.tensor_parallel[1] if getattr(lm.model.layers[-1].reduce, "split_head", False) else 1
     for name, t in list(lm.named_parameters()) + list(lm.named_buffers()):
         if name.startswith("model.embed_tokens") or name == "inv_freq":
             continue
-        rows = (visual.stop - visual.start) if (visual is not None and name == "lm_head.weight") else t.shape[0]
+        rows = t.shape[0]
+        if name == "lm_head.weight":
+            rows = ((visual.stop - visual.start) if visual is not None else rows) // split
         n += t[:rows].numel() * t.element_size() if t.ndim else t.element_size()
     return n
 

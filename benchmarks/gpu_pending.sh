@@ -45,6 +45,11 @@ step batching_image 300 $py benchmarks/batching.py --shape 34b --device cuda --g
   --out "$out/batching_34b_graphs_image.json"
 if [ "$gpus" -ge 2 ]; then
   step tp_spmd 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --no-single --out "$out/tensor_parallel_34b.json"
+  step lamport_tests 180 $py -m pytest -q -p no:cacheprovider tests/test_lamport_all_reduce.py
+  step tp_lamport 330 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer,lamport \
+    --out "$out/tensor_parallel_lamport_34b.json"
+  step tp_serving_lamport 240 $py benchmarks/tensor_parallel.py --engine --world 2 --all-reduce lamport \
+    --out "$out/tensor_parallel_engine_lamport_34b.json"
   step tp_spmd_peer 300 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer \
     --out "$out/tensor_parallel_peer_34b.json"
   step tp_profile 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer \

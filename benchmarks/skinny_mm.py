@@ -62,14 +62,22 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def shapes(tiny: bool) -> dict[str, tuple[int, int]]:
-    """name -> (K, N) of the products a decode step runs (fused q/k/v and gate/up, as the engine on CUDA)."""
+def shapes(tiny: bool, tp: int = 1) -> dict[str, tuple[int, int]]:
+    """name -> (K, N) of the products a decode step runs (fused q/k/v and gate/up, as the engine on CUDA); with
+    `tp` > 1, one rank's share under tensor parallelism (q/k/v, gate/up and the head's rows split; o and down's
+    inputs split)."""
     c = emu35_34b_config()
     C, I, H, KV, D = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
     V = c.num_visual_tokens
     if tiny:
         C, I, H, KV, D, V = 256, 640, 4, 2, 64, 4096
-    return {"qkv": (C, (H + 2 * KV) * D), "o": (H * D, C), "gate_up": (C, 2 * I), "down": (I, C), "head_visual": (C, V)}
+    return {
+        "qkv": (C, (H + 2 * KV) * D // tp),
+        "o": (H * D // tp, C),
+        "gate_up": (C, 2 * I // tp),
+        "down": (I // tp, C),
+        "head_visual": (C, V // tp),
+    }
 
 
 def graph_us(fns, device, reps: int = 10) -> float:
@@ -123,7 +131,7 @@ def rel(y, ref) -> float:
     return float((y.float() - ref).norm() / ref.norm())
 
 
-def run_shape(name, K, N, rows, device, min_bytes, bw) -> list[dict]:
+def run_shape(name, K, N, rows, device, min_bytes, bw, methods=METHODS) -> list[dict]:
     copies = max(2, math.ceil(min_bytes / (N * K)))  # the float8 copies alone exceed min_bytes
     gen = torch.Generator(device).manual_seed(0)
     ws = [torch.randn(N, K, device=device, generator=gen, dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
@@ -146,6 +154,8 @@ def run_shape(name, K, N, rows, device, min_bytes, bw) -> list[dict]:
             "triton_fp8_cvt": [lambda f=f, x=x: skinny_mm_cvt(x, f.weight, f.scale) for f in fp8s],
         }
         for method, fns in calls.items():
+            if method not in methods:
+                continue
             fp8 = "fp8" in method
             if method.startswith("triton") and not triton_ok[fp8]:
                 continue
@@ -197,13 +207,15 @@ def main() -> None:
     ap.add_argument("--rows", default="1,2,4,8,16")
     ap.add_argument("--shapes", default=",".join(shapes(False)), help="comma list of qkv,o,gate_up,down,head_visual")
     ap.add_argument("--min-bytes", type=float, default=1e9, help="float8 bytes of weight copies per shape (L2: 50 MB)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ",".join(METHODS))
+    ap.add_argument("--tensor-parallel", type=int, default=1, help="one rank's shapes of N-way tensor parallelism")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
     dev = torch.device(args.device)
     tiny = args.tiny or dev.type != "cuda"
     rows = [int(r) for r in args.rows.split(",")]
-    shp = {k: v for k, v in shapes(tiny).items() if k in args.shapes.split(",")}
+    shp = {k: v for k, v in shapes(tiny, args.tensor_parallel).items() if k in args.shapes.split(",")}
     min_bytes = 1e5 if tiny else args.min_bytes
     bw = copy_bandwidth(dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
@@ -211,7 +223,7 @@ def main() -> None:
     print(f"{name} | torch {torch.__version__} | triton {tv} | copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     results = []
     for s, (K, N) in shp.items():
-        results += run_shape(s, K, N, rows, dev, min_bytes, bw)
+        results += run_shape(s, K, N, rows, dev, min_bytes, bw, args.methods.split(","))
 
     # one layer (qkv + o + gate_up + down) and 64 of them, per method and rows
     layers = emu35_34b_config().num_hidden_layers
@@ -250,6 +262,7 @@ def main() -> None:
                     "torch": torch.__version__,
                     "triton": tv,
                     "copy_bandwidth_Bps": bw,
+                    "tensor_parallel": args.tensor_parallel,
                     "results": results,
                     "layer_summary": summary,
                 },

@@ -67,10 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--all-reduce",
-        choices=["nccl", "peer"],
         default="nccl",
-        help="nccl (gloo on CPU): torch.distributed.all_reduce; peer: decode-sized sums through "
-        "model.tensor_parallel.PeerAllReduce (CUDA, torchrun only)",
+        help="one or more of nccl,peer,lamport (comma-separated: each timed in turn in the same processes). "
+        "nccl (gloo on CPU): torch.distributed.all_reduce; peer: decode-sized sums through "
+        "model.tensor_parallel.PeerAllReduce; lamport: model.lamport_all_reduce (one kernel with the add + RMSNorm "
+        "after the sum; decode steps split the head's rows over the ranks); lamport_fullhead: lamport with every rank "
+        "computing the whole head; lamport_w4, lamport_w16: lamport with 4 or 16 warps per row. "
+        "peer and lamport: CUDA; with --engine only lamport (serve's pick on NVLink GPUs)",
     )
     ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
     ap.add_argument("--world", type=int, default=2, help="ranks for --engine")
@@ -119,6 +122,7 @@ def serving_path(config, tok, args, cuda: bool, dtype) -> dict:
         dtype=dtype,
         max_len=args.prompt + args.warmup + args.steps + 1,
         shard_fn=functools.partial(random_shard, config),
+        all_reduce=args.all_reduce,
         cuda_graphs=args.variant != "eager",
         compile_kernels=args.variant == "fused",
         fuse_projections=args.variant == "fused",
@@ -133,6 +137,7 @@ def serving_path(config, tok, args, cuda: bool, dtype) -> dict:
     return {
         "world_size": args.world,
         "path": "model.tp_engine (serve --tensor-parallel)",
+        "all_reduce": args.all_reduce,
         "init_s": init_s,
         "bytes_read_per_rank": moved,
         "ms_per_step": ms,
@@ -166,18 +171,50 @@ def profile_steps(eng: Engine, prompt: int, steps: int = 5) -> str:
     return head + "\n" + avg.table(sort_by=sort, row_limit=30, max_name_column_width=90)
 
 
-def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict:
+def check_peer_sums(lm: Emu35, kind: str, hidden: int, device, dtype) -> dict:
+    """Largest differences of the peer sums from NCCL's on decode-sized partials (several calls, so every buffer slot
+    is used), and whether every rank got the same bits."""
+    from model.transformer import add_rms_norm
+
+    layer, norm = lm.model.layers[0], lm.model.layers[0].post_attention_layernorm
+    g = torch.Generator(device).manual_seed(7 + dist.get_rank())
+    parts = [torch.randn(2, 1, hidden, device=device, dtype=dtype, generator=g) for _ in range(4)]
+    x = torch.randn(2, 1, hidden, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(3))
+    want = [layer.reduce(p.clone()) for p in parts]  # NCCL
+    want_norm = [add_rms_norm(x, w, norm.weight, norm.eps) for w in want]
+    use_peer_all_reduce(lm, kind="one_shot" if kind == "peer" else "lamport")
+    got = [layer.reduce(p.clone()) for p in parts]
+    res = {"sum_max_abs_diff": max(float((a.float() - b.float()).abs().max()) for a, b in zip(got, want))}
+    if hasattr(layer.reduce, "add_rms_norm"):
+        fused = [layer.add_norm(x, p.clone(), norm) for p in parts]
+        for i, name in enumerate(("add", "norm")):
+            res[f"{name}_max_abs_diff"] = max(
+                float((a[i].float() - b[i].float()).abs().max()) for a, b in zip(fused, want_norm)
+            )
+        got = got + [t for pair in fused for t in pair]
+        head = torch.randn(2, 1, 65536, device=device, dtype=dtype, generator=g)  # a rank's half of visual logits
+        want_head = [torch.empty_like(head) for _ in range(dist.get_world_size())]
+        dist.all_gather(want_head, head)
+        gathered = layer.reduce.all_gather(head)
+        res["gather_equal"] = bool(torch.equal(gathered, torch.cat(want_head, -1)))
+        got.append(gathered)
+        layer.reduce.split_head = kind != "lamport_fullhead"
+        layer.reduce.num_warps = {"lamport_w4": 4, "lamport_w16": 16}.get(kind)
+    mine = torch.cat([t.reshape(-1) for t in got])
+    rank0 = mine.clone()
+    dist.broadcast(rank0, 0)
+    res["ranks_identical"] = bool(torch.equal(mine, rank0))
+    return res
+
+
+def measure(config, tok, vq, rank: int, world: int, device, dtype, args, kind: str = "nccl") -> dict:
     t = time.perf_counter()
     lm = random_shard(config, rank, world, device, dtype)
     sync(device)
     init_s = time.perf_counter() - t
     check = None
-    if world > 1 and args.all_reduce == "peer":
-        x = torch.randn(2, 1, config.hidden_size, device=device, dtype=dtype)  # a decode step's partial sum
-        want = lm.model.layers[0].reduce(x.clone())  # NCCL
-        use_peer_all_reduce(lm)
-        got = [lm.model.layers[0].reduce(x.clone()) for _ in range(2)]  # both buffer halves
-        check = max(float((g.float() - want.float()).abs().max()) for g in got)  # the same sum, maybe reordered
+    if world > 1 and kind != "nccl":
+        check = check_peer_sums(lm, kind, config.hidden_size, device, dtype)
     eng = Engine(
         lm,
         tok,
@@ -203,8 +240,8 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args) -> dict
         "forward_ms": fwd_ms,
         "prefill_prompt_s": prefill_s,
         "all_reduces_per_step": 2 * config.num_hidden_layers if world > 1 else 0,
-        "all_reduce": (args.all_reduce if args.all_reduce == "peer" else dist.get_backend()) if world > 1 else None,
-        "peer_vs_nccl_max_abs_diff": check,
+        "all_reduce": (kind if kind != "nccl" else dist.get_backend()) if world > 1 else None,
+        "peer_vs_nccl": check,
     }
     del eng, lm
     if device.type == "cuda":
@@ -221,8 +258,15 @@ def main(argv=None) -> None:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if args.engine and world > 1:
         raise SystemExit("--engine starts its own ranks: run it with python, not torchrun")
-    if args.all_reduce == "peer" and (args.engine or not cuda):
-        raise SystemExit("--all-reduce peer: CUDA GPUs under torchrun only")
+    kinds = args.all_reduce.split(",")
+    if any(k not in ("nccl", "peer", "lamport", "lamport_fullhead", "lamport_w4", "lamport_w16") for k in kinds):
+        raise SystemExit(f"--all-reduce: nccl, peer, lamport or lamport_fullhead, comma-separated: {args.all_reduce!r}")
+    if kinds != ["nccl"] and not cuda:
+        raise SystemExit(f"--all-reduce {args.all_reduce}: CUDA GPUs only")
+    if args.engine and len(kinds) > 1:
+        raise SystemExit("--engine times one --all-reduce at a time")
+    if "peer" in kinds and args.engine:
+        raise SystemExit("--all-reduce peer: torchrun only (the serving path has nccl and lamport)")
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
@@ -271,9 +315,13 @@ def main(argv=None) -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
         return
-    tp = measure(config, tok, vq, rank, world, device, dtype, args)
-    tp["floor_ms"] = 1000 * tp["bytes_read_per_rank"] / bw if bw else None
-    out["tensor_parallel"] = tp
+    runs = []
+    for kind in kinds:
+        tp = measure(config, tok, vq, rank, world, device, dtype, args, kind)
+        tp["floor_ms"] = 1000 * tp["bytes_read_per_rank"] / bw if bw else None
+        runs.append(tp)
+    out["tensor_parallel"] = runs[0] if len(runs) == 1 else runs
+    tp = min(runs, key=lambda r: r["ms_per_step"])
     if world > 1:
         dist.barrier()
     if args.single and world > 1:

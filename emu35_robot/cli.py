@@ -101,6 +101,14 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="split every block over N ranks, one GPU each from --device on (NCCL; gloo on cpu)",
     )
     p.add_argument(
+        "--tp-all-reduce",
+        choices=["auto", "nccl", "lamport", "one_shot"],
+        default="auto",
+        help="how tensor-parallel decode steps sum partial outputs: auto (lamport on GPUs with peer access, else "
+        "nccl); lamport: one kernel over NVLink peer memory with the add + RMSNorm after it; one_shot: PyTorch's "
+        "symmetric-memory all-reduce",
+    )
+    p.add_argument(
         "--fp8",
         action="store_true",
         help="float8 weights with per-channel scales (Hopper/Ada GPUs; 34B on an H200: 1.53x bf16 per decode step)",

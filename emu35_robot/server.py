@@ -175,10 +175,12 @@ class PlannerServer:
         warmup: bool = True,
         tensor_parallel: int = 1,
         fp8: bool = False,
+        tp_all_reduce: str = "auto",
     ) -> PlannerServer:
         """Load the checkpoint, warm the engine up with one short request, then report SERVING. `tensor_parallel` N > 1
         spawns N - 1 more ranks (one GPU each from `device` on: cuda:0 and cuda:1 for N = 2) that each hold 1/N of
-        every block (model/tp_engine.py); this process is rank 0 and serves. `fp8`: float8 weights (model/fp8.py,
+        every block (model/tp_engine.py); this process is rank 0 and serves; `tp_all_reduce` picks how its decode steps
+        sum partial outputs (model.tp_engine.peer_sums). `fp8`: float8 weights (model/fp8.py,
         through the Triton kernel of model/skinny_mm.py where it runs)."""
         model_dir, tok_dir, vq_dir, random_weights = resolve_checkpoint(model, tokenizer, vision_tokenizer)
         if random_weights:
@@ -193,7 +195,16 @@ class PlannerServer:
 
             cuda = str(device).startswith("cuda")
             engine = start_tensor_parallel(
-                model_dir, tok_dir, vq_dir, tensor_parallel, device, torch_dtype, max_len, compile_kernels=cuda, fp8=fp8
+                model_dir,
+                tok_dir,
+                vq_dir,
+                tensor_parallel,
+                device,
+                torch_dtype,
+                max_len,
+                all_reduce=tp_all_reduce,
+                compile_kernels=cuda,
+                fp8=fp8,
             )
             engine.mirror.on_broken = self._tensor_parallel_broken
             log.info("tensor parallel: rank 0 of %d on %s", tensor_parallel, engine.device)
@@ -304,6 +315,7 @@ def serve_forever(args) -> int:
         max_len=args.max_len,
         tensor_parallel=args.tensor_parallel,
         fp8=args.fp8,
+        tp_all_reduce=args.tp_all_reduce,
     )
     print("emu35-robot: SERVING", file=sys.stderr, flush=True)
     server.wait()

@@ -7,6 +7,8 @@ Rank r of N holds, in every block:
     o_proj    the columns that read its query heads             row-parallel (split input features)
     down_proj the columns that read its I/N                     row-parallel
 and replicates the rest: norms (QK-norm is per head, the same weight for every head), embeddings, final norm, lm_head.
+The head is replicated but each rank multiplies only rows [r*V/N, (r+1)*V/N) of it (of the step's vocabulary slice),
+and an all-gather puts the logits together (`split_head`).
 Query head i reads kv head i // (H/K), so the query heads [r*H/N, (r+1)*H/N) read exactly the kv heads of rank r:
 each rank runs ordinary GQA attention on its own H/N query and K/N kv heads, and its cache holds K/N kv heads.
 
@@ -15,8 +17,9 @@ model: the block is sequential pre-norm, so the MLP's input is post_attention_la
 the summed attention output before the MLP can start. (One per block needs a parallel block, GPT-J style, which is a
 different model.) The sums run inside `Block.forward` (`Block.reduce`), after the projection whatever its type, so
 fused (`fuse_projections`) and float8 (`quantize_fp8`) projections are reduced too. `torch.distributed.all_reduce`
-is captured by CUDA graphs with NCCL. `use_peer_all_reduce` swaps in one-shot sums over peer memory for decode-sized
-tensors (GPUs with NVLink; timed by benchmarks/tensor_parallel.py --all-reduce peer).
+is captured by CUDA graphs with NCCL. `use_peer_all_reduce` swaps in sums over peer memory for decode-sized tensors
+(GPUs with NVLink): by default one kernel that also does the residual add and RMSNorm after the sum
+(model/lamport_all_reduce.py); timed by benchmarks/tensor_parallel.py --all-reduce lamport|peer.
 
 Order: shard first, then fuse and quantize (what `Engine` does when given a sharded model). `shard_emu35` also
 accepts a model whose projections are already fused (it splits q/k/v and gate/up, shards each and fuses again),
@@ -29,7 +32,6 @@ safetensors checkpoint. Inference only: the in-place all-reduce has no autograd 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
@@ -79,6 +81,29 @@ def _all_reduce(x: Tensor, group) -> Tensor:
     return x
 
 
+class CollectiveSums:
+    """A sharded block's `reduce` through torch.distributed (NCCL on GPUs, gloo on CPUs): sums partial outputs in
+    place, and gathers the logits of the output head, whose rows the ranks split (`split_head`, see Emu35.forward):
+    each rank reads 1/N of the head's weights instead of all of them."""
+
+    split_head = True
+
+    def __init__(self, group=None):
+        self.group = group
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _all_reduce(x, self.group)
+
+    def gathers(self, rows: int, n: int) -> bool:
+        return True
+
+    def all_gather(self, t: Tensor) -> Tensor:
+        """[..., n] on every rank -> [..., N * n], rank r's part at [r * n, (r + 1) * n)."""
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size(self.group))]
+        dist.all_gather(parts, t.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
+
+
 class PeerAllReduce:
     """Sum of a small tensor over the ranks of `group` through CUDA peer memory, for decode steps.
 
@@ -111,11 +136,23 @@ class PeerAllReduce:
         return torch.ops.symm_mem.one_shot_all_reduce(half, "sum", self.group_name).view_as(x)
 
 
-def use_peer_all_reduce(lm: Emu35, group=None, max_bytes: int = 1 << 20) -> Emu35:
-    """Sum a sharded model's small partial outputs with `PeerAllReduce` (one buffer for every block), in place."""
+def use_peer_all_reduce(lm: Emu35, group=None, max_bytes: int | None = None, kind: str = "lamport") -> Emu35:
+    """Sum a sharded model's small partial outputs over peer memory (one buffer for every block), in place.
+
+    kind "lamport" (`model.lamport_all_reduce.LamportAllReduce`): one kernel per sum, fused with the residual add and
+    RMSNorm after it, and decode steps split the output head's rows over the ranks (each computes its part of the
+    logits; `all_gather` puts them together); "one_shot" (`PeerAllReduce`): PyTorch's symmetric-memory one-shot
+    all-reduce. `max_bytes`: the largest tensor summed over peer memory (default: the class's)."""
     if getattr(lm, "tensor_parallel", (0, 1))[1] < 2:
         raise ValueError("use_peer_all_reduce needs a model sharded over 2+ ranks (shard_emu35)")
-    reduce = PeerAllReduce(lm.device, group, max_bytes, lm.dtype)
+    if kind == "lamport":
+        from .lamport_all_reduce import LamportAllReduce
+
+        reduce = LamportAllReduce(lm.device, group, max_bytes or 4 << 20, lm.dtype)
+    elif kind == "one_shot":
+        reduce = PeerAllReduce(lm.device, group, max_bytes or 1 << 20, lm.dtype)
+    else:
+        raise ValueError(f"peer all-reduce kind must be 'lamport' or 'one_shot', not {kind!r}")
     for layer in lm.model.layers:
         layer.reduce = reduce
     return lm
@@ -130,8 +167,8 @@ def shard_emu35(lm: Emu35, rank: int, world_size: int, group=None) -> Emu35:
     """Turn the full model `lm` into rank `rank`'s shard of `world_size`, in place; returns `lm`.
 
     Sets each Attention's n_head/n_kv to the local counts (so `allocate_cache` allocates K / world_size kv heads) and
-    each Block's `reduce` to an all-reduce over `group` (default: the default process group). world_size 1 is a no-op
-    apart from marking the model.
+    each Block's `reduce` to sums over `group` (default: the default process group; `CollectiveSums`, which also
+    splits the output head's rows). world_size 1 is a no-op apart from marking the model.
     """
     c = lm.config
     check_divisible(c, world_size)
@@ -162,7 +199,7 @@ def shard_emu35(lm: Emu35, rank: int, world_size: int, group=None) -> Emu35:
                 parts = m.gate_up_proj.weight.chunk(2)
                 m.gate_up_proj.weight = _param(torch.cat([_slice(w, 0, rank, N) for w in parts]))
             m.down_proj.weight = _param(_slice(m.down_proj.weight, 1, rank, N))
-            layer.reduce = functools.partial(_all_reduce, group=group)
+            layer.reduce = CollectiveSums(group)
         a.n_head, a.n_kv = H // N, K // N
         for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.qkv_proj, m.gate_proj, m.up_proj, m.down_proj):
             if lin is not None:  # keep nn.Linear's bookkeeping true to the new shapes

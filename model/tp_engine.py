@@ -227,15 +227,42 @@ def _join(rank: int, world: int, init: str, device: str, timeout_s: float) -> No
     dist.init_process_group(backend, init_method=init, rank=rank, world_size=world, timeout=timeout)
 
 
+ALL_REDUCE = ("auto", "nccl", "lamport", "one_shot")  # how decode steps sum partial outputs (peer_sums)
+
+
+def peer_sums(engine: Engine, world: int, all_reduce: str) -> str:
+    """After joining the group, on every rank: sum decode-sized partials over peer memory instead of NCCL
+    (`model.tensor_parallel.use_peer_all_reduce`). "auto" picks "lamport" when the ranks are CUDA GPUs with peer access
+    to each other and Triton is there (the same answer on every rank of one machine), else "nccl". Returns the kind."""
+    if all_reduce not in ALL_REDUCE:
+        raise ValueError(f"all_reduce must be auto, nccl, lamport or one_shot, not {all_reduce!r}")
+    dev = engine.device
+    if all_reduce == "auto":
+        import importlib.util
+
+        peer = dev.type == "cuda"
+        if peer:  # rank r runs on GPU base + r (rank_device)
+            gpus = range(dev.index - dist.get_rank(), dev.index - dist.get_rank() + world)
+            peer = all(torch.cuda.can_device_access_peer(a, b) for a in gpus for b in gpus if a != b)
+        all_reduce = "lamport" if peer and importlib.util.find_spec("triton") is not None else "nccl"
+    if all_reduce != "nccl" and world > 1:
+        from .tensor_parallel import use_peer_all_reduce
+
+        use_peer_all_reduce(engine.lm, kind=all_reduce)
+    return all_reduce
+
+
 def _follower_main(
-    rank, world, init, conn, model_dir, tok_dir, device, dtype, max_len, engine_kw, timeout_s, threads, shard_fn
-):
+    rank, world, init, conn, model_dir, tok_dir, device, dtype, max_len, engine_kw, timeout_s, threads, shard_fn,
+    all_reduce,
+):  # fmt: skip
     try:
         if threads:
             torch.set_num_threads(threads)
         engine = _rank_engine(rank, world, model_dir, tok_dir, None, device, dtype, max_len, engine_kw, shard_fn)
         conn.send(("loaded", None))  # before joining: a rank that fails to load must not leave rank 0 in the rendezvous
         _join(rank, world, init, device, timeout_s)
+        peer_sums(engine, world, all_reduce)
     except Exception:
         conn.send(("error", traceback.format_exc()))
         raise
@@ -258,16 +285,20 @@ def start_tensor_parallel(
     timeout_s: float = 600.0,
     threads: int | None = None,
     shard_fn=None,
+    all_reduce: str = "auto",
     **engine_kw,
 ) -> Engine:
     """Start ranks 1..world_size-1 (spawned processes, one GPU each on CUDA), join them as rank 0 and return the
     leader's engine; `engine.mirror.close()` stops them. Each rank reads only its slices of the checkpoint, or, with
     `shard_fn(rank, world_size, device, dtype) -> Emu35` (a module-level function: it is sent to the other processes),
     builds its shard with it instead (benchmarks: random weights at the 34B shape, no checkpoint on disk). On a CPU
-    every rank, this one included, gets `threads` torch threads (default: this process's threads / world_size)."""
+    every rank, this one included, gets `threads` torch threads (default: this process's threads / world_size).
+    `all_reduce` picks how decode steps sum partial outputs (`peer_sums`: auto, nccl, lamport, one_shot)."""
     from .config import Emu35Config
     from .tensor_parallel import check_divisible
 
+    if all_reduce not in ALL_REDUCE:
+        raise ValueError(f"all_reduce must be auto, nccl, lamport or one_shot, not {all_reduce!r}")
     if shard_fn is None:
         check_divisible(Emu35Config.from_pretrained(model_dir), world_size)  # fail before starting anything
     if dist.is_initialized():
@@ -284,7 +315,9 @@ def start_tensor_parallel(
     tmpdir = Path(tempfile.mkdtemp(prefix="emu35-tp-"))
     init = f"file://{tmpdir / 'store'}"
     conns, procs = [], []
-    args = (str(model_dir), str(tokenizer_dir), device, dtype, max_len, engine_kw, timeout_s, threads, shard_fn)
+    args = (
+        str(model_dir), str(tokenizer_dir), device, dtype, max_len, engine_kw, timeout_s, threads, shard_fn, all_reduce,
+    )  # fmt: skip
     for rank in range(1, world_size):
         parent, child = ctx.Pipe()
         p = ctx.Process(target=_follower_main, args=(rank, world_size, init, child, *args), daemon=True)
@@ -305,6 +338,8 @@ def start_tensor_parallel(
             if status != "loaded":
                 raise RuntimeError(f"tensor-parallel rank {rank} failed to load:\n{detail}")
         _join(0, world_size, init, device, timeout_s)
+        kind = peer_sums(engine, world_size, all_reduce)
+        log.info("tensor parallel over %d ranks: decode sums by %s", world_size, kind)
     except BaseException:
         mirror.close(timeout_s=5.0)
         raise

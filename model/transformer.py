@@ -303,19 +303,26 @@ class Block(nn.Module):
         self.reduce: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, x: Tensor, delta: Tensor | None, *args) -> tuple[Tensor, Tensor]:
-        """Returns the residual stream *before* adding this block's MLP output, and that output: the next block (or
-        the final norm) adds it inside its own RMSNorm kernel, one pass over the hidden state instead of two."""
+        """Returns the residual stream *before* adding this block's MLP output, and that output (with tensor
+        parallelism, this rank's partial sum of it): the next block (or the final norm) adds it inside its own RMSNorm
+        kernel (`add_norm`), one pass over the hidden state instead of two."""
         n1, n2 = self.input_layernorm, self.post_attention_layernorm
         if delta is None:
             h = n1(x)
         else:
-            x, h = KERNELS["add_rms_norm"](x, delta, n1.weight, n1.eps)
-        a = self.self_attn(h, *args)
-        if self.reduce is not None:
-            a = self.reduce(a)
-        x, h = KERNELS["add_rms_norm"](x, a, n2.weight, n2.eps)
-        m = self.mlp(h)
-        return x, m if self.reduce is None else self.reduce(m)
+            x, h = self.add_norm(x, delta, n1)
+        x, h = self.add_norm(x, self.self_attn(h, *args), n2)
+        return x, self.mlp(h)
+
+    def add_norm(self, x: Tensor, delta: Tensor, norm: RMSNorm) -> tuple[Tensor, Tensor]:
+        """(x + delta, norm(x + delta)). With tensor parallelism `delta` is this rank's partial sum: it is summed over
+        the ranks first, in the same kernel when the reduce has an `add_rms_norm` (model/lamport_all_reduce.py)."""
+        if self.reduce is None:
+            return KERNELS["add_rms_norm"](x, delta, norm.weight, norm.eps)
+        fused = getattr(self.reduce, "add_rms_norm", None)
+        if fused is not None:
+            return fused(x, delta, norm.weight, norm.eps)
+        return KERNELS["add_rms_norm"](x, self.reduce(delta), norm.weight, norm.eps)
 
 
 class Decoder(nn.Module):
@@ -447,19 +454,30 @@ class Emu35(nn.Module):
         delta = None
         for i, layer in enumerate(self.model.layers):
             x, delta = layer(x, delta, cos, sin, mask, i, cache, cache_pos, kv_len)
-        norm = self.model.norm
-        _, x = KERNELS["add_rms_norm"](x, delta, norm.weight, norm.eps)
+        _, x = self.model.layers[-1].add_norm(x, delta, self.model.norm)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         sl = slice(None) if vocab_slice is None else vocab_slice
+        reduce = self.model.layers[-1].reduce
+        if getattr(
+            reduce, "split_head", False
+        ):  # tensor parallelism: each rank multiplies its share of the head's rows
+            rank, world = self.tensor_parallel
+            rows = range(self.config.vocab_size)[sl]
+            n = len(rows) // world
+            if rows.step == 1 and len(rows) % world == 0 and reduce.gathers(x.shape[0] * x.shape[1], n):
+                part = self.head_logits(x, slice(rows.start + rank * n, rows.start + (rank + 1) * n))
+                return CausalLMOutput(logits=reduce.all_gather(part).float(), cache=cache)
+        return CausalLMOutput(logits=self.head_logits(x, sl).float(), cache=cache)
+
+    def head_logits(self, x: Tensor, sl: slice) -> Tensor:
+        """Logits of the vocabulary rows `sl` for x [B, T, C], in the weights' dtype."""
         if self.head_fp8 is not None and x.shape[0] * x.shape[1] <= 16:  # decode (skinny_mm.MAX_ROWS): half the bytes
             from .skinny_mm import skinny_mm
 
             wq, scale = self.head_fp8.weight[sl], self.head_fp8.scale.reshape(-1)[sl]
-            logits = skinny_mm(x.reshape(-1, x.shape[-1]), wq, scale).reshape(*x.shape[:-1], -1)
-        else:
-            logits = F.linear(x, self.lm_head.weight[sl])
-        return CausalLMOutput(logits=logits.float(), cache=cache)
+            return skinny_mm(x.reshape(-1, x.shape[-1]), wq, scale).reshape(*x.shape[:-1], -1)
+        return F.linear(x, self.lm_head.weight[sl])
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device="cpu") -> Emu35:

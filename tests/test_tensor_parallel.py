@@ -55,6 +55,11 @@ def _worker(rank: int, world: int, store: str, ckpt: str) -> None:
     assert shard.model.layers[0].mlp.down_proj.weight.shape == (64, 48)
     with torch.no_grad():
         torch.testing.assert_close(shard(ids).logits, full_ref, **TOL)
+        # each rank multiplies half of the head's rows (of the vocabulary slice) and the halves are gathered;
+        # a slice the ranks cannot split evenly is multiplied whole on every rank
+        assert shard.model.layers[-1].reduce.split_head
+        torch.testing.assert_close(shard(ids, vocab_slice=slice(10, 250)).logits, full_ref[..., 10:250], **TOL)
+        torch.testing.assert_close(shard(ids, vocab_slice=slice(10, 251)).logits, full_ref[..., 10:251], **TOL)
         dec, cache = decode(shard, ids, valid, steps)
         assert cache.k.shape == (3, 2, 1, 64, 32) and cache.max_len == 13  # this rank's kv head; slots aligned
         torch.testing.assert_close(dec, dec_ref, **TOL)
