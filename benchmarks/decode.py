@@ -34,12 +34,12 @@ from model.decode_attention import use_triton_decode_attention  # noqa: E402
 from model.engine import Draw, Engine, draw_tokens  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
 from model.sampling import IMAGE_SAMPLING  # noqa: E402
-from model.skinny_mm import drop_skinny  # noqa: E402
+from model.skinny_mm import drop_skinny, use_pdl  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
-VARIANTS = ("eager", "graphs", "compiled", "fused", "skinny", "skinny_attn", "fp8", "skinny_fp8")
+VARIANTS = ("eager", "graphs", "compiled", "fused", "skinny", "skinny_pdl", "skinny_attn", "fp8", "skinny_fp8")
 
 
 def sync(device):
@@ -229,7 +229,8 @@ def main() -> None:
         "--variants",
         default="graphs,compiled,fused,fp8",
         help="eager; graphs; compiled (graphs + fused elementwise kernels); fused (compiled + fused "
-        "q/k/v and gate/up weights); skinny (fused + Triton skinny GEMMs, model/skinny_mm.py); skinny_attn (skinny + "
+        "q/k/v and gate/up weights); skinny (fused + Triton skinny GEMMs, model/skinny_mm.py); skinny_pdl (skinny "
+        "launched with programmatic dependent launch, model.skinny_mm.use_pdl); skinny_attn (skinny + "
         "the Triton decode attention, model/decode_attention.py); fp8 (fused + float8 "
         "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel). They "
         f"change the model in place: keep the order {','.join(VARIANTS)}",
@@ -310,6 +311,7 @@ def main() -> None:
         if variant == "fp8":  # a previous skinny variant's bf16 projections back to nn.Linear for quantize_fp8
             drop_skinny(lm)
         use_triton_decode_attention(variant == "skinny_attn")
+        use_pdl(variant == "skinny_pdl")
         eng = Engine(
             lm,
             tok,
@@ -319,10 +321,10 @@ def main() -> None:
             compile_kernels=variant not in ("eager", "graphs"),
             fuse_projections=variant not in ("eager", "graphs", "compiled"),
             fp8=fp8,
-            skinny=variant in ("skinny", "skinny_attn", "skinny_fp8"),
+            skinny=variant in ("skinny", "skinny_pdl", "skinny_attn", "skinny_fp8"),
             **({"graph_bucket": args.graph_bucket} if args.graph_bucket else {}),
         )
-        if variant in ("fused", "skinny", "skinny_fp8"):  # prefill as this engine serves it
+        if variant in ("fused", "skinny", "skinny_pdl", "skinny_fp8"):  # prefill as this engine serves it
             record_prefill(eng, args.prefill, res, variant, {"variant": variant})
         if fp8:
             key = f"{variant}_accuracy"

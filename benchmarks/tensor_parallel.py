@@ -40,6 +40,7 @@ from decode import bytes_read_per_step, copy_bandwidth, prefill, sync, time_step
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks, tiny_ranks  # noqa: E402
+from model.skinny_mm import use_pdl  # noqa: E402
 from model.tensor_parallel import shard_dim, shard_emu35, use_peer_all_reduce  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
@@ -72,7 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "nccl (gloo on CPU): torch.distributed.all_reduce; peer: decode-sized sums through "
         "model.tensor_parallel.PeerAllReduce; lamport: model.lamport_all_reduce (one kernel with the add + RMSNorm "
         "after the sum; decode steps split the head's rows over the ranks); lamport_fullhead: lamport with every rank "
-        "computing the whole head; lamport_w4, lamport_w16: lamport with 4 or 16 warps per row. "
+        "computing the whole head; lamport_w4, lamport_w16: lamport with 4 or 16 warps per row; lamport_pdl: lamport "
+        "with programmatic dependent launch (model.skinny_mm.use_pdl; the one-GPU step is then timed with and "
+        "without). "
         "peer and lamport: CUDA; with --engine only lamport (serve's pick on NVLink GPUs)",
     )
     ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
@@ -215,6 +218,7 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args, kind: s
     check = None
     if world > 1 and kind != "nccl":
         check = check_peer_sums(lm, kind, config.hidden_size, device, dtype)
+    use_pdl(kind.endswith("pdl"))
     eng = Engine(
         lm,
         tok,
@@ -259,7 +263,10 @@ def main(argv=None) -> None:
     if args.engine and world > 1:
         raise SystemExit("--engine starts its own ranks: run it with python, not torchrun")
     kinds = args.all_reduce.split(",")
-    if any(k not in ("nccl", "peer", "lamport", "lamport_fullhead", "lamport_w4", "lamport_w16") for k in kinds):
+    if any(
+        k not in ("nccl", "peer", "lamport", "lamport_fullhead", "lamport_w4", "lamport_w16", "lamport_pdl")
+        for k in kinds
+    ):
         raise SystemExit(f"--all-reduce: nccl, peer, lamport or lamport_fullhead, comma-separated: {args.all_reduce!r}")
     if kinds != ["nccl"] and not cuda:
         raise SystemExit(f"--all-reduce {args.all_reduce}: CUDA GPUs only")
@@ -326,10 +333,13 @@ def main(argv=None) -> None:
         dist.barrier()
     if args.single and world > 1:
         if rank == 0:
-            one = measure(config, tok, vq, 0, 1, device, dtype, args)
-            one["floor_ms"] = 1000 * one["bytes_read_per_rank"] / bw if bw else None
-            out["single"] = one
-            out["speedup"] = one["ms_per_step"] / tp["ms_per_step"]
+            for single in ("nccl", "single_pdl") if any(k.endswith("pdl") for k in kinds) else ("nccl",):
+                one = measure(config, tok, vq, 0, 1, device, dtype, args, single)
+                one["floor_ms"] = 1000 * one["bytes_read_per_rank"] / bw if bw else None
+                one["pdl"] = single == "single_pdl"
+                out["single" if single == "nccl" else single] = one
+            best = min(out["single"]["ms_per_step"], out.get("single_pdl", out["single"])["ms_per_step"])
+            out["speedup"] = best / tp["ms_per_step"]
         dist.barrier()
     if rank == 0:
         print(json.dumps(out, indent=2), flush=True)

@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .skinny_mm import PDL
+
 try:
     import triton
     import triton.language as tl
@@ -40,11 +42,26 @@ except ImportError:  # CPU-only installs: the class below refuses to build
 SLOTS = 3
 EMPTY = -32768  # int16 bits of bf16 -0.0
 MAX_ROW = 16384  # one program holds a whole row
+SPIN_LIMIT = 1 << 28  # polling rounds (each >= ~0.5 us: an L2 round trip) before a waiting rank traps: minutes
 MAX_ROWS = 64  # programs of both ranks wait on each other: keep every one of them resident at once
 
 
 if triton is not None:
     _EMPTY = tl.constexpr(EMPTY)  # a jit'ed function reads module globals only as constexpr
+
+    @triton.jit
+    def _wait_filled(src, m, SPIN_LIMIT: tl.constexpr):
+        """Volatile loads of `src` until no element is empty. A peer that never comes (it died inside the call) would
+        keep this rank spinning for good: after SPIN_LIMIT rounds it traps instead, a CUDA error, so the call fails
+        and the tensor-parallel group stops (model/tp_engine.py) rather than hanging."""
+        v = tl.load(src, mask=m, other=0, volatile=True)
+        spins = 0
+        while tl.sum((v == _EMPTY).to(tl.int32), axis=0) > 0:
+            spins += 1
+            if spins > SPIN_LIMIT:
+                tl.inline_asm_elementwise("trap;", "=r,r", [spins], dtype=tl.int32, is_pure=False, pack=1)
+            v = tl.load(src, mask=m, other=0, volatile=True)
+        return v
 
     @triton.jit
     def _lamport_kernel(
@@ -62,7 +79,12 @@ if triton is not None:
         W: tl.constexpr,
         BLOCK: tl.constexpr,
         NORM: tl.constexpr,
+        SPIN_LIMIT: tl.constexpr,
+        USE_PDL: tl.constexpr = False,
     ):
+        if USE_PDL:  # launched early (model.skinny_mm.use_pdl): wait for the product before, let the next one start
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         m = cols < N
@@ -81,9 +103,7 @@ if triton is not None:
                 acc += bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
             else:
                 src = mine + (slot * W + r) * cap + row * N + cols
-                v = tl.load(src, mask=m, other=0, volatile=True)
-                while tl.sum((v == _EMPTY).to(tl.int32), axis=0) > 0:
-                    v = tl.load(src, mask=m, other=0, volatile=True)
+                v = _wait_filled(src, m, SPIN_LIMIT)
                 acc += v.to(tl.bfloat16, bitcast=True).to(tl.float32)
                 tl.store(src, tl.full([BLOCK], _EMPTY, tl.int16), mask=m)  # empty again for the slot's next use
         s = acc.to(tl.bfloat16)  # the all-reduced partial, rounded as NCCL's bf16 sum is
@@ -114,6 +134,7 @@ if triton is not None:
         RANK: tl.constexpr,
         W: tl.constexpr,
         BLOCK: tl.constexpr,
+        SPIN_LIMIT: tl.constexpr,
     ):
         row, chunk = tl.program_id(0), tl.program_id(1)
         cols = chunk * BLOCK + tl.arange(0, BLOCK)
@@ -132,9 +153,7 @@ if triton is not None:
         for r in tl.static_range(W):
             if r != RANK:
                 src = mine + (slot * W + r) * cap + row * n + cols
-                v = tl.load(src, mask=m, other=0, volatile=True)
-                while tl.sum((v == _EMPTY).to(tl.int32), axis=0) > 0:
-                    v = tl.load(src, mask=m, other=0, volatile=True)
+                v = _wait_filled(src, m, SPIN_LIMIT)
                 tl.store(out + r * n, v, mask=m)
                 tl.store(src, tl.full([BLOCK], _EMPTY, tl.int16), mask=m)
         done = tl.atomic_add(state_ptr + 1, 1)
@@ -166,6 +185,7 @@ class LamportAllReduce:
         self.buf = buf  # keeps the mapping alive
         self.peers = torch.tensor([p + offset for p in handle.buffer_ptrs], dtype=torch.int64, device=device)
         self.state = torch.zeros(2, dtype=torch.int32, device=device)
+        self.spin_limit = SPIN_LIMIT  # polling rounds before a rank gives up on its peers (traps)
         self.num_warps = None  # per program of the sum kernel; None: 8 for rows of 4096+ values, else 4
         self.split_head = True  # Emu35.forward: decode steps split the head's rows over the ranks and all_gather
         torch.cuda.synchronize(device)
@@ -192,8 +212,9 @@ class LamportAllReduce:
         out = torch.empty(rows, self.world * n, dtype=t.dtype, device=t.device)
         block = min(2048, triton.next_power_of_2(n))
         _lamport_gather_kernel[(rows, triton.cdiv(n, block))](
-            p2, out, self.peers, self.state, self.cap, n, RANK=self.rank, W=self.world, BLOCK=block, num_warps=4
-        )
+            p2, out, self.peers, self.state, self.cap, n, RANK=self.rank, W=self.world, BLOCK=block,
+            SPIN_LIMIT=self.spin_limit, num_warps=4,
+        )  # fmt: skip
         return out.view(*t.shape[:-1], self.world * n)
 
     def _launch(self, part: Tensor, x: Tensor | None, w: Tensor | None, eps: float) -> tuple[Tensor, Tensor | None]:
@@ -205,10 +226,11 @@ class LamportAllReduce:
         x2 = x.reshape(-1, N).contiguous() if x is not None else p2
         w2 = w if w is not None else p2
         block = triton.next_power_of_2(N)
+        pdl = dict(USE_PDL=True, launch_pdl=True) if PDL["on"] else {}
         _lamport_kernel[(M,)](
             p2, x2, w2, out, h if h is not None else out, self.peers, self.state, self.cap, N, eps,
-            RANK=self.rank, W=self.world, BLOCK=block, NORM=x is not None,
-            num_warps=self.num_warps or (8 if block >= 4096 else 4),
+            RANK=self.rank, W=self.world, BLOCK=block, NORM=x is not None, SPIN_LIMIT=self.spin_limit,
+            num_warps=self.num_warps or (8 if block >= 4096 else 4), **pdl,
         )  # fmt: skip
         return out.view_as(part), None if h is None else h.view_as(part)
 

@@ -50,6 +50,18 @@ GLUON_ROWS = 8
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FP8_ASM = True  # float8 -> bf16 by integer ops (_e4m3_to_bf16); False: Triton's conversion (slower, see there)
 FP8 = torch.float8_e4m3fn
+# Programmatic dependent launch (Hopper+; `use_pdl`): a product may start while the kernel before it finishes, pulling
+# its first weight tiles toward L2, and waits for that kernel only before it reads x. Set before graphs are captured.
+PDL = {"on": False}
+
+
+def use_pdl(on: bool = True) -> bool:
+    """Launch the skinny products (and model.lamport_all_reduce's sums) with programmatic dependent launch,
+    process-wide, where it runs (CUDA sm90+, not the interpreter). Returns whether it is on."""
+    ok = triton is not None and not INTERPRET and torch.cuda.is_available()
+    ok = ok and torch.cuda.get_device_capability() >= (9, 0) and hasattr(tl.extra.cuda, "gdc_wait")
+    PDL["on"] = bool(on and ok)
+    return PDL["on"]
 
 
 @functools.cache
@@ -145,6 +157,8 @@ if triton is not None:
         EVEN_K: tl.constexpr,
         F32_DOT: tl.constexpr,  # Triton's CPU interpreter multiplies bf16 operands wrongly (3.9): float32 there
         FP8_ASM: tl.constexpr,  # float8 weights: convert with _e4m3_to_bf16 (else Triton's cvt)
+        USE_PDL: tl.constexpr = False,  # launched with programmatic dependent launch (use_pdl)
+        W_LINE: tl.constexpr = 64,  # weights per 128-byte line (64 bf16, 128 float8)
     ):
         # A W tile [BLOCK_N, BLOCK_K] is read as [SLICES, BLOCK_N, BLOCK_K / SLICES]: one batched tl.dot with the
         # matching x slices [SLICES, BLOCK_K / SLICES, BLOCK_M] gives each warp its own K slice (a plain 2-D dot with
@@ -152,6 +166,16 @@ if triton is not None:
         pid = tl.program_id(0)
         offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         rows_n = offs_n % N  # W rows past N read row n % N again: no mask on the weight stream
+        if USE_PDL:
+            # Started before the previous kernel is done: the weights do not depend on it, so pull this program's
+            # first two K tiles toward L2 meanwhile; x is its output, so wait for it before the loop.
+            tl.extra.cuda.gdc_launch_dependents()
+            lines = tl.minimum(tl.arange(0, 2 * BLOCK_K // W_LINE) * W_LINE, K - 1)
+            first = w_ptr + rows_n.to(tl.int64)[:, None] * K + lines[None, :]
+            tl.inline_asm_elementwise(
+                "prefetch.global.L2 [$1];", "=r,l", [first], dtype=tl.int32, is_pure=False, pack=1
+            )
+            tl.extra.cuda.gdc_wait()
         offs_m = tl.arange(0, BLOCK_M)
         k3 = tl.arange(0, SLICES)[:, None, None] * (BLOCK_K // SLICES)  # [S, 1, 1]
         kw = k3 + tl.arange(0, BLOCK_K // SLICES)[None, None, :]  # [S, 1, BLOCK_K / S]: k of the W tile
@@ -228,6 +252,8 @@ def skinny_mm(x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | N
     s = scale.reshape(-1) if scale is not None else x  # unscaled: HAS_SCALE=False compiles the read of s_ptr away
     args = (x, w, s, y, M, N, K, bucket)
     kw = {"HAS_SCALE": scale is not None, "BLOCK_M": MAX_ROWS, "F32_DOT": INTERPRET, "FP8_ASM": FP8_ASM}
+    if PDL["on"] and x.is_cuda:
+        kw.update(USE_PDL=True, W_LINE=128 // w.element_size(), launch_pdl=True)
     if config is None and INTERPRET:
         config = INTERPRET_CONFIG
     if config is not None:

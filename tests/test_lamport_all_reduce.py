@@ -56,10 +56,13 @@ def rank(r, bufs, states, x, w, parts, heads, out):
     res = []
     for c in range(calls):
         p, o, h = parts[c][r], torch.zeros(M, N).bfloat16(), torch.zeros(M, N).bfloat16()
-        L._lamport_kernel[(M,)](p, x, w, o, h, peers, states[r], cap, N, 1e-6, RANK=r, W=W, BLOCK=512, NORM=c % 2 == 0)
+        L._lamport_kernel[(M,)](p, x, w, o, h, peers, states[r], cap, N, 1e-6, RANK=r, W=W, BLOCK=512, NORM=c % 2 == 0,
+                                SPIN_LIMIT=L.SPIN_LIMIT)
         res.append((o, h))
     g = torch.zeros(M, W * 700).bfloat16()  # the gather: 700 values per rank, in chunks of 256 (programs (M, 3))
-    L._lamport_gather_kernel[(M, 3)](heads[r], g, peers, states[r], cap, 700, RANK=r, W=W, BLOCK=256)
+    L._lamport_gather_kernel[(M, 3)](
+        heads[r], g, peers, states[r], cap, 700, RANK=r, W=W, BLOCK=256, SPIN_LIMIT=L.SPIN_LIMIT
+    )
     res.append((g, g))
     torch.save(res, out)
 
@@ -221,3 +224,28 @@ def test_matches_nccl_on_two_gpus(tmp_path):
     assert torch.equal(r0["gathered"], torch.cat([r0["head"], r1["head"]], -1))
     assert torch.equal(r0["gathered"], r1["gathered"])
     assert r0["state"].tolist() == [2 * 5 + 1 + 1 + 2 * 5, 0] and r0["empty"] and r1["empty"]
+
+
+NO_PEER = r"""
+import torch
+from model import lamport_all_reduce as L
+
+# rank 0 of 2 whose peer never pushes: both "ranks'" buffers are local, and nothing fills slot [0, 1]
+bufs = [torch.full((L.SLOTS * 2 * 4096,), L.EMPTY, dtype=torch.int16, device="cuda") for _ in range(2)]
+peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64, device="cuda")
+state = torch.zeros(2, dtype=torch.int32, device="cuda")
+p = torch.randn(2, 1024, device="cuda").bfloat16()
+out = torch.empty_like(p)
+L._lamport_kernel[(2,)](p, p, p, out, out, peers, state, 4096, 1024, 1e-6, RANK=0, W=2, BLOCK=1024, NORM=False,
+                        SPIN_LIMIT=1000)
+torch.cuda.synchronize()
+print("returned")
+"""
+
+
+@pytest.mark.skipif(not (HAVE_TRITON and torch.cuda.is_available()), reason="needs a CUDA GPU and Triton")
+def test_a_peer_that_never_comes_fails_the_call_instead_of_hanging():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", NO_PEER], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "returned" not in r.stdout, r.stdout + r.stderr
+    assert "CUDA" in r.stderr or "cuda" in r.stderr, r.stderr[-2000:]

@@ -277,3 +277,40 @@ def test_gluon_configs_cover_the_shapes():
         fp8_mm(torch.zeros(17, 64).bfloat16(), wq, torch.ones(8))  # more than 16 rows
     with pytest.raises(ValueError):
         fp8_mm(torch.zeros(2, 32).bfloat16(), wq, torch.ones(8))  # K does not match
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or triton is None or torch.cuda.get_device_capability() < (9, 0),
+    reason="programmatic dependent launch needs a Hopper GPU and Triton",
+)
+def test_pdl_chains_in_a_graph_read_what_the_kernel_before_wrote(few_configs):
+    """With use_pdl a product starts before the kernel in front of it is done; it must still read that kernel's
+    output: a chain x -> (x * 3) -> skinny -> skinny, captured and replayed with new inputs, equals the plain calls."""
+    from model.skinny_mm import PDL, use_pdl
+
+    dev = torch.device("cuda")
+    g = torch.Generator(dev).manual_seed(0)
+    w1 = (torch.randn(1024, 2048, device=dev, generator=g) * 0.02).bfloat16()
+    w2 = (torch.randn(4096, 1024, device=dev, generator=g) * 0.02).bfloat16()
+    x = torch.randn(2, 2048, device=dev, generator=g).bfloat16()
+
+    def chain(x):
+        return skinny_mm(skinny_mm(x * 3, w1), w2)
+
+    try:
+        assert use_pdl(True) and PDL["on"]
+        for _ in range(2):  # tune eagerly, outside the capture
+            chain(x)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = chain(x)
+        for i in range(5):
+            x.copy_(torch.randn(2, 2048, device=dev, generator=g).bfloat16())
+            graph.replay()
+            use_pdl(False)
+            want = chain(x)
+            use_pdl(True)
+            assert torch.equal(y, want), i
+    finally:
+        use_pdl(False)
