@@ -39,6 +39,7 @@ from decode import bytes_read_per_step, copy_bandwidth, prefill, sync, time_step
 
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
+from model.lamport_all_reduce import pdl_after_sums  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks, tiny_ranks  # noqa: E402
 from model.skinny_mm import use_pdl  # noqa: E402
 from model.tensor_parallel import shard_dim, shard_emu35, use_peer_all_reduce  # noqa: E402
@@ -74,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "model.tensor_parallel.PeerAllReduce; lamport: model.lamport_all_reduce (one kernel with the add + RMSNorm "
         "after the sum; decode steps split the head's rows over the ranks); lamport_fullhead: lamport with every rank "
         "computing the whole head; lamport_w4, lamport_w16: lamport with 4 or 16 warps per row; lamport_pdl: lamport "
-        "with programmatic dependent launch (model.skinny_mm.use_pdl; the one-GPU step is then timed with and "
-        "without). "
+        "with the q/k/v and gate/up products after each sum launched early (lamport_all_reduce.pdl_after_sums); "
+        "lamport_pdl_all: every product and sum so (model.skinny_mm.use_pdl; the one-GPU step is then timed with "
+        "and without). "
         "peer and lamport: CUDA; with --engine only lamport (serve's pick on NVLink GPUs)",
     )
     ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
@@ -218,7 +220,7 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args, kind: s
     check = None
     if world > 1 and kind != "nccl":
         check = check_peer_sums(lm, kind, config.hidden_size, device, dtype)
-    use_pdl(kind.endswith("pdl"))
+    use_pdl(kind.endswith("pdl_all"))
     eng = Engine(
         lm,
         tok,
@@ -228,6 +230,8 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args, kind: s
         compile_kernels=args.variant == "fused",
         fuse_projections=args.variant == "fused",
     )
+    if kind == "lamport_pdl":
+        pdl_after_sums(lm)
     torch.manual_seed(0)  # the same prompt and tokens on every rank
     prefill_s, ms, fwd_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, visual=True)
     moved = bytes_read_per_step(lm, eng.visual)
@@ -333,12 +337,12 @@ def main(argv=None) -> None:
         dist.barrier()
     if args.single and world > 1:
         if rank == 0:
-            for single in ("nccl", "single_pdl") if any(k.endswith("pdl") for k in kinds) else ("nccl",):
+            for single in ("nccl", "single_pdl_all") if any(k.endswith("pdl_all") for k in kinds) else ("nccl",):
                 one = measure(config, tok, vq, 0, 1, device, dtype, args, single)
                 one["floor_ms"] = 1000 * one["bytes_read_per_rank"] / bw if bw else None
-                one["pdl"] = single == "single_pdl"
+                one["pdl"] = single == "single_pdl_all"
                 out["single" if single == "nccl" else single] = one
-            best = min(out["single"]["ms_per_step"], out.get("single_pdl", out["single"])["ms_per_step"])
+            best = min(out["single"]["ms_per_step"], out.get("single_pdl_all", out["single"])["ms_per_step"])
             out["speedup"] = best / tp["ms_per_step"]
         dist.barrier()
     if rank == 0:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .skinny_mm import PDL
+from .skinny_mm import PDL, SkinnyLinear, pdl_available
 
 try:
     import triton
@@ -187,6 +187,7 @@ class LamportAllReduce:
         self.state = torch.zeros(2, dtype=torch.int32, device=device)
         self.spin_limit = SPIN_LIMIT  # polling rounds before a rank gives up on its peers (traps)
         self.num_warps = None  # per program of the sum kernel; None: 8 for rows of 4096+ values, else 4
+        self.pdl = False  # launch with programmatic dependent launch (pdl_after_sums)
         self.split_head = True  # Emu35.forward: decode steps split the head's rows over the ranks and all_gather
         torch.cuda.synchronize(device)
         dist.barrier(self.group)  # every buffer is marked empty before any rank pushes into it
@@ -226,7 +227,7 @@ class LamportAllReduce:
         x2 = x.reshape(-1, N).contiguous() if x is not None else p2
         w2 = w if w is not None else p2
         block = triton.next_power_of_2(N)
-        pdl = dict(USE_PDL=True, launch_pdl=True) if PDL["on"] else {}
+        pdl = dict(USE_PDL=True, launch_pdl=True) if PDL["on"] or self.pdl else {}
         _lamport_kernel[(M,)](
             p2, x2, w2, out, h if h is not None else out, self.peers, self.state, self.cap, N, eps,
             RANK=self.rank, W=self.world, BLOCK=block, NORM=x is not None, SPIN_LIMIT=self.spin_limit,
@@ -250,3 +251,23 @@ class LamportAllReduce:
             return KERNELS["add_rms_norm"](x, delta, weight, eps)
         out, h = self._launch(delta, x, weight, eps)
         return out, h
+
+
+def pdl_after_sums(lm) -> int:
+    """Let the products that read a fused sum start while it runs: the sums and the projections right after them (each
+    block's q/k/v and gate/up, as SkinnyLinear: call after the engine fused and wrapped them) are launched with
+    programmatic dependent launch, so those products pull their first weight tiles toward L2 while the sum waits for
+    its peers. Only there: a product after an ordinary kernel gains nothing and lost time on one H200. Returns how
+    many projections were marked (0 where it cannot run)."""
+    reduce = lm.model.layers[0].reduce
+    if not isinstance(reduce, LamportAllReduce) or not pdl_available():
+        return 0
+    reduce.pdl = True
+    n = 0
+    for layer in lm.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        for lin in (a.qkv_proj, a.q_proj, m.gate_up_proj, m.gate_proj, m.up_proj):
+            if isinstance(lin, SkinnyLinear):
+                lin.pdl = True
+                n += 1
+    return n

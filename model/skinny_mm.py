@@ -55,12 +55,17 @@ FP8 = torch.float8_e4m3fn
 PDL = {"on": False}
 
 
-def use_pdl(on: bool = True) -> bool:
-    """Launch the skinny products (and model.lamport_all_reduce's sums) with programmatic dependent launch,
-    process-wide, where it runs (CUDA sm90+, not the interpreter). Returns whether it is on."""
+def pdl_available() -> bool:
+    """Programmatic dependent launch runs here: CUDA sm90+, a Triton with grid dependency control, no interpreter."""
     ok = triton is not None and not INTERPRET and torch.cuda.is_available()
-    ok = ok and torch.cuda.get_device_capability() >= (9, 0) and hasattr(tl.extra.cuda, "gdc_wait")
-    PDL["on"] = bool(on and ok)
+    return bool(ok and torch.cuda.get_device_capability() >= (9, 0) and hasattr(tl.extra.cuda, "gdc_wait"))
+
+
+def use_pdl(on: bool = True) -> bool:
+    """Launch every skinny product (and model.lamport_all_reduce's sums) with programmatic dependent launch,
+    process-wide, where it runs. Returns whether it is on. (Measured on one H200: slower on one GPU, where the kernel
+    before a product never lets it start early; see model.lamport_all_reduce.pdl_after_sums for where it pays.)"""
+    PDL["on"] = bool(on and pdl_available())
     return PDL["on"]
 
 
@@ -231,12 +236,15 @@ def _use_kernel(x: Tensor, w: Tensor, scale: Tensor | None) -> bool:
     )
 
 
-def skinny_mm(x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | None = None, config=None) -> Tensor:
+def skinny_mm(
+    x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | None = None, config=None, pdl: bool | None = None
+) -> Tensor:
     """x [M, K] @ w[N, K]^T (* scale [N] per output channel) -> [M, N] in x's dtype.
 
     The Triton kernel where it can run (bf16 x, 1 <= M <= 16, bf16 or float8 e4m3 w), else `skinny_mm_reference`.
     `out`: a contiguous [M, N] bf16 tensor to write (kernel path only). `config`: {"BLOCK_N", "BLOCK_K", "SLICES"}
-    and optionally num_warps/num_stages, to run one configuration instead of the autotuned one (tests)."""
+    and optionally num_warps/num_stages, to run one configuration instead of the autotuned one (tests). `pdl`: launch
+    with programmatic dependent launch (default: `use_pdl`'s process-wide choice)."""
     M, K = x.shape
     N = w.shape[0]
     if w.shape[1] != K or (scale is not None and scale.numel() != N):
@@ -252,7 +260,7 @@ def skinny_mm(x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | N
     s = scale.reshape(-1) if scale is not None else x  # unscaled: HAS_SCALE=False compiles the read of s_ptr away
     args = (x, w, s, y, M, N, K, bucket)
     kw = {"HAS_SCALE": scale is not None, "BLOCK_M": MAX_ROWS, "F32_DOT": INTERPRET, "FP8_ASM": FP8_ASM}
-    if PDL["on"] and x.is_cuda:
+    if (PDL["on"] if pdl is None else pdl) and x.is_cuda and not INTERPRET:
         kw.update(USE_PDL=True, W_LINE=128 // w.element_size(), launch_pdl=True)
     if config is None and INTERPRET:
         config = INTERPRET_CONFIG
@@ -296,6 +304,7 @@ class SkinnyLinear(nn.Module):
             self.weight = linear.weight
             self.weight.requires_grad_(False)
             self.scale = None
+        self.pdl: bool | None = None  # skinny_mm's pdl (lamport_all_reduce.pdl_after_sums sets it)
 
     @property
     def fp8(self) -> bool:
@@ -314,7 +323,7 @@ class SkinnyLinear(nn.Module):
         lead, K = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, K)
         if _use_kernel(x2, self.weight, self.scale):
-            y = skinny_mm(x2, self.weight, self.scale)
+            y = skinny_mm(x2, self.weight, self.scale, pdl=self.pdl)
         elif not self.fp8:
             return F.linear(x, self.weight)
         elif self.use_scaled_mm:

@@ -249,6 +249,10 @@ def peer_sums(engine: Engine, world: int, all_reduce: str) -> str:
         from .tensor_parallel import use_peer_all_reduce
 
         use_peer_all_reduce(engine.lm, kind=all_reduce)
+        if all_reduce == "lamport":
+            from .lamport_all_reduce import pdl_after_sums
+
+            pdl_after_sums(engine.lm)  # the products after each sum start while it waits for its peers
     return all_reduce
 
 

@@ -249,3 +249,12 @@ def test_a_peer_that_never_comes_fails_the_call_instead_of_hanging():
     r = subprocess.run([sys.executable, "-c", NO_PEER], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "returned" not in r.stdout, r.stdout + r.stderr
     assert "CUDA" in r.stderr or "cuda" in r.stderr, r.stderr[-2000:]
+
+
+def test_pdl_after_sums_leaves_a_model_without_fused_sums_alone():
+    from tiny import tiny
+
+    from model.lamport_all_reduce import pdl_after_sums
+
+    lm = tiny(seed=0)
+    assert pdl_after_sums(lm) == 0 and lm.model.layers[0].reduce is None
