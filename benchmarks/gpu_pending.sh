@@ -48,6 +48,11 @@ if [ "$gpus" -ge 2 ]; then
   step lamport_tests 180 $py -m pytest -q -p no:cacheprovider tests/test_lamport_all_reduce.py
   step tp_lamport 330 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer,lamport \
     --out "$out/tensor_parallel_lamport_34b.json"
+  # the A/Bs still open (2026-11-30): PDL after the sums against PDL everywhere, and the serving path with and without
+  step tp_pdl_ab 300 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py \
+    --all-reduce lamport,lamport_pdl,lamport_pdl_all,lamport_pdl --out "$out/tensor_parallel_pdl_ab_34b.json"
+  step tp_serving_nopdl 240 $py benchmarks/tensor_parallel.py --engine --world 2 --all-reduce lamport_nopdl \
+    --out "$out/tensor_parallel_engine_lamport_nopdl_34b.json"
   step tp_serving_lamport 240 $py benchmarks/tensor_parallel.py --engine --world 2 --all-reduce lamport \
     --out "$out/tensor_parallel_engine_lamport_34b.json"
   step tp_spmd_peer 300 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer \

@@ -47,6 +47,11 @@ from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
+KINDS = (
+    "nccl", "peer", "lamport", "lamport_fullhead", "lamport_w4", "lamport_w16", "lamport_pdl", "lamport_pdl_all",
+    "lamport_nopdl",
+)  # fmt: skip
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,7 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "with the q/k/v and gate/up products after each sum launched early (lamport_all_reduce.pdl_after_sums); "
         "lamport_pdl_all: every product and sum so (model.skinny_mm.use_pdl; the one-GPU step is then timed with "
         "and without). "
-        "peer and lamport: CUDA; with --engine only lamport (serve's pick on NVLink GPUs)",
+        "peer and lamport: CUDA; --engine takes nccl, lamport (serve's pick on NVLink GPUs: with PDL after the sums) "
+        "or lamport_nopdl",
     )
     ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
     ap.add_argument("--world", type=int, default=2, help="ranks for --engine")
@@ -267,15 +273,16 @@ def main(argv=None) -> None:
     if args.engine and world > 1:
         raise SystemExit("--engine starts its own ranks: run it with python, not torchrun")
     kinds = args.all_reduce.split(",")
-    if any(
-        k not in ("nccl", "peer", "lamport", "lamport_fullhead", "lamport_w4", "lamport_w16", "lamport_pdl")
-        for k in kinds
-    ):
-        raise SystemExit(f"--all-reduce: nccl, peer, lamport or lamport_fullhead, comma-separated: {args.all_reduce!r}")
+    if any(k not in KINDS for k in kinds):
+        raise SystemExit(f"--all-reduce: some of {','.join(KINDS)}, comma-separated; got {args.all_reduce!r}")
     if kinds != ["nccl"] and not cuda:
         raise SystemExit(f"--all-reduce {args.all_reduce}: CUDA GPUs only")
     if args.engine and len(kinds) > 1:
         raise SystemExit("--engine times one --all-reduce at a time")
+    if args.engine and kinds[0] not in ("nccl", "lamport", "lamport_nopdl"):
+        raise SystemExit("--engine: --all-reduce nccl, lamport (with PDL after the sums) or lamport_nopdl")
+    if not args.engine and "lamport_nopdl" in kinds:
+        raise SystemExit("lamport_nopdl is an --engine kind (torchrun: lamport has no PDL; lamport_pdl adds it)")
     if "peer" in kinds and args.engine:
         raise SystemExit("--all-reduce peer: torchrun only (the serving path has nccl and lamport)")
     local = int(os.environ.get("LOCAL_RANK", 0))

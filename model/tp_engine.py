@@ -227,7 +227,8 @@ def _join(rank: int, world: int, init: str, device: str, timeout_s: float) -> No
     dist.init_process_group(backend, init_method=init, rank=rank, world_size=world, timeout=timeout)
 
 
-ALL_REDUCE = ("auto", "nccl", "lamport", "one_shot")  # how decode steps sum partial outputs (peer_sums)
+# how decode steps sum partial outputs (peer_sums); lamport_nopdl: lamport without pdl_after_sums (for A/B timing)
+ALL_REDUCE = ("auto", "nccl", "lamport", "lamport_nopdl", "one_shot")
 
 
 def peer_sums(engine: Engine, world: int, all_reduce: str) -> str:
@@ -235,7 +236,7 @@ def peer_sums(engine: Engine, world: int, all_reduce: str) -> str:
     (`model.tensor_parallel.use_peer_all_reduce`). "auto" picks "lamport" when the ranks are CUDA GPUs with peer access
     to each other and Triton is there (the same answer on every rank of one machine), else "nccl". Returns the kind."""
     if all_reduce not in ALL_REDUCE:
-        raise ValueError(f"all_reduce must be auto, nccl, lamport or one_shot, not {all_reduce!r}")
+        raise ValueError(f"all_reduce must be one of {', '.join(ALL_REDUCE)}, not {all_reduce!r}")
     dev = engine.device
     if all_reduce == "auto":
         import importlib.util
@@ -248,7 +249,7 @@ def peer_sums(engine: Engine, world: int, all_reduce: str) -> str:
     if all_reduce != "nccl" and world > 1:
         from .tensor_parallel import use_peer_all_reduce
 
-        use_peer_all_reduce(engine.lm, kind=all_reduce)
+        use_peer_all_reduce(engine.lm, kind="lamport" if all_reduce.startswith("lamport") else all_reduce)
         if all_reduce == "lamport":
             from .lamport_all_reduce import pdl_after_sums
 
@@ -297,12 +298,12 @@ def start_tensor_parallel(
     `shard_fn(rank, world_size, device, dtype) -> Emu35` (a module-level function: it is sent to the other processes),
     builds its shard with it instead (benchmarks: random weights at the 34B shape, no checkpoint on disk). On a CPU
     every rank, this one included, gets `threads` torch threads (default: this process's threads / world_size).
-    `all_reduce` picks how decode steps sum partial outputs (`peer_sums`: auto, nccl, lamport, one_shot)."""
+    `all_reduce` picks how decode steps sum partial outputs (`peer_sums`: one of ALL_REDUCE)."""
     from .config import Emu35Config
     from .tensor_parallel import check_divisible
 
     if all_reduce not in ALL_REDUCE:
-        raise ValueError(f"all_reduce must be auto, nccl, lamport or one_shot, not {all_reduce!r}")
+        raise ValueError(f"all_reduce must be one of {', '.join(ALL_REDUCE)}, not {all_reduce!r}")
     if shard_fn is None:
         check_divisible(Emu35Config.from_pretrained(model_dir), world_size)  # fail before starting anything
     if dist.is_initialized():

@@ -29,7 +29,9 @@ except ImportError:
 def test_start_tensor_parallel_refuses_an_unknown_all_reduce_before_spawning():
     from model.tp_engine import start_tensor_parallel
 
-    with pytest.raises(ValueError, match="all_reduce must be auto, nccl, lamport or one_shot, not 'fast'"):
+    with pytest.raises(
+        ValueError, match="all_reduce must be one of auto, nccl, lamport, lamport_nopdl, one_shot, not 'fast'"
+    ):
         start_tensor_parallel(None, None, None, 2, shard_fn=lambda *a: None, all_reduce="fast")
 
 
