@@ -80,6 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="> 1: ask for that many plans at once and execute the consensus (PlannerClient.plan_consensus)",
     )
     g.add_argument(
+        "--check-keyframes",
+        action="store_true",
+        help="with --candidates N and the key-frame executor: before a subgoal runs, read its key-frame as the "
+        "executor would; when that is not what the text says, run another candidate's key-frame for the same text "
+        "that is",
+    )
+    g.add_argument(
         "--candidate-sampling",
         default=None,
         metavar="T,K,P",
@@ -121,6 +128,8 @@ def config_from_args(args: argparse.Namespace):
         bias[int(k)] = float(v)
     if args.candidates < 1:
         raise SystemExit(f"--candidates: want 1 or more plans per request, got {args.candidates}")
+    if args.check_keyframes and (args.candidates < 2 or args.executor != "keyframe"):
+        raise SystemExit("--check-keyframes: needs --candidates 2 or more and --executor keyframe (the default)")
     grpc = GrpcOptions(
         image_size=grid,
         max_subgoals=args.max_subgoals or args.horizon,
@@ -147,6 +156,7 @@ def config_from_args(args: argparse.Namespace):
         video=not args.no_video,
         video_every=args.video_every,
         save_plans=args.save_plans,
+        check_keyframes=args.check_keyframes,
         grpc=grpc,
     )
 

@@ -45,6 +45,9 @@ class PlanResult:
     tokens: int = 0  # tokens the model generated (0 for the reference planners)
     error: str = ""  # a planner failure is recorded and ends the episode, it does not crash the run
     info: dict[str, Any] = field(default_factory=dict)
+    # the other candidates' subgoals of a consensus plan (GrpcOptions.candidates > 1), in candidate order:
+    # EvalConfig.check_keyframes may run one of their key-frames instead of the kept plan's
+    alternatives: list[list[Subgoal]] = field(default_factory=list)
 
 
 class Planner(Protocol):
@@ -155,6 +158,17 @@ class GrpcOptions:
     candidate_sampling: tuple[float, int, float] | None = None  # the extra candidates' key-frames; None: the client's
 
 
+def _subgoals(plan, w: int, h: int) -> list[Subgoal]:
+    """A service plan's subgoals with key-frames at the camera's size (w, h)."""
+    out = []
+    for s in plan.subgoals:
+        kf = None
+        if s.image is not None:
+            kf = cv2.resize(np.asarray(s.image.convert("RGB")), (w, h), interpolation=cv2.INTER_AREA)
+        out.append(Subgoal(s.text.strip(), kf))
+    return out
+
+
 class GrpcPlanner:
     """Our planning service, as any user reaches it: ``PlannerClient.plan_stream`` with the camera image."""
 
@@ -208,19 +222,16 @@ class GrpcPlanner:
         dt = time.perf_counter() - t0
         if plan is None:
             return PlanResult([], dt, first, error="the stream ended without a finished plan")
-        sgs = []
-        for s in plan.subgoals:
-            kf = None
-            if s.image is not None:
-                kf = cv2.resize(np.asarray(s.image.convert("RGB")), (w, h), interpolation=cv2.INTER_AREA)
-            sgs.append(Subgoal(s.text.strip(), kf))
+        sgs = _subgoals(plan, w, h)
         u = plan.usage
         info = {"reason": u.reason, "prompt_tokens": u.prompt_tokens, "server_timings": u.timings}
         tokens = u.generated_tokens
+        alternatives = []
         if consensus:
             info["consensus"] = consensus
             tokens = sum(consensus["tokens"])  # every candidate's tokens were generated
-        return PlanResult(sgs, dt, first, tokens=tokens, info=info)
+            alternatives = [_subgoals(p, w, h) for i, p in enumerate(c.candidates) if i != c.chosen]
+        return PlanResult(sgs, dt, first, tokens=tokens, info=info, alternatives=alternatives)
 
     def close(self) -> None:
         self.client.close()

@@ -120,18 +120,50 @@ class KeyframeExecutor:
 
     def execute(self, env, subgoal: Subgoal) -> SubgoalResult:
         u = env.unwrapped
+        call, how = self.read_keyframe(env, subgoal)
+        if call is None:
+            return self._fail(subgoal, how)
+        if call.skill == "pick":
+            steps = _drive(env, pick(env, call.obj), self.max_steps)
+            ok = _predicate(env, subgoal, call, lambda: check_call(u.world_state(), call))
+            return _finish(env, subgoal, call, steps, ok, f"picked {call.obj}")
+        held, target = call.obj, how["target"]
+        if call.skill == "place_on":
+            actions = place_at(env, held, target, how["z"], block_yaw=how["yaw"])
+        else:
+            actions = place_at(env, held, target, 0.0, fingers_along_x=how["fingers_along_x"])
+        steps = _drive(env, actions, self.max_steps)
+
+        def reached() -> bool:
+            s = u.world_state()
+            if call.skill == "place_on":
+                return check_call(s, call)
+            p = s.positions[held]
+            return bool(
+                np.linalg.norm(p[:2] - target) < 0.03 and abs(p[2] - BLOCK_HALF) < 0.01 and not s.gripper_closed
+            )
+
+        ok = _predicate(env, subgoal, call, reached)
+        return _finish(env, subgoal, call, steps, ok, f"placed {held} at {np.round(target, 3).tolist()}")
+
+    def read_keyframe(self, env, subgoal: Subgoal) -> tuple[SkillCall | None, dict | str]:
+        """What `execute` would do for this key-frame from the current scene, without doing it: (the skill call,
+        how to run it), or (None, why nothing). Reads only the key-frame and the current scene, never the text."""
+        u = env.unwrapped
         kf = subgoal.keyframe
         if kf is None:
-            return self._fail(subgoal, "no key-frame given")
+            return None, "no key-frame given"
         h, w = kf.shape[:2]
         cam = u.camera_model("front", w, h)
         blobs_k = find_blobs(kf)
-        blobs_c = find_blobs(u.render_camera("front", w, h))
         ws = u.world_state()
         held = self._held_block(ws)
         if held is None:
-            return self._pick(env, subgoal, cam, blobs_k, blobs_c)
-        return self._place(env, subgoal, cam, blobs_k, held)
+            obj = self._moved_block(u, cam, blobs_k, find_blobs(u.render_camera("front", w, h)))
+            if obj is None:
+                return None, "key-frame shows no block moved"
+            return SkillCall("pick", obj), {}
+        return self._placement(ws, cam, blobs_k, held)
 
     @staticmethod
     def _held_block(ws) -> str | None:
@@ -141,8 +173,8 @@ class KeyframeExecutor:
         name, p = min(ws.positions.items(), key=lambda kv: np.linalg.norm(kv[1] - ws.ee_pos))
         return name if np.linalg.norm(p - ws.ee_pos) < 0.05 else None
 
-    def _pick(self, env, sg, cam, blobs_k, blobs_c) -> SubgoalResult:
-        u = env.unwrapped
+    def _moved_block(self, u, cam, blobs_k, blobs_c) -> str | None:
+        """The block to pick: the one whose position differs most between the current view and the key-frame."""
         names = {b.split()[0]: b for b in u.task.scene.block_names()}
         # a blob whose area changed a lot is partly occluded in one image (by the arm, or by the lifted block):
         # its apparent motion is trusted only when no cleanly visible block moved
@@ -157,29 +189,21 @@ class KeyframeExecutor:
                 continue
             d = float(np.linalg.norm(block_xy(bk, cam) - block_xy(bc, cam)))
             (moves if 0.6 < bk.area / bc.area < 1 / 0.6 else unsure)[c] = d
-        obj = None
         for group in (moves, unsure):
             if group and max(group.values()) >= self.min_move:
-                obj = names[max(group, key=group.get)]
-                break
-        if obj is None and len(appeared) == 1:  # hidden now (e.g. behind the arm), in view once lifted
-            obj = names[appeared[0]]
-        if obj is None and len(hidden) == 1:
-            obj = names[hidden[0]]
-        if obj is None:
-            return self._fail(sg, "key-frame shows no block moved")
-        call = SkillCall("pick", obj)
-        steps = _drive(env, pick(env, obj), self.max_steps)
-        ok = _predicate(env, sg, call, lambda: check_call(u.world_state(), call))
-        return _finish(env, sg, call, steps, ok, f"picked {obj}")
+                return names[max(group, key=group.get)]
+        if len(appeared) == 1:  # hidden now (e.g. behind the arm), in view once lifted
+            return names[appeared[0]]
+        if len(hidden) == 1:
+            return names[hidden[0]]
+        return None
 
-    def _place(self, env, sg, cam, blobs_k, held: str) -> SubgoalResult:
-        u = env.unwrapped
-        colour = held.split()[0]
-        blob = blobs_k.get(colour)
+    def _placement(self, ws, cam, blobs_k, held: str) -> tuple[SkillCall | None, dict | str]:
+        """Where the held block goes: stacked on a block whose free top its key-frame blob sits at, else the blob's
+        point on the table."""
+        blob = blobs_k.get(held.split()[0])
         if blob is None:
-            return self._fail(sg, f"the held {held} is not visible in the key-frame")
-        ws = u.world_state()
+            return None, f"the held {held} is not visible in the key-frame"
         best, best_d = None, self.stack_tol
         for name, p in ws.positions.items():
             if name == held or p[2] > 0.2 or self._covered(ws, name, held):
@@ -192,26 +216,14 @@ class KeyframeExecutor:
                 best, best_d = name, d
         if best is not None:
             base = ws.positions[best]
-            call = SkillCall("place_on", held, best)
-            actions = place_at(env, held, base[:2], base[2] + BLOCK_HALF, block_yaw=ws.yaws[best])
-            target = base[:2]
-        else:
-            target = block_xy(blob, cam)
-            call = SkillCall("place_at", held, f"{target[0]:.3f},{target[1]:.3f}")
-            actions = place_at(env, held, target, 0.0, fingers_along_x=self._neighbours_along_y(ws, held, target))
-        steps = _drive(env, actions, self.max_steps)
-
-        def reached() -> bool:
-            s = u.world_state()
-            if call.skill == "place_on":
-                return check_call(s, call)
-            p = s.positions[held]
-            return bool(
-                np.linalg.norm(p[:2] - target) < 0.03 and abs(p[2] - BLOCK_HALF) < 0.01 and not s.gripper_closed
-            )
-
-        ok = _predicate(env, sg, call, reached)
-        return _finish(env, sg, call, steps, ok, f"placed {held} at {np.round(target, 3).tolist()}")
+            return SkillCall("place_on", held, best), {
+                "target": base[:2],
+                "z": base[2] + BLOCK_HALF,
+                "yaw": ws.yaws[best],
+            }
+        target = block_xy(blob, cam)
+        call = SkillCall("place_at", held, f"{target[0]:.3f},{target[1]:.3f}")
+        return call, {"target": target, "fingers_along_x": self._neighbours_along_y(ws, held, target)}
 
     @staticmethod
     def _covered(ws, name: str, held: str) -> bool:

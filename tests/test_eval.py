@@ -185,9 +185,13 @@ def test_consensus_candidates_through_the_grpc_service(grpc_server, tmp_path):
     address, tok = grpc_server
     out = tmp_path / "cons"
     opts = ("--max-subgoals", "2", "--replans", "0", "--candidates", "3", "--no-video")
-    assert cli_main(grpc_eval(address, tok, out, *opts, "--candidate-sampling", "1,0,1")) == 0
+    assert cli_main(grpc_eval(address, tok, out, *opts, "--candidate-sampling", "1,0,1", "--check-keyframes")) == 0
     (r,) = read_records(out / EPISODES_FILE)
     assert r["error"] is None and r["planner_errors"] == [], r
+    for sg in r["subgoals"]:  # every key-frame was read before it ran (a random model's texts rarely parse)
+        chk = sg["keyframe_check"]
+        assert chk["follows"] in (True, False, None) and 1 <= chk["read"] <= 3 and 0 <= chk["candidate"] <= 2
+    assert r["keyframe_swaps"] == sum(sg["keyframe_check"]["candidate"] > 0 for sg in r["subgoals"])
     (p,) = r["plans"]
     c = p["info"]["consensus"]
     assert c["chosen"] in (0, 1, 2) and len(c["distances"]) == 3 and len(c["tokens"]) == 3
@@ -197,6 +201,8 @@ def test_consensus_candidates_through_the_grpc_service(grpc_server, tmp_path):
         cli_main(grpc_eval(address, tok, tmp_path / "bad", *opts, "--candidate-sampling", "x"))
     with pytest.raises(SystemExit, match="--candidates"):
         cli_main(grpc_eval(address, tok, tmp_path / "bad", "--candidates", "0"))
+    with pytest.raises(SystemExit, match="--check-keyframes: needs --candidates 2 or more"):
+        cli_main(grpc_eval(address, tok, tmp_path / "bad", "--check-keyframes"))
 
 
 def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):
@@ -321,3 +327,33 @@ def test_recover_puts_a_held_block_down_before_the_replan(engine):
     assert r["success"] and r["replans"] == 1
     r = run_episode(spec, EvalConfig(recover=False, **kw), _WrongPickThenCanonical())
     assert "put_down" not in r["plans"][0]
+
+
+def test_check_keyframes_runs_another_candidates_keyframe_when_the_kept_one_shows_the_wrong_thing(tmp_path):
+    """The kept plan's key-frame for "pick up X" shows another block lifted; a candidate's for the same text shows X:
+    checked_keyframe runs the candidate's, and keeps the kept one when it is right."""
+    import gymnasium as gym
+
+    import sim_envs
+    from evaluation.episode import checked_keyframe
+    from sim_envs.executors import KeyframeExecutor, Subgoal
+    from sim_envs.recorder import record_expert_episode
+
+    env = gym.make(sim_envs.env_id("Stack", "mujoco"), image_obs=False, image_size=96)
+    ep = record_expert_episode(env, tmp_path / "ep", seed=1, cameras=())
+    (k0, pick_kf), (k1, _) = list(ep.keyframes())[:2]
+    env.reset(seed=1)
+    u = env.unwrapped
+    ex, scene = KeyframeExecutor(), u.task.scene
+    right = Subgoal(k0["text"], pick_kf)
+    moved = ex.read_keyframe(env, right)[0].obj
+    other = next(b for b in scene.block_names() if b != moved)
+    wrong = Subgoal(f"pick up the {other}", pick_kf)  # the text names a block the key-frame does not lift
+    sg, rec = checked_keyframe(ex, env, scene, wrong, [Subgoal(wrong.text, None), right])
+    assert sg is wrong and rec == {"follows": False, "candidate": 0, "read": 1}  # no candidate for that text
+    fixed = Subgoal(right.text, np.zeros_like(pick_kf))  # a blank key-frame: nothing moved
+    sg, rec = checked_keyframe(ex, env, scene, fixed, [Subgoal("something else", pick_kf), right])
+    assert sg is right and rec == {"follows": False, "candidate": 2, "read": 2}
+    sg, rec = checked_keyframe(ex, env, scene, right, [fixed])
+    assert sg is right and rec == {"follows": True, "candidate": 0, "read": 1}
+    env.close()

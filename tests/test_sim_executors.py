@@ -195,3 +195,21 @@ def test_package_does_not_import_torch_or_model():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_read_keyframe_says_what_execute_then_does(tmp_path):
+    """read_keyframe is execute's decision without the acting: the same skill call, and the env untouched."""
+    env = gym.make("sim_envs/Stack-mujoco-v0", image_obs=False, image_size=IMAGE)
+    ep = record_expert_episode(env, tmp_path / "ep", seed=2, cameras=())
+    env.reset(seed=2)
+    ex = KeyframeExecutor()
+    for k, img in ep.keyframes():
+        sg = Subgoal(k["text"], img)
+        before = env.unwrapped.world_state().positions
+        call, how = ex.read_keyframe(env, sg)
+        after = env.unwrapped.world_state().positions
+        assert all(np.array_equal(before[n], after[n]) for n in before)  # nothing moved
+        r = ex.execute(env, sg)
+        assert r.success and call == r.skill, (k["text"], call, r.skill, how)
+    assert ex.read_keyframe(env, Subgoal("x"))[0] is None
+    env.close()
