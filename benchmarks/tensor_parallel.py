@@ -283,8 +283,6 @@ def main(argv=None) -> None:
         raise SystemExit("--engine: --all-reduce nccl, lamport (with PDL after the sums) or lamport_nopdl")
     if not args.engine and "lamport_nopdl" in kinds:
         raise SystemExit("lamport_nopdl is an --engine kind (torchrun: lamport has no PDL; lamport_pdl adds it)")
-    if "peer" in kinds and args.engine:
-        raise SystemExit("--all-reduce peer: torchrun only (the serving path has nccl and lamport)")
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:

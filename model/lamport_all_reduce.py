@@ -64,6 +64,26 @@ if triton is not None:
         return v
 
     @triton.jit
+    def _push_row(part_ptr, peers_ptr, slot, cap, offs, m, RANK: tl.constexpr, W: tl.constexpr):
+        """Load this rank's values at `offs` (-0.0 sent as +0.0: the same value, never "empty") and store them into
+        slot [slot, RANK] of every peer's buffer; returns them as int16 bits."""
+        bits = tl.load(part_ptr.to(tl.pointer_type(tl.int16)) + offs, mask=m, other=0)
+        bits = tl.where(bits == _EMPTY, tl.zeros_like(bits), bits)
+        for r in tl.static_range(W):
+            if r != RANK:
+                peer = tl.load(peers_ptr + r).to(tl.pointer_type(tl.int16))
+                tl.store(peer + (slot * W + RANK) * cap + offs, bits, mask=m)
+        return bits
+
+    @triton.jit
+    def _end_call(state_ptr, epoch, programs):
+        """The last program of a call to finish moves the epoch on (and resets the count for the next call)."""
+        done = tl.atomic_add(state_ptr + 1, 1)
+        if done == programs - 1:
+            tl.store(state_ptr + 1, 0)
+            tl.store(state_ptr, epoch + 1)
+
+    @triton.jit
     def _lamport_kernel(
         part_ptr,  # [M, N] bf16: this rank's partial sum
         x_ptr,  # [M, N] bf16: the residual stream (NORM only)
@@ -90,12 +110,7 @@ if triton is not None:
         m = cols < N
         epoch = tl.load(state_ptr, volatile=True)
         slot = epoch % 3
-        bits = tl.load(part_ptr.to(tl.pointer_type(tl.int16)) + row * N + cols, mask=m, other=0)
-        bits = tl.where(bits == _EMPTY, tl.zeros_like(bits), bits)  # -0.0 -> +0.0: the same value, never "empty"
-        for r in tl.static_range(W):  # push this rank's row into every peer's slot [slot, RANK]
-            if r != RANK:
-                peer = tl.load(peers_ptr + r).to(tl.pointer_type(tl.int16))
-                tl.store(peer + (slot * W + RANK) * cap + row * N + cols, bits, mask=m)
+        bits = _push_row(part_ptr, peers_ptr, slot, cap, row * N + cols, m, RANK, W)
         mine = tl.load(peers_ptr + RANK).to(tl.pointer_type(tl.int16))
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for r in tl.static_range(W):  # rank order: every rank adds in the same order, so all get the same sum
@@ -118,10 +133,7 @@ if triton is not None:
             tl.store(h_ptr + row * N + cols, h.to(tl.bfloat16), mask=m)
         else:
             tl.store(out_ptr + row * N + cols, s, mask=m)
-        done = tl.atomic_add(state_ptr + 1, 1)  # the last program of the call moves the epoch on
-        if done == tl.num_programs(0) - 1:
-            tl.store(state_ptr + 1, 0)
-            tl.store(state_ptr, epoch + 1)
+        _end_call(state_ptr, epoch, tl.num_programs(0))
 
     @triton.jit
     def _lamport_gather_kernel(
@@ -141,12 +153,7 @@ if triton is not None:
         m = cols < n
         epoch = tl.load(state_ptr, volatile=True)
         slot = epoch % 3
-        bits = tl.load(part_ptr.to(tl.pointer_type(tl.int16)) + row * n + cols, mask=m, other=0)
-        bits = tl.where(bits == _EMPTY, tl.zeros_like(bits), bits)
-        for r in tl.static_range(W):
-            if r != RANK:
-                peer = tl.load(peers_ptr + r).to(tl.pointer_type(tl.int16))
-                tl.store(peer + (slot * W + RANK) * cap + row * n + cols, bits, mask=m)
+        bits = _push_row(part_ptr, peers_ptr, slot, cap, row * n + cols, m, RANK, W)
         out = out_ptr.to(tl.pointer_type(tl.int16)) + row * W * n + cols
         tl.store(out + RANK * n, bits, mask=m)
         mine = tl.load(peers_ptr + RANK).to(tl.pointer_type(tl.int16))
@@ -156,10 +163,7 @@ if triton is not None:
                 v = _wait_filled(src, m, SPIN_LIMIT)
                 tl.store(out + r * n, v, mask=m)
                 tl.store(src, tl.full([BLOCK], _EMPTY, tl.int16), mask=m)
-        done = tl.atomic_add(state_ptr + 1, 1)
-        if done == tl.num_programs(0) * tl.num_programs(1) - 1:
-            tl.store(state_ptr + 1, 0)
-            tl.store(state_ptr, epoch + 1)
+        _end_call(state_ptr, epoch, tl.num_programs(0) * tl.num_programs(1))
 
 
 class LamportAllReduce:
@@ -249,8 +253,7 @@ class LamportAllReduce:
         if not (self.fits(delta) and x.dtype == delta.dtype and weight.dtype == delta.dtype):
             dist.all_reduce(delta, group=self.group)
             return KERNELS["add_rms_norm"](x, delta, weight, eps)
-        out, h = self._launch(delta, x, weight, eps)
-        return out, h
+        return self._launch(delta, x, weight, eps)
 
 
 def pdl_after_sums(lm) -> int:

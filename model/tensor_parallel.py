@@ -146,13 +146,13 @@ def use_peer_all_reduce(lm: Emu35, group=None, max_bytes: int | None = None, kin
     if getattr(lm, "tensor_parallel", (0, 1))[1] < 2:
         raise ValueError("use_peer_all_reduce needs a model sharded over 2+ ranks (shard_emu35)")
     if kind == "lamport":
-        from .lamport_all_reduce import LamportAllReduce
-
-        reduce = LamportAllReduce(lm.device, group, max_bytes or 4 << 20, lm.dtype)
+        from .lamport_all_reduce import LamportAllReduce as cls
     elif kind == "one_shot":
-        reduce = PeerAllReduce(lm.device, group, max_bytes or 1 << 20, lm.dtype)
+        cls = PeerAllReduce
     else:
         raise ValueError(f"peer all-reduce kind must be 'lamport' or 'one_shot', not {kind!r}")
+    sizes = {} if max_bytes is None else {"max_bytes": max_bytes}
+    reduce = cls(lm.device, group, dtype=lm.dtype, **sizes)
     for layer in lm.model.layers:
         layer.reduce = reduce
     return lm

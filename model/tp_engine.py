@@ -231,12 +231,16 @@ def _join(rank: int, world: int, init: str, device: str, timeout_s: float) -> No
 ALL_REDUCE = ("auto", "nccl", "lamport", "lamport_nopdl", "one_shot")
 
 
+def _check_all_reduce(all_reduce: str) -> None:
+    if all_reduce not in ALL_REDUCE:
+        raise ValueError(f"all_reduce must be one of {', '.join(ALL_REDUCE)}, not {all_reduce!r}")
+
+
 def peer_sums(engine: Engine, world: int, all_reduce: str) -> str:
     """After joining the group, on every rank: sum decode-sized partials over peer memory instead of NCCL
     (`model.tensor_parallel.use_peer_all_reduce`). "auto" picks "lamport" when the ranks are CUDA GPUs with peer access
     to each other and Triton is there (the same answer on every rank of one machine), else "nccl". Returns the kind."""
-    if all_reduce not in ALL_REDUCE:
-        raise ValueError(f"all_reduce must be one of {', '.join(ALL_REDUCE)}, not {all_reduce!r}")
+    _check_all_reduce(all_reduce)
     dev = engine.device
     if all_reduce == "auto":
         import importlib.util
@@ -302,8 +306,7 @@ def start_tensor_parallel(
     from .config import Emu35Config
     from .tensor_parallel import check_divisible
 
-    if all_reduce not in ALL_REDUCE:
-        raise ValueError(f"all_reduce must be one of {', '.join(ALL_REDUCE)}, not {all_reduce!r}")
+    _check_all_reduce(all_reduce)
     if shard_fn is None:
         check_divisible(Emu35Config.from_pretrained(model_dir), world_size)  # fail before starting anything
     if dist.is_initialized():

@@ -459,9 +459,8 @@ class Emu35(nn.Module):
             x = x[:, -logits_to_keep:]
         sl = slice(None) if vocab_slice is None else vocab_slice
         reduce = self.model.layers[-1].reduce
-        if getattr(
-            reduce, "split_head", False
-        ):  # tensor parallelism: each rank multiplies its share of the head's rows
+        # tensor parallelism: each rank multiplies its share of the head's rows
+        if getattr(reduce, "split_head", False):
             rank, world = self.tensor_parallel
             rows = range(self.config.vocab_size)[sl]
             n = len(rows) // world
