@@ -172,6 +172,7 @@ if triton is not None:
         PUSH: tl.constexpr = False,  # also store y into slot [epoch % 3, RANK] of every rank's buffer
         RANK: tl.constexpr = 0,
         W: tl.constexpr = 1,
+        W_P2: tl.constexpr = 1,  # W rounded up to a power of two
         TRIGGER: tl.constexpr = False,  # PUSH: let the sum after this kernel launch early (it polls its slots)
     ):
         # A W tile [BLOCK_N, BLOCK_K] is read as [SLICES, BLOCK_N, BLOCK_K / SLICES]: one batched tl.dot with the
@@ -180,6 +181,10 @@ if triton is not None:
         pid = tl.program_id(0)
         offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         rows_n = offs_n % N  # W rows past N read row n % N again: no mask on the weight stream
+        if PUSH:  # where the tiles go, read before the K loop so that the loads' latency hides behind the weight stream
+            slot_base = ((tl.load(state_ptr, volatile=True) % 3) * W + RANK) * cap
+            ranks = tl.arange(0, W_P2)
+            bases = tl.load(peers_ptr + ranks, mask=ranks < W, other=0)
         if TRIGGER and not USE_PDL:
             tl.extra.cuda.gdc_launch_dependents()
         if USE_PDL:
@@ -223,12 +228,11 @@ if triton is not None:
         y_mask = (offs_m[None, :] < M) & (offs_n[:, None] < N)
         tl.store(y_ptr + offs_y, y.to(tl.bfloat16), mask=y_mask)
         if PUSH:  # tensor parallelism: this rank's partial goes straight into the sum's slot on every rank, itself too
-            epoch = tl.load(state_ptr, volatile=True)
             bits = y.to(tl.bfloat16).to(tl.int16, bitcast=True)
             bits = tl.where(bits == _EMPTY, tl.zeros_like(bits), bits)  # -0.0 sent as +0.0: never "empty"
             for r in tl.static_range(W):
-                buf = tl.load(peers_ptr + r).to(tl.pointer_type(tl.int16))
-                tl.store(buf + ((epoch % 3) * W + RANK) * cap + offs_y, bits, mask=y_mask)
+                buf = tl.sum(tl.where(ranks == r, bases, 0), axis=0).to(tl.pointer_type(tl.int16))
+                tl.store(buf + slot_base + offs_y, bits, mask=y_mask)
 
     _kernel = triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(_skinny_kernel)
     _bench = {}  # shorter timing runs than Triton's default (25 + 100 ms a config), where this Triton takes them
@@ -306,6 +310,7 @@ def skinny_mm(
             return y
     if push is not None:  # the tuned tile, run once: a timing run would push data no sum takes
         kw.update(peers_ptr=push.peers, state_ptr=push.state, cap=push.cap, PUSH=True, RANK=push.rank, W=push.world)
+        kw["W_P2"] = triton.next_power_of_2(push.world)
         kw["TRIGGER"] = x.is_cuda and not INTERPRET and pdl_available()
         config = config or _TUNED[key]
     if config is not None:

@@ -232,6 +232,7 @@ def _pushing_products(ar, dev, g, x, w) -> dict:
     from model.skinny_mm import SkinnyLinear, pdl_available, skinny_mm
     from model.transformer import add_rms_norm
 
+    x = x[:2].contiguous()  # 2 rows: one CFG step
     lin = nn.Linear(4096, x.shape[-1], bias=False, device=dev, dtype=torch.bfloat16)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(lin.weight.shape, device=dev, generator=g) / 64)
