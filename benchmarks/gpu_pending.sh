@@ -51,11 +51,6 @@ if [ "$gpus" -ge 2 ]; then
   # the A/Bs still open (2026-11-30): PDL after the sums against PDL everywhere, and the serving path with and without
   step tp_pdl_ab 300 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py \
     --all-reduce lamport,lamport_pdl,lamport_pdl_all,lamport_pdl --out "$out/tensor_parallel_pdl_ab_34b.json"
-  # 2026-12-01: the o/down products push their tiles into the sums' slots (push_from_products), against without
-  step tp_push_ab 420 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py \
-    --all-reduce lamport_pdl,lamport_push_pdl,lamport_pdl_all,lamport_push_pdl_all --out "$out/tensor_parallel_push_ab_34b.json"
-  step tp_serving_push 240 $py benchmarks/tensor_parallel.py --engine --world 2 --all-reduce lamport_push \
-    --out "$out/tensor_parallel_engine_lamport_push_34b.json"
   step tp_serving_nopdl 240 $py benchmarks/tensor_parallel.py --engine --world 2 --all-reduce lamport_nopdl \
     --out "$out/tensor_parallel_engine_lamport_nopdl_34b.json"
   step tp_serving_lamport 240 $py benchmarks/tensor_parallel.py --engine --world 2 --all-reduce lamport \

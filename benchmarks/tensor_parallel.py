@@ -39,7 +39,7 @@ from decode import bytes_read_per_step, copy_bandwidth, prefill, sync, time_step
 
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
-from model.lamport_all_reduce import pdl_after_sums, push_from_products  # noqa: E402
+from model.lamport_all_reduce import pdl_after_sums  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks, tiny_ranks  # noqa: E402
 from model.skinny_mm import use_pdl  # noqa: E402
 from model.tensor_parallel import shard_dim, shard_emu35, use_peer_all_reduce  # noqa: E402
@@ -49,9 +49,8 @@ from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: 
 
 KINDS = (
     "nccl", "peer", "lamport", "lamport_fullhead", "lamport_w4", "lamport_w16", "lamport_pdl", "lamport_pdl_all",
-    "lamport_nopdl", "lamport_push", "lamport_push_pdl", "lamport_push_pdl_all",
+    "lamport_nopdl",
 )  # fmt: skip
-ENGINE_KINDS = ("nccl", "lamport", "lamport_nopdl", "lamport_push")  # model.tp_engine's choices timed by --engine
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,10 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "computing the whole head; lamport_w4, lamport_w16: lamport with 4 or 16 warps per row; lamport_pdl: lamport "
         "with the q/k/v and gate/up products after each sum launched early (lamport_all_reduce.pdl_after_sums); "
         "lamport_pdl_all: every product and sum so (model.skinny_mm.use_pdl; the one-GPU step is then timed with "
-        "and without); lamport_push, lamport_push_pdl, lamport_push_pdl_all: lamport, lamport_pdl, lamport_pdl_all "
-        "with the o/down products pushing their tiles into the sums' slots (lamport_all_reduce.push_from_products). "
-        "peer and lamport: CUDA; --engine takes nccl, lamport (serve's pick on NVLink GPUs: with PDL after the sums), "
-        "lamport_nopdl or lamport_push",
+        "and without). "
+        "peer and lamport: CUDA; --engine takes nccl, lamport (serve's pick on NVLink GPUs: with PDL after the sums) "
+        "or lamport_nopdl",
     )
     ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
     ap.add_argument("--world", type=int, default=2, help="ranks for --engine")
@@ -238,10 +236,8 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args, kind: s
         compile_kernels=args.variant == "fused",
         fuse_projections=args.variant == "fused",
     )
-    if kind in ("lamport_pdl", "lamport_push_pdl"):
+    if kind == "lamport_pdl":
         pdl_after_sums(lm)
-    if kind.startswith("lamport_push"):
-        push_from_products(lm)
     torch.manual_seed(0)  # the same prompt and tokens on every rank
     prefill_s, ms, fwd_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, visual=True)
     moved = bytes_read_per_step(lm, eng.visual)
@@ -283,8 +279,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"--all-reduce {args.all_reduce}: CUDA GPUs only")
     if args.engine and len(kinds) > 1:
         raise SystemExit("--engine times one --all-reduce at a time")
-    if args.engine and kinds[0] not in ENGINE_KINDS:
-        raise SystemExit(f"--engine: --all-reduce one of {', '.join(ENGINE_KINDS)}")
+    if args.engine and kinds[0] not in ("nccl", "lamport", "lamport_nopdl"):
+        raise SystemExit("--engine: --all-reduce nccl, lamport (with PDL after the sums) or lamport_nopdl")
     if not args.engine and "lamport_nopdl" in kinds:
         raise SystemExit("lamport_nopdl is an --engine kind (torchrun: lamport has no PDL; lamport_pdl adds it)")
     local = int(os.environ.get("LOCAL_RANK", 0))

@@ -102,12 +102,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tp-all-reduce",
-        choices=["auto", "nccl", "lamport", "lamport_nopdl", "lamport_push", "one_shot"],  # model.tp_engine.ALL_REDUCE
+        choices=["auto", "nccl", "lamport", "lamport_nopdl", "one_shot"],
         default="auto",
         help="how tensor-parallel decode steps sum partial outputs: auto (lamport on GPUs with peer access, else "
         "nccl); lamport: one kernel over NVLink peer memory with the add + RMSNorm after it; one_shot: PyTorch's "
-        "symmetric-memory all-reduce; lamport_nopdl: lamport without launching the next products early; "
-        "lamport_push: lamport whose o/down products write straight into the peers' slots",
+        "symmetric-memory all-reduce; lamport_nopdl: lamport without launching the next products early",
     )
     p.add_argument(
         "--fp8",

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .skinny_mm import EMPTY, PDL, SkinnyLinear, pdl_available
+from .skinny_mm import PDL, SkinnyLinear, pdl_available
 
 try:
     import triton
@@ -39,7 +39,8 @@ try:
 except ImportError:  # CPU-only installs: the class below refuses to build
     triton = None
 
-SLOTS = 3  # EMPTY (model.skinny_mm): int16 bits of bf16 -0.0
+SLOTS = 3
+EMPTY = -32768  # int16 bits of bf16 -0.0
 MAX_ROW = 16384  # one program holds a whole row
 SPIN_LIMIT = 1 << 28  # polling rounds (each >= ~0.5 us: an L2 round trip) before a waiting rank traps: minutes
 MAX_ROWS = 64  # programs of both ranks wait on each other: keep every one of them resident at once
@@ -100,31 +101,26 @@ if triton is not None:
         NORM: tl.constexpr,
         SPIN_LIMIT: tl.constexpr,
         USE_PDL: tl.constexpr = False,
-        PUSHED: tl.constexpr = False,  # the product before pushed every rank's partial already (skinny_mm's push)
     ):
+        if USE_PDL:  # launched early (model.skinny_mm.use_pdl): wait for the product before, let the next one start
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         m = cols < N
         epoch = tl.load(state_ptr, volatile=True)
         slot = epoch % 3
+        bits = _push_row(part_ptr, peers_ptr, slot, cap, row * N + cols, m, RANK, W)
         mine = tl.load(peers_ptr + RANK).to(tl.pointer_type(tl.int16))
-        if USE_PDL and not PUSHED:  # launched early (use_pdl): wait for the product before, let the next one start
-            tl.extra.cuda.gdc_wait()
-            tl.extra.cuda.gdc_launch_dependents()
-        if not PUSHED:
-            bits = _push_row(part_ptr, peers_ptr, slot, cap, row * N + cols, m, RANK, W)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for r in tl.static_range(W):  # rank order: every rank adds in the same order, so all get the same sum
-            if r == RANK and not PUSHED:
+            if r == RANK:
                 acc += bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
-            else:  # polling touches only the slot buffers, so a PUSHED sum may start while its product still runs
+            else:
                 src = mine + (slot * W + r) * cap + row * N + cols
                 v = _wait_filled(src, m, SPIN_LIMIT)
                 acc += v.to(tl.bfloat16, bitcast=True).to(tl.float32)
                 tl.store(src, tl.full([BLOCK], _EMPTY, tl.int16), mask=m)  # empty again for the slot's next use
-        if USE_PDL and PUSHED:  # every partial is in; wait for the product's end before touching x, out and h
-            tl.extra.cuda.gdc_wait()
-            tl.extra.cuda.gdc_launch_dependents()
         s = acc.to(tl.bfloat16)  # the all-reduced partial, rounded as NCCL's bf16 sum is
         if NORM:  # model.transformer.add_rms_norm: x + s in bf16, then rms_norm computed in float32
             x = tl.load(x_ptr + row * N + cols, mask=m, other=0.0).to(tl.float32)
@@ -197,7 +193,6 @@ class LamportAllReduce:
         self.num_warps = None  # per program of the sum kernel; None: 8 for rows of 4096+ values, else 4
         self.pdl = False  # launch with programmatic dependent launch (pdl_after_sums)
         self.split_head = True  # Emu35.forward: decode steps split the head's rows over the ranks and all_gather
-        self._pending: int | None = None  # data_ptr of the partial a product pushed and no sum has taken yet
         torch.cuda.synchronize(device)
         dist.barrier(self.group)  # every buffer is marked empty before any rank pushes into it
 
@@ -205,17 +200,6 @@ class LamportAllReduce:
         n = t.shape[-1]
         rows = t.numel() // max(n, 1)
         return t.is_cuda and t.dtype == torch.bfloat16 and t.numel() <= self.cap and n <= MAX_ROW and rows <= MAX_ROWS
-
-    def takes(self, rows: int, n: int) -> bool:
-        """Whether a sum of `rows` rows of n bf16 values goes through the kernel (what a pushing product asks)."""
-        return rows <= MAX_ROWS and rows * n <= self.cap and n <= MAX_ROW
-
-    def pushed(self, part: Tensor) -> None:
-        """A product just pushed `part` into this call's slots (model.skinny_mm's push): the next `add_rms_norm` or
-        call must sum exactly it, or the ranks' slots would fall out of step."""
-        if self._pending is not None:
-            raise RuntimeError("LamportAllReduce: a product pushed twice without a sum between")
-        self._pending = part.data_ptr()
 
     def gathers(self, rows: int, n: int) -> bool:
         """Whether `all_gather` takes `rows` rows of n values per rank in one kernel (decode steps)."""
@@ -239,9 +223,6 @@ class LamportAllReduce:
         return out.view(*t.shape[:-1], self.world * n)
 
     def _launch(self, part: Tensor, x: Tensor | None, w: Tensor | None, eps: float) -> tuple[Tensor, Tensor | None]:
-        pending, self._pending = self._pending, None
-        if pending is not None and part.data_ptr() != pending:
-            raise RuntimeError("LamportAllReduce: summing a tensor other than the one its product pushed")
         N = part.shape[-1]
         p2 = part.reshape(-1, N).contiguous()  # [M, N]
         M = p2.shape[0]
@@ -254,13 +235,13 @@ class LamportAllReduce:
         _lamport_kernel[(M,)](
             p2, x2, w2, out, h if h is not None else out, self.peers, self.state, self.cap, N, eps,
             RANK=self.rank, W=self.world, BLOCK=block, NORM=x is not None, SPIN_LIMIT=self.spin_limit,
-            num_warps=self.num_warps or (8 if block >= 4096 else 4), PUSHED=pending is not None, **pdl,
+            num_warps=self.num_warps or (8 if block >= 4096 else 4), **pdl,
         )  # fmt: skip
         return out.view_as(part), None if h is None else h.view_as(part)
 
     def __call__(self, x: Tensor) -> Tensor:
         """The sum of `x` over the ranks (in place for NCCL-sized tensors, as `dist.all_reduce`)."""
-        if not self.fits(x) and self._pending is None:
+        if not self.fits(x):
             dist.all_reduce(x, group=self.group)
             return x
         return self._launch(x, None, None, 0.0)[0]
@@ -269,12 +250,9 @@ class LamportAllReduce:
         """`model.transformer.add_rms_norm(x, sum of delta over the ranks, weight, eps)` in one kernel."""
         from .transformer import KERNELS
 
-        fits = self.fits(delta) and x.dtype == delta.dtype and weight.dtype == delta.dtype
-        if not fits and self._pending is None:
+        if not (self.fits(delta) and x.dtype == delta.dtype and weight.dtype == delta.dtype):
             dist.all_reduce(delta, group=self.group)
             return KERNELS["add_rms_norm"](x, delta, weight, eps)
-        if not fits:
-            raise RuntimeError(f"LamportAllReduce: a pushed partial {tuple(delta.shape)} that the kernel cannot sum")
         return self._launch(delta, x, weight, eps)
 
 
@@ -294,25 +272,5 @@ def pdl_after_sums(lm) -> int:
         for lin in (a.qkv_proj, a.q_proj, m.gate_up_proj, m.gate_proj, m.up_proj):
             if isinstance(lin, SkinnyLinear):
                 lin.pdl = True
-                n += 1
-    return n
-
-
-def push_from_products(lm) -> int:
-    """Let the products whose outputs are summed (each block's o and down projections, as SkinnyLinear: call after
-    the engine fused and wrapped them) store their output tiles straight into every rank's slot of the sum, so the
-    sum kernel only polls, sums and norms: the push leaves the sum's critical path, and where programmatic dependent
-    launch runs the sum is launched early and polls while its product's last tiles are written. bf16 products only
-    (a float8 one keeps its Gluon kernel, which does not push). Returns how many projections were marked (0 where
-    the block sums are not a LamportAllReduce)."""
-    reduce = lm.model.layers[0].reduce
-    if not isinstance(reduce, LamportAllReduce):
-        return 0
-    reduce.pdl = reduce.pdl or pdl_available()
-    n = 0
-    for layer in lm.model.layers:
-        for lin in (layer.self_attn.o_proj, layer.mlp.down_proj):
-            if isinstance(lin, SkinnyLinear) and not lin.fp8:
-                lin.push = reduce
                 n += 1
     return n

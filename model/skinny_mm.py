@@ -53,7 +53,6 @@ FP8 = torch.float8_e4m3fn
 # Programmatic dependent launch (Hopper+; `use_pdl`): a product may start while the kernel before it finishes, pulling
 # its first weight tiles toward L2, and waits for that kernel only before it reads x. Set before graphs are captured.
 PDL = {"on": False}
-EMPTY = -32768  # int16 bits of bf16 -0.0: the "empty" marker of model.lamport_all_reduce's peer slots
 
 
 def pdl_available() -> bool:
@@ -122,7 +121,6 @@ if triton is not None:
         ]
     ]
 
-    _EMPTY = tl.constexpr(EMPTY)  # a jit'ed function reads module globals only as constexpr
     _E4M3_TO_BF16 = tl.constexpr(
         "{ .reg .b32 bias, nz; mov.b32 bias, 0x7B807B80; mov.b32 nz, 0x80008000;\n"
         + E4M3_LANES_PTX
@@ -166,14 +164,6 @@ if triton is not None:
         FP8_ASM: tl.constexpr,  # float8 weights: convert with _e4m3_to_bf16 (else Triton's cvt)
         USE_PDL: tl.constexpr = False,  # launched with programmatic dependent launch (use_pdl)
         W_LINE: tl.constexpr = 64,  # weights per 128-byte line (64 bf16, 128 float8)
-        peers_ptr=None,  # PUSH: int64 [W] addresses of every rank's slot buffer (model.lamport_all_reduce)
-        state_ptr=None,  # PUSH: int32 [2], the sum's epoch (picks the slot)
-        cap=0,  # PUSH: elements per (slot, rank) region
-        PUSH: tl.constexpr = False,  # also store y into slot [epoch % 3, RANK] of every rank's buffer
-        RANK: tl.constexpr = 0,
-        W: tl.constexpr = 1,
-        W_P2: tl.constexpr = 1,  # W rounded up to a power of two
-        TRIGGER: tl.constexpr = False,  # PUSH: let the sum after this kernel launch early (it polls its slots)
     ):
         # A W tile [BLOCK_N, BLOCK_K] is read as [SLICES, BLOCK_N, BLOCK_K / SLICES]: one batched tl.dot with the
         # matching x slices [SLICES, BLOCK_K / SLICES, BLOCK_M] gives each warp its own K slice (a plain 2-D dot with
@@ -181,12 +171,6 @@ if triton is not None:
         pid = tl.program_id(0)
         offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         rows_n = offs_n % N  # W rows past N read row n % N again: no mask on the weight stream
-        if PUSH:  # where the tiles go, read before the K loop so that the loads' latency hides behind the weight stream
-            slot_base = ((tl.load(state_ptr, volatile=True) % 3) * W + RANK) * cap
-            ranks = tl.arange(0, W_P2)
-            bases = tl.load(peers_ptr + ranks, mask=ranks < W, other=0)
-        if TRIGGER and not USE_PDL:
-            tl.extra.cuda.gdc_launch_dependents()
         if USE_PDL:
             # Started before the previous kernel is done: the weights do not depend on it, so pull this program's
             # first two K tiles toward L2 meanwhile; x is its output, so wait for it before the loop.
@@ -224,15 +208,8 @@ if triton is not None:
         y = tl.sum(acc, axis=0)  # [BLOCK_N, BLOCK_M]
         if HAS_SCALE:
             y = y * tl.load(s_ptr + rows_n)[:, None]
-        offs_y = offs_m[None, :] * N + offs_n[:, None]
-        y_mask = (offs_m[None, :] < M) & (offs_n[:, None] < N)
-        tl.store(y_ptr + offs_y, y.to(tl.bfloat16), mask=y_mask)
-        if PUSH:  # tensor parallelism: this rank's partial goes straight into the sum's slot on every rank, itself too
-            bits = y.to(tl.bfloat16).to(tl.int16, bitcast=True)
-            bits = tl.where(bits == _EMPTY, tl.zeros_like(bits), bits)  # -0.0 sent as +0.0: never "empty"
-            for r in tl.static_range(W):
-                buf = tl.sum(tl.where(ranks == r, bases, 0), axis=0).to(tl.pointer_type(tl.int16))
-                tl.store(buf + slot_base + offs_y, bits, mask=y_mask)
+        y_ptrs = y_ptr + offs_m[None, :] * N + offs_n[:, None]
+        tl.store(y_ptrs, y.to(tl.bfloat16), mask=(offs_m[None, :] < M) & (offs_n[:, None] < N))
 
     _kernel = triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(_skinny_kernel)
     _bench = {}  # shorter timing runs than Triton's default (25 + 100 ms a config), where this Triton takes them
@@ -242,9 +219,9 @@ if triton is not None:
         _bench["do_bench"] = lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
     _tuned_kernel = triton.autotune(_CONFIGS, key=["N", "K", "M_BUCKET", "HAS_SCALE", "FP8_ASM"], **_bench)(_kernel)
 
-# (N, K, row bucket, weight dtype, scaled, FP8_ASM) seen eagerly -> the configuration the autotuner chose: a first call
-# while a CUDA graph is being captured would autotune (synchronise) inside the capture
-_TUNED: dict[tuple, dict] = {}
+# (N, K, row bucket, weight dtype, scaled, FP8_ASM) seen eagerly: a first call while a CUDA graph is being captured
+# would autotune (synchronise) inside the capture
+_TUNED: set[tuple] = set()
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SLICES": 2}  # the interpreter does not autotune
 
 
@@ -260,23 +237,14 @@ def _use_kernel(x: Tensor, w: Tensor, scale: Tensor | None) -> bool:
 
 
 def skinny_mm(
-    x: Tensor,
-    w: Tensor,
-    scale: Tensor | None = None,
-    out: Tensor | None = None,
-    config=None,
-    pdl: bool | None = None,
-    push=None,
+    x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | None = None, config=None, pdl: bool | None = None
 ) -> Tensor:
     """x [M, K] @ w[N, K]^T (* scale [N] per output channel) -> [M, N] in x's dtype.
 
     The Triton kernel where it can run (bf16 x, 1 <= M <= 16, bf16 or float8 e4m3 w), else `skinny_mm_reference`.
     `out`: a contiguous [M, N] bf16 tensor to write (kernel path only). `config`: {"BLOCK_N", "BLOCK_K", "SLICES"}
     and optionally num_warps/num_stages, to run one configuration instead of the autotuned one (tests). `pdl`: launch
-    with programmatic dependent launch (default: `use_pdl`'s process-wide choice). `push`: a
-    `model.lamport_all_reduce.LamportAllReduce` (anything with its peers, state, cap, rank and world): the kernel
-    also stores y into that sum's slot on every rank, and the caller must hand y to its `add_rms_norm` next (kernel
-    path only: `SkinnyLinear` checks)."""
+    with programmatic dependent launch (default: `use_pdl`'s process-wide choice)."""
     M, K = x.shape
     N = w.shape[0]
     if w.shape[1] != K or (scale is not None and scale.numel() != N):
@@ -285,8 +253,7 @@ def skinny_mm(
         y = skinny_mm_reference(x, w, scale)
         return y if out is None else out.copy_(y)
     x = x.contiguous()
-    gluon = scale is not None and M <= GLUON_ROWS and fp8_mm_available(x.device) and k_fits(K)
-    if gluon and config is None and push is None:
+    if scale is not None and M <= GLUON_ROWS and config is None and fp8_mm_available(x.device) and k_fits(K):
         return fp8_mm(x, w, scale, out)
     y = torch.empty(M, N, dtype=torch.bfloat16, device=x.device) if out is None else out
     bucket = 1 << (M - 1).bit_length()  # 1, 2, 4, 8, 16
@@ -297,25 +264,18 @@ def skinny_mm(
         kw.update(USE_PDL=True, W_LINE=128 // w.element_size(), launch_pdl=True)
     if config is None and INTERPRET:
         config = INTERPRET_CONFIG
+    if config is not None:
+        bn = config["BLOCK_N"]
+        _kernel[(triton.cdiv(N, bn),)](*args, **kw, **config)
+        return y
     key = (N, K, bucket, w.dtype, scale is not None, FP8_ASM)
-    if config is None and key not in _TUNED:
+    if key not in _TUNED:
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"skinny_mm: first call for (N, K, rows bucket) = {key[:3]} inside CUDA graph capture, where Triton "
                 "cannot autotune; run the model eagerly once with these rows first (see model.skinny_mm.tune)"
             )
-        _tuned_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](*args, **kw)  # never tune a pushing call
-        _TUNED[key] = _tuned_kernel.best_config.all_kwargs()
-        if push is None:
-            return y
-    if push is not None:  # the tuned tile, run once: a timing run would push data no sum takes
-        kw.update(peers_ptr=push.peers, state_ptr=push.state, cap=push.cap, PUSH=True, RANK=push.rank, W=push.world)
-        kw["W_P2"] = triton.next_power_of_2(push.world)
-        kw["TRIGGER"] = x.is_cuda and not INTERPRET and pdl_available()
-        config = config or _TUNED[key]
-    if config is not None:
-        _kernel[(triton.cdiv(N, config["BLOCK_N"]),)](*args, **kw, **config)
-        return y
+        _TUNED.add(key)
     _tuned_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](*args, **kw)
     return y
 
@@ -345,7 +305,6 @@ class SkinnyLinear(nn.Module):
             self.weight.requires_grad_(False)
             self.scale = None
         self.pdl: bool | None = None  # skinny_mm's pdl (lamport_all_reduce.pdl_after_sums sets it)
-        self.push = None  # skinny_mm's push: the LamportAllReduce that sums this output (push_from_products sets it)
 
     @property
     def fp8(self) -> bool:
@@ -364,10 +323,7 @@ class SkinnyLinear(nn.Module):
         lead, K = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, K)
         if _use_kernel(x2, self.weight, self.scale):
-            push = self.push if self.push is not None and self.push.takes(*x2.shape[:1], self.out_features) else None
-            y = skinny_mm(x2, self.weight, self.scale, pdl=self.pdl, push=push)
-            if push is not None:
-                push.pushed(y)
+            y = skinny_mm(x2, self.weight, self.scale, pdl=self.pdl)
         elif not self.fp8:
             return F.linear(x, self.weight)
         elif self.use_scaled_mm:
@@ -421,9 +377,7 @@ def tune(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16)) -> int:
     n = 0
     for m in model.modules():
         if isinstance(m, SkinnyLinear) and skinny_available(m.weight.device, m.fp8):
-            for r in rows:  # skinny_mm itself, not the module: a module that pushes to its sum must not push here
-                skinny_mm(
-                    torch.randn(r, m.in_features, device=m.weight.device, dtype=torch.bfloat16), m.weight, m.scale
-                )
+            for r in rows:
+                m(torch.randn(r, m.in_features, device=m.weight.device, dtype=torch.bfloat16))
                 n += 1
     return n

@@ -227,9 +227,8 @@ def _join(rank: int, world: int, init: str, device: str, timeout_s: float) -> No
     dist.init_process_group(backend, init_method=init, rank=rank, world_size=world, timeout=timeout)
 
 
-# how decode steps sum partial outputs (peer_sums); lamport_nopdl: lamport without pdl_after_sums (for A/B timing);
-# lamport_push: lamport whose o/down products push their tiles straight into the sums' slots (push_from_products)
-ALL_REDUCE = ("auto", "nccl", "lamport", "lamport_nopdl", "lamport_push", "one_shot")
+# how decode steps sum partial outputs (peer_sums); lamport_nopdl: lamport without pdl_after_sums (for A/B timing)
+ALL_REDUCE = ("auto", "nccl", "lamport", "lamport_nopdl", "one_shot")
 
 
 def _check_all_reduce(all_reduce: str) -> None:
@@ -255,12 +254,10 @@ def peer_sums(engine: Engine, world: int, all_reduce: str) -> str:
         from .tensor_parallel import use_peer_all_reduce
 
         use_peer_all_reduce(engine.lm, kind="lamport" if all_reduce.startswith("lamport") else all_reduce)
-        from .lamport_all_reduce import pdl_after_sums, push_from_products
+        if all_reduce == "lamport":
+            from .lamport_all_reduce import pdl_after_sums
 
-        if all_reduce in ("lamport", "lamport_push"):
             pdl_after_sums(engine.lm)  # the products after each sum start while it waits for its peers
-        if all_reduce == "lamport_push":
-            push_from_products(engine.lm)  # o/down store into the sums' slots; the sums only poll, sum and norm
     return all_reduce
 
 

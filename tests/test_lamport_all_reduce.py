@@ -30,8 +30,7 @@ def test_start_tensor_parallel_refuses_an_unknown_all_reduce_before_spawning():
     from model.tp_engine import start_tensor_parallel
 
     with pytest.raises(
-        ValueError,
-        match="all_reduce must be one of auto, nccl, lamport, lamport_nopdl, lamport_push, one_shot, not 'fast'",
+        ValueError, match="all_reduce must be one of auto, nccl, lamport, lamport_nopdl, one_shot, not 'fast'"
     ):
         start_tensor_parallel(None, None, None, 2, shard_fn=lambda *a: None, all_reduce="fast")
 
@@ -50,10 +49,10 @@ import torch
 import triton_interpreter  # noqa: F401  (tests/: the interpreter's loops under numpy >= 2.4)
 import torch.multiprocessing as mp
 
-W, M, N, cap, calls, pushes, K = 2, 3, 300, 1024, 7, 3, 200
+W, M, N, cap, calls = 2, 3, 300, 1024, 7
 
 
-def rank(r, bufs, states, x, w, parts, heads, acts, mats, out):
+def rank(r, bufs, states, x, w, parts, heads, out):
     from model import lamport_all_reduce as L
 
     peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64)  # this process's mapping of each buffer
@@ -68,19 +67,6 @@ def rank(r, bufs, states, x, w, parts, heads, acts, mats, out):
         heads[r], g, peers, states[r], cap, 700, RANK=r, W=W, BLOCK=256, SPIN_LIMIT=L.SPIN_LIMIT
     )
     res.append((g, g))
-    # products that push their output tiles into every rank's slot (model.skinny_mm's push), each summed by a PUSHED
-    # kernel that only polls: N not a multiple of the tile, K not of the K step
-    from types import SimpleNamespace
-
-    from model.skinny_mm import skinny_mm
-
-    push = SimpleNamespace(peers=peers, state=states[r], cap=cap, rank=r, world=W)
-    for c in range(pushes):
-        y = skinny_mm(acts[c][r], mats[c][r], push=push)
-        o, h = torch.zeros(M, N).bfloat16(), torch.zeros(M, N).bfloat16()
-        L._lamport_kernel[(M,)](y, x, w, o, h, peers, states[r], cap, N, 1e-6, RANK=r, W=W, BLOCK=512, NORM=True,
-                                SPIN_LIMIT=L.SPIN_LIMIT, PUSHED=True)
-        res.append((o, h))
     torch.save(res, out)
 
 
@@ -101,10 +87,7 @@ if __name__ == "__main__":
     ctx = mp.get_context("spawn")
     outs = [f"{sys.argv[1]}/r{r}.pt" for r in range(W)]
     heads = [torch.randn(M, 700, generator=g).bfloat16() for _ in range(W)]
-    acts = [[torch.randn(M, K, generator=g).bfloat16() for _ in range(W)] for _ in range(pushes)]
-    mats = [[(torch.randn(N, K, generator=g) / K**0.5).bfloat16() for _ in range(W)] for _ in range(pushes)]
-    args = (bufs, states, x, w, parts, heads, acts, mats)
-    procs = [ctx.Process(target=rank, args=(r, *args, outs[r])) for r in range(W)]
+    procs = [ctx.Process(target=rank, args=(r, bufs, states, x, w, parts, heads, outs[r])) for r in range(W)]
     [p.start() for p in procs]
     [p.join(timeout=200) for p in procs]
     alive = [p.is_alive() for p in procs]
@@ -126,17 +109,8 @@ if __name__ == "__main__":
             torch.testing.assert_close(out, s, **tol)
     assert torch.equal(res[0][1][0], parts[1][1])  # the all -0.0 partial added nothing
     assert torch.equal(res[0][calls][0], torch.cat(heads, -1)) and torch.equal(res[1][calls][0], res[0][calls][0])
-    from model.skinny_mm import skinny_mm_reference
-
-    for c in range(pushes):
-        out, h = res[0][calls + 1 + c]
-        assert torch.equal(out, res[1][calls + 1 + c][0]) and torch.equal(h, res[1][calls + 1 + c][1]), c
-        s = sum(skinny_mm_reference(acts[c][r], mats[c][r]).float() for r in range(W)).bfloat16()
-        wx, wh = add_rms_norm(x, s, w, 1e-6)
-        torch.testing.assert_close(out, wx, **tol)
-        torch.testing.assert_close(h, wh, rtol=2**-6, atol=2**-4)
     for st in states:
-        assert st.tolist() == [calls + 1 + pushes, 0], st  # the epoch counted every call; no program left counted
+        assert st.tolist() == [calls + 1, 0], st  # the epoch counted every call; no program left counted
     for b in bufs:
         assert bool((b == L.EMPTY).all()), "a slot was not emptied after use"
     print("ok")
@@ -207,61 +181,17 @@ def _gpu_rank(rank: int, store: str, out: str) -> None:
             graph.replay()
             replays.append((gx.clone(), gh.clone(), gs.clone()))
         torch.cuda.synchronize()
-        state = ar.state.cpu()
-        pushes = _pushing_products(ar, dev, g, x, w)
         torch.save(
             dict(
                 want=want, got=got, fused=fused, x=x, w=w, replays=replays, big=(big_sum, ref_big),
-                head=head, gathered=gathered, pushes=pushes,
-                state=state, empty=bool((ar.buf == -32768).all()),
+                head=head, gathered=gathered,
+                state=ar.state.cpu(), empty=bool((ar.buf == -32768).all()),
             ),
             out,
         )  # fmt: skip
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def _pushing_products(ar, dev, g, x, w) -> dict:
-    """Products that push their tiles into the sums' slots (SkinnyLinear.push), summed by add_rms_norm: eagerly, then
-    two chained layers inside a CUDA graph with the sums launched early (PDL, where it runs), against the products
-    without push summed by NCCL."""
-    import torch.distributed as dist
-    import torch.nn as nn
-
-    from model.skinny_mm import SkinnyLinear, pdl_available, skinny_mm
-    from model.transformer import add_rms_norm
-
-    x = x[:2].contiguous()  # 2 rows: one CFG step
-    lin = nn.Linear(4096, x.shape[-1], bias=False, device=dev, dtype=torch.bfloat16)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(lin.weight.shape, device=dev, generator=g) / 64)
-    prod = SkinnyLinear(lin)
-    prod.push = ar
-    acts = [torch.randn(2, 1, 4096, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(4)]
-    want = []
-    for a in acts:  # the same kernel without push, summed by NCCL
-        s = skinny_mm(a.reshape(2, 4096), lin.weight).reshape(2, 1, -1)
-        dist.all_reduce(s)
-        want.append(add_rms_norm(x, s, w, 1e-6))
-    eager = [ar.add_rms_norm(x, prod(a), w, 1e-6) for a in acts]
-    ar.pdl = pdl_available()  # the sums after a pushing product then start while it runs
-    static = acts[0].clone()
-    for _ in range(2):  # warm (and the same calls on both ranks)
-        ar.add_rms_norm(x, prod(static), w, 1e-6)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        hx, h = ar.add_rms_norm(x, prod(static), w, 1e-6)
-        hx2, h2 = ar.add_rms_norm(hx, prod(h[..., :4096].contiguous()), w, 1e-6)
-    replays = []
-    for a in acts:
-        static.copy_(a)
-        graph.replay()
-        replays.append((hx.clone(), h.clone(), hx2.clone(), h2.clone()))
-    torch.cuda.synchronize()
-    ar.pdl = False
-    return dict(want=want, eager=eager, replays=replays, pdl=ar.pdl, state=ar.state.cpu())
 
 
 @pytest.mark.skipif(not two_peer_gpus(), reason="needs 2 CUDA GPUs with peer access and Triton")
@@ -297,30 +227,6 @@ def test_matches_nccl_on_two_gpus(tmp_path):
     assert torch.equal(r0["gathered"], torch.cat([r0["head"], r1["head"]], -1))
     assert torch.equal(r0["gathered"], r1["gathered"])
     assert r0["state"].tolist() == [2 * 5 + 1 + 1 + 2 * 5, 0] and r0["empty"] and r1["empty"]
-    p0, p1 = r0["pushes"], r1["pushes"]
-    for (gx, gh), (wx, wh) in zip(p0["eager"], p0["want"]):
-        assert torch.equal(gx, wx)
-        torch.testing.assert_close(gh, wh, rtol=2**-7, atol=1e-6)
-    for (gx, gh, _, _), (fx, fh) in zip(p0["replays"], p0["eager"]):
-        assert torch.equal(gx, fx) and torch.equal(gh, fh)  # graph replays with early sums: the eager bits
-    for k in ("eager", "replays"):
-        assert all(torch.equal(a, b) for i0, i1 in zip(p0[k], p1[k]) for a, b in zip(i0, i1)), k
-    assert p0["state"].tolist() == [r0["state"][0] + 4 + 2 + 2 * 4, 0]
-
-
-def test_a_sum_refuses_what_its_product_did_not_push():
-    """The guard that keeps the ranks' slots in step (no GPU needed: it acts before any kernel)."""
-    from model.lamport_all_reduce import LamportAllReduce
-
-    ar = object.__new__(LamportAllReduce)  # the guard only; building one needs GPUs
-    ar._pending = None
-    a, b = torch.zeros(2, 8), torch.zeros(2, 8)
-    ar.pushed(a)
-    with pytest.raises(RuntimeError, match="pushed twice"):
-        ar.pushed(b)
-    with pytest.raises(RuntimeError, match="other than the one its product pushed"):
-        ar._launch(b, None, None, 0.0)
-    assert ar._pending is None
 
 
 NO_PEER = r"""
