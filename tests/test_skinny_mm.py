@@ -128,6 +128,7 @@ def test_use_skinny_upgrades_and_drops():
 if INTERPRET:
     import triton_interpreter  # noqa: F401  (the interpreter's loops under numpy >= 2.4)
 
+
 def kernel_device():
     if triton is None:
         pytest.skip("Triton is not installed")
