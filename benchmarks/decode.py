@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch import Tensor  # noqa: E402
 
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
-from model.decode_attention import use_triton_decode_attention  # noqa: E402
 from model.engine import Draw, Engine, draw_tokens  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
 from model.sampling import IMAGE_SAMPLING  # noqa: E402
@@ -39,7 +38,10 @@ from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.transformer import Emu35  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
-VARIANTS = ("eager", "graphs", "compiled", "fused", "skinny", "skinny_pdl", "skinny_attn", "fp8", "skinny_fp8")
+VARIANTS = (
+    "eager", "graphs", "compiled", "fused", "skinny", "skinny_pdl", "skinny_attn", "fp8", "skinny_fp8",
+    "skinny_fp8_attn",
+)  # fmt: skip
 
 
 def sync(device):
@@ -232,7 +234,8 @@ def main() -> None:
         "q/k/v and gate/up weights); skinny (fused + Triton skinny GEMMs, model/skinny_mm.py); skinny_pdl (skinny "
         "launched with programmatic dependent launch, model.skinny_mm.use_pdl); skinny_attn (skinny + "
         "the Triton decode attention, model/decode_attention.py); fp8 (fused + float8 "
-        "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel). They "
+        "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel); "
+        "skinny_fp8_attn (skinny_fp8 + the Triton decode attention). They "
         f"change the model in place: keep the order {','.join(VARIANTS)}",
     )
     ap.add_argument("--graph-bucket", type=int, default=None, help="the engine's KV bucket (default: the engine's)")
@@ -302,7 +305,7 @@ def main() -> None:
     max_len = args.prompt + args.warmup + args.steps + 1
     ref = None
     for variant in variants:
-        fp8 = variant in ("fp8", "skinny_fp8")
+        fp8 = variant in ("fp8", "skinny_fp8", "skinny_fp8_attn")
         if fp8 and ref is None:  # bf16 logits of the same weights, to measure what FP8 costs
             acc_ids = torch.randint(
                 0, config.vocab_size, (16, 16), device=dev, generator=torch.Generator(dev).manual_seed(1)
@@ -310,7 +313,7 @@ def main() -> None:
             ref = chunk_logits(lm, acc_ids)
         if variant == "fp8":  # a previous skinny variant's bf16 projections back to nn.Linear for quantize_fp8
             drop_skinny(lm)
-        use_triton_decode_attention(variant == "skinny_attn")
+        attn = variant in ("skinny_attn", "skinny_fp8_attn")
         use_pdl(variant == "skinny_pdl")
         eng = Engine(
             lm,
@@ -321,7 +324,8 @@ def main() -> None:
             compile_kernels=variant not in ("eager", "graphs"),
             fuse_projections=variant not in ("eager", "graphs", "compiled"),
             fp8=fp8,
-            skinny=variant in ("skinny", "skinny_pdl", "skinny_attn", "skinny_fp8"),
+            skinny=variant in ("skinny", "skinny_pdl", "skinny_attn", "skinny_fp8", "skinny_fp8_attn"),
+            triton_attention=attn,
             **({"graph_bucket": args.graph_bucket} if args.graph_bucket else {}),
         )
         if variant in ("fused", "skinny", "skinny_pdl", "skinny_fp8"):  # prefill as this engine serves it

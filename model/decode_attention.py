@@ -1,15 +1,16 @@
-"""Decode attention (one query token per row) as one Triton kernel pair, split over the cached slots.
+"""Decode attention (one query token per row) as one Triton kernel per layer, split over the cached slots.
 
-The default decode attention (`transformer.decode_attention`) is three kernels per layer: scores as a batched
-product, a masked softmax, and the values as a second batched product (0.74 ms of a 19 ms 34B CFG step on an H200,
-benchmarks/RESULTS.md). Here one kernel does all three for a chunk of slots with an online softmax (flash-decoding),
-writing a partial maximum, sum and weighted value sum per chunk, and a second kernel merges the chunks. A decode step
-has few query rows (G = heads per kv head = 8 at 34B) and few (row, kv head) pairs (16 at one CFG stream), so the
-slots are what gets split across the SMs: chunks are sized to give about four programs per SM.
+The fallback decode attention (`transformer.decode_attention`) is three kernels per layer: scores as a batched
+product, a masked softmax, and the values as a second batched product. Here one kernel does all three for a chunk of
+slots with an online softmax (flash-decoding), writing a partial maximum, sum and weighted value sum per chunk; the
+last program of each (row, kv head) pair to finish merges that pair's chunks (ONE_KERNEL; else a second kernel does).
+A decode step has few query rows (G = heads per kv head = 8 at 34B) and few (row, kv head) pairs (16 at one CFG
+stream), so the slots are what gets split across the SMs: about one program per SM.
 
 The mask is one row per batch row ([B, S], True = attend): in decode every query head of a row sees the same slots.
 Scores and the running sums are float32; the probabilities are rounded to the values' dtype for the second product,
-as the default path does. Off by default until measured on a GPU: `use_triton_decode_attention()` switches it on.
+as the fallback does. The engine switches it on for 16-bit models on CUDA (`use_triton_decode_attention`); measured
+in benchmarks/decode_attention.py and benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ try:
 except ImportError:  # CPU installs: the default path
     triton = None
 
-BLOCK_S = 64  # slots per inner step (one tl.dot each for scores and values)
-PROGRAMS_PER_SM = 4
+# Knobs, measured at the 34B shape on an H200 (benchmarks/decode_attention.py, 64 layers in a CUDA graph): one program
+# per SM, 8 warps, the chunks merged in the same kernel; 64 slots per inner step, 128 for few (row, kv head) pairs over
+# many slots. 2 rows (one CFG stream) at 1,088 slots: 11.7 us a layer against 14.1 for the default three kernels;
+# 16 rows: 25.7 against 37.2 (4,096 slots: 72.4 against 92.2).
+BLOCK_S: int | None = None  # slots per inner step (one tl.dot each for scores and values); None: block_s()
+PROGRAMS_PER_SM = 1
+NUM_WARPS = 8  # per program of the partial kernel
+# The last program to finish a (row, kv head) pair merges its chunks (a counter per pair, atomically counted), instead
+# of a second kernel doing it: one kernel per layer
+ONE_KERNEL = True
 MASKED = -1.0e30  # a finite "minus infinity": a chunk with no valid slot keeps finite sums (weight 0 when merged)
 
 
@@ -47,22 +56,50 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def chunking(pairs: int, S: int, sms: int) -> tuple[int, int]:
-    """(chunk, n_chunks): slots per program, a multiple of BLOCK_S, so that pairs x n_chunks ~ PROGRAMS_PER_SM x sms."""
-    blocks = -(-S // BLOCK_S)
+def block_s(pairs: int, S: int) -> int:
+    """Slots per inner step: 128 where few pairs each stream many slots (2 rows at 4,096 slots: 19.6 us a layer against
+    20.9 with 64), else 64 (16 rows at 4,096: 72.4 against 84.9)."""
+    if BLOCK_S is not None:
+        return BLOCK_S
+    return 128 if pairs <= 32 and S > 2048 else 64
+
+
+def chunking(pairs: int, S: int, sms: int) -> tuple[int, int, int]:
+    """(chunk, n_chunks, block): slots per program, a multiple of `block` (block_s), so that pairs x n_chunks ~
+    PROGRAMS_PER_SM x sms."""
+    block = block_s(pairs, S)
+    blocks = -(-S // block)
     n = max(1, min(blocks, -(-PROGRAMS_PER_SM * sms // pairs)))
-    chunk = -(-blocks // n) * BLOCK_S
-    return chunk, -(-S // chunk)
+    chunk = -(-blocks // n) * block
+    return chunk, -(-S // chunk), block
 
 
 if triton is not None:
 
     @triton.jit
+    def _merge_pair(m_ptr, l_ptr, acc_ptr, pair, N_CHUNKS, g, d, BLOCK_G: tl.constexpr, MASKED: tl.constexpr):
+        """The pair's output [BLOCK_G, D] from its chunks' partial maximum, sum and weighted value sum (float32).
+        Loads bypass L1 (.cg): other programs wrote the partials."""
+        D: tl.constexpr = d.shape[0]
+        top = tl.full([BLOCK_G], MASKED, tl.float32)
+        for c in range(0, N_CHUNKS):
+            top = tl.maximum(top, tl.load(m_ptr + (pair * N_CHUNKS + c) * BLOCK_G + g, cache_modifier=".cg"))
+        total = tl.zeros([BLOCK_G], tl.float32)
+        out = tl.zeros([BLOCK_G, D], tl.float32)
+        for c in range(0, N_CHUNKS):
+            row = (pair * N_CHUNKS + c) * BLOCK_G + g
+            w = tl.exp(tl.load(m_ptr + row, cache_modifier=".cg") - top)
+            total += w * tl.load(l_ptr + row, cache_modifier=".cg")
+            out += w[:, None] * tl.load(acc_ptr + row[:, None] * D + d[None, :], cache_modifier=".cg")
+        return out / total[:, None]
+
+    @triton.jit
     def _partial_kernel(
-        q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, l_ptr, acc_ptr,
-        s_qb, s_qk, s_qg, s_kb, s_kk, s_ks, s_vb, s_vk, s_vs, s_mb,
+        q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, l_ptr, acc_ptr, count_ptr, o_ptr,
+        s_qb, s_qk, s_qg, s_kb, s_kk, s_ks, s_vb, s_vk, s_vs, s_mb, s_ob, s_ok, s_og,
         K, G, S, CHUNK, N_CHUNKS, scale,
         BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, D: tl.constexpr, MASKED: tl.constexpr,
+        MERGE: tl.constexpr,  # the last program of a pair merges its chunks (ONE_KERNEL)
     ):  # fmt: skip
         pair = tl.program_id(0)  # (batch row, kv head)
         c = tl.program_id(1)  # chunk of slots
@@ -92,6 +129,13 @@ if triton is not None:
         tl.store(m_ptr + row, m)
         tl.store(l_ptr + row, l)
         tl.store(acc_ptr + row[:, None] * D + d[None, :], acc)
+        if MERGE:
+            done = tl.atomic_add(count_ptr + pair, 1)  # acq_rel: the stores above are visible to whoever counts last
+            if done == N_CHUNKS - 1:
+                out = _merge_pair(m_ptr, l_ptr, acc_ptr, pair, N_CHUNKS, g, d, BLOCK_G, MASKED)
+                dst = o_ptr + b * s_ob + h * s_ok + g[:, None] * s_og + d[None, :]
+                tl.store(dst, out.to(o_ptr.dtype.element_ty), mask=g[:, None] < G)
+                tl.store(count_ptr + pair, 0)  # ready for the next call (CUDA-graph replays included)
 
     @triton.jit
     def _merge_kernel(
@@ -102,17 +146,7 @@ if triton is not None:
         b, h = pair // K, pair % K
         g = tl.arange(0, BLOCK_G)
         d = tl.arange(0, D)
-        top = tl.full([BLOCK_G], MASKED, tl.float32)
-        for c in range(0, N_CHUNKS):
-            top = tl.maximum(top, tl.load(m_ptr + (pair * N_CHUNKS + c) * BLOCK_G + g))
-        total = tl.zeros([BLOCK_G], tl.float32)
-        out = tl.zeros([BLOCK_G, D], tl.float32)
-        for c in range(0, N_CHUNKS):
-            row = (pair * N_CHUNKS + c) * BLOCK_G + g
-            w = tl.exp(tl.load(m_ptr + row) - top)
-            total += w * tl.load(l_ptr + row)
-            out += w[:, None] * tl.load(acc_ptr + row[:, None] * D + d[None, :])
-        out = out / total[:, None]
+        out = _merge_pair(m_ptr, l_ptr, acc_ptr, pair, N_CHUNKS, g, d, BLOCK_G, MASKED)
         dst = o_ptr + b * s_ob + h * s_ok + g[:, None] * s_og + d[None, :]
         tl.store(dst, out.to(o_ptr.dtype.element_ty), mask=g[:, None] < G)
 
@@ -130,24 +164,43 @@ def triton_decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scal
         raise ValueError(f"head_dim {D}: the kernel takes a power of two >= 16")
     valid = valid if valid.stride(-1) == 1 else valid.contiguous()
     valid = valid.view(torch.uint8) if valid.dtype == torch.bool else valid
-    chunk, n = chunking(B * K, S, _sm_count(q.device.index or 0))
+    chunk, n, block = chunking(B * K, S, _sm_count(q.device.index or 0))
     BLOCK_G = max(16, triton.next_power_of_2(G))
     m = torch.empty(B * K, n, BLOCK_G, device=q.device, dtype=torch.float32)
     l = torch.empty_like(m)  # noqa: E741
     acc = torch.empty(B * K, n, BLOCK_G, D, device=q.device, dtype=torch.float32)
     out = torch.empty(B, K, G, D, device=q.device, dtype=q.dtype)
+    count = _counters(q.device, B * K) if ONE_KERNEL else m
     _partial_kernel[(B * K, n)](
-        q, k, v, valid, m, l, acc,
+        q, k, v, valid, m, l, acc, count, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), valid.stride(0),
+        v.stride(0), v.stride(1), v.stride(2), valid.stride(0), out.stride(0), out.stride(1), out.stride(2),
         K, G, S, chunk, n, scale,
-        BLOCK_G=BLOCK_G, BLOCK_S=BLOCK_S, D=D, MASKED=MASKED,
+        BLOCK_G=BLOCK_G, BLOCK_S=block, D=D, MASKED=MASKED, MERGE=ONE_KERNEL, num_warps=NUM_WARPS,
     )  # fmt: skip
-    _merge_kernel[(B * K,)](
-        m, l, acc, out, out.stride(0), out.stride(1), out.stride(2), K, G, n,
-        BLOCK_G=BLOCK_G, D=D, MASKED=MASKED,
-    )  # fmt: skip
+    if not ONE_KERNEL:
+        _merge_kernel[(B * K,)](
+            m, l, acc, out, out.stride(0), out.stride(1), out.stride(2), K, G, n,
+            BLOCK_G=BLOCK_G, D=D, MASKED=MASKED,
+        )  # fmt: skip
     return out
+
+
+_COUNTS: dict[torch.device, Tensor] = {}
+_OUTGROWN: list[Tensor] = []  # counters replaced by larger ones stay alive: captured graphs may still point at them
+
+
+def _counters(device: torch.device, pairs: int) -> Tensor:
+    """int32 zeros, one per (row, kv head) pair, that the kernel leaves at zero after each call: allocated once per
+    device, outside CUDA-graph capture (the engine runs every step eagerly before capturing it)."""
+    t = _COUNTS.get(device)
+    if t is None or t.numel() < pairs:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("triton_decode_attention: first call inside CUDA graph capture; call it eagerly first")
+        if t is not None:
+            _OUTGROWN.append(t)
+        t = _COUNTS[device] = torch.zeros(max(pairs, 1024), dtype=torch.int32, device=device)
+    return t
 
 
 def use_triton_decode_attention(on: bool = True) -> bool:

@@ -69,7 +69,9 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float
     tile over S instead. Scores are float32 (fp32 accumulation and output), like the fused kernels.
     """
     kernel = DECODE_ATTENTION["triton"]
-    if kernel is not None and q.is_cuda:  # one query token per row: every head of a row has the same mask row
+    # one query token per row: every head of a row has the same mask row. 16-bit only: tl.dot would take float32
+    # operands as TF32, coarser than the products below
+    if kernel is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         return kernel(q, k, v, mask[:, 0, 0], scale)
     B, K, G, D = q.shape
     S = k.shape[2]

@@ -6,7 +6,6 @@ import torch
 from tiny import tiny
 
 from model.decode_attention import (
-    BLOCK_S,
     chunking,
     decode_attention_reference,
     triton_decode_attention,
@@ -20,8 +19,8 @@ cuda = pytest.mark.skipif(not triton_decode_attention_available("cuda"), reason=
 
 @pytest.mark.parametrize(("pairs", "S"), [(16, 1088), (128, 1097), (16, 8192), (2, 13), (4096, 64)])
 def test_chunks_cover_every_slot_once(pairs, S):
-    chunk, n = chunking(pairs, S, sms=132)
-    assert chunk % BLOCK_S == 0 and (n - 1) * chunk < S <= n * chunk
+    chunk, n, block = chunking(pairs, S, sms=132)
+    assert block in (64, 128) and chunk % block == 0 and (n - 1) * chunk < S <= n * chunk
 
 
 def test_reference_is_the_default_decode_attention():
@@ -32,9 +31,18 @@ def test_reference_is_the_default_decode_attention():
     torch.testing.assert_close(decode_attention_reference(q, k, v, valid, 0.17), decode_attention(q, k, v, mask, 0.17))
 
 
+@pytest.fixture(params=[True, False], ids=["one_kernel", "merge_kernel"])
+def one_kernel(request, monkeypatch):
+    """The chunks merged by the last program of each pair (one kernel), or by a second kernel."""
+    import model.decode_attention as da
+
+    monkeypatch.setattr(da, "ONE_KERNEL", request.param)
+    return request.param
+
+
 @cuda
 @pytest.mark.parametrize("S", [13, 64, 1097, 2048])
-def test_kernel_matches_the_reference_on_cache_slices(S):
+def test_kernel_matches_the_reference_on_cache_slices(S, one_kernel):
     """k/v are slices of a longer cache (strided, as in the engine); one row sees only its first few slots."""
     torch.manual_seed(0)
     B, K, G, D = 2, 8, 8, 128
@@ -70,3 +78,24 @@ def test_cached_decoding_is_unchanged_with_the_kernels_on():
         finally:
             use_triton_decode_attention(False)
     torch.testing.assert_close(on, off, atol=3e-2, rtol=3e-2)
+
+
+@cuda
+def test_one_kernel_replays_in_a_cuda_graph(one_kernel):
+    """Each replay merges afresh: the per-pair counters are back at zero after every call."""
+    torch.manual_seed(0)
+    B, K, G, D, S = 2, 8, 8, 128, 1088
+    k = torch.randn(B, K, S, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    q = torch.randn(B, K, G, D, device="cuda", dtype=torch.bfloat16)
+    valid = torch.rand(B, S, device="cuda") > 0.2
+    triton_decode_attention(q, k, v, valid, D**-0.5)  # eager first (allocates the counters)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_decode_attention(q, k, v, valid, D**-0.5)
+    for seed in range(3):
+        q.copy_(torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)).to("cuda", torch.bfloat16))
+        graph.replay()
+        want = decode_attention_reference(q, k, v, valid, D**-0.5)
+        torch.testing.assert_close(out.float(), want.float(), atol=2e-2, rtol=2e-2)
