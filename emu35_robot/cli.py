@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .argtypes import positive_int
+
 
 def _model_info(args: argparse.Namespace) -> int:
     from model.info import format_info, inspect_checkpoint
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--image", action="append", required=True, help="camera image (PNG/JPEG), repeatable")
     pl.add_argument("--max-subgoals", type=int, default=0)
     pl.add_argument(
-        "--candidates", type=int, default=1, help="> 1: that many plans at once, keep their consensus (README)"
+        "--candidates", type=positive_int, default=1, help="> 1: that many plans at once, keep their consensus (README)"
     )
     _client_args(pl)
     pl.set_defaults(func=_client_main, client="plan")

@@ -73,8 +73,6 @@ def run(args: argparse.Namespace, token: str | None) -> int:
     with _client(args, token) as client:
         if args.client == "plan":
             consensus = None
-            if args.candidates < 1:
-                raise SystemExit(f"--candidates: want 1 or more plans, got {args.candidates}")
             if args.candidates > 1:  # no stream to show: the plan is known when every candidate is done
                 c = client.plan_consensus(
                     args.instruction, images, args.candidates, options=opts, max_subgoals=args.max_subgoals

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from emu35_robot.argtypes import positive_int
+
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
@@ -75,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--candidates",
-        type=int,
+        type=positive_int,
         default=1,
         help="> 1: ask for that many plans at once and execute the consensus (PlannerClient.plan_consensus)",
     )
@@ -126,8 +128,6 @@ def config_from_args(args: argparse.Namespace):
     for item in args.logit_bias:
         k, v = item.split("=")
         bias[int(k)] = float(v)
-    if args.candidates < 1:
-        raise SystemExit(f"--candidates: want 1 or more plans per request, got {args.candidates}")
     if args.check_keyframes and (args.candidates < 2 or args.executor != "keyframe"):
         raise SystemExit("--check-keyframes: needs --candidates 2 or more and --executor keyframe (the default)")
     grpc = GrpcOptions(

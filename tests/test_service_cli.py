@@ -70,7 +70,7 @@ def test_cli_plan_generate_explore(served, tmp_path):
     cons = json.loads((tmp_path / "cons" / "plan.json").read_text())["consensus"]
     assert cons["chosen"] in (0, 1) and len(cons["distances"]) == 2 and len(cons["tokens"]) == 2
     r = cli("plan", "--server", addr, "--image", str(scene), "go", "--candidates", "0", "--out", str(tmp_path / "c0"))
-    assert r.returncode == 1 and "--candidates: want 1 or more" in r.stderr
+    assert r.returncode == 2 and "argument --candidates: want 1 or more, got 0" in r.stderr
 
     r = cli("generate", "--server", addr, "--task", "t2i", "a red cube", "--out", str(tmp_path / "gen"),
             "--max-new-tokens", "30", "--jacobi-window", "4", *force)  # fmt: skip
