@@ -4,8 +4,8 @@ masked softmax, values product: `model.transformer.decode_attention`) and the Tr
 in the same kernel or by a second one).
 
 Timed the engine's way: one CUDA graph of 64 layers, each reading its own layer of a KV cache (no L2 reuse between
-layers), replayed; a layer's K and V bytes over the measured copy bandwidth give the floor. Each variant is checked
-against the float32 reference first.
+layers), replayed (median of 20 replays); a layer's K and V bytes over the measured copy bandwidth give the floor.
+Each variant is checked against the float32 reference first.
 
     python benchmarks/decode_attention.py --out decode_attention.json    # one GPU, about a minute
 """
@@ -13,6 +13,7 @@ against the float32 reference first.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode import copy_bandwidth  # noqa: E402
+from skinny_mm import graph_us  # noqa: E402
 
 import model.decode_attention as da  # noqa: E402
 from model.transformer import compile_kernels, decode_attention  # noqa: E402
@@ -33,24 +35,9 @@ from model.transformer import compile_kernels, decode_attention  # noqa: E402
 LAYERS, K, G, D = 64, 8, 8, 128  # 34B: 8 kv heads, 64 query heads, head_dim 128
 
 
-def graph_us(fn, layers: int, reps: int = 20) -> float:
-    """Microseconds per layer of a CUDA graph that calls fn(layer) for every layer."""
-    for i in range(layers):  # warm (compiles)
-        fn(i)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(layers):
-            fn(i)
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / reps / layers
+def layers_us(fn, dev: torch.device) -> float:
+    """Microseconds per layer of one CUDA graph that calls fn(layer) for every layer (skinny_mm.py's graph_us)."""
+    return graph_us([functools.partial(fn, i) for i in range(LAYERS)], dev, reps=20)
 
 
 def time_shape(B: int, S: int, bw: float, knobs, dev) -> dict:
@@ -74,14 +61,14 @@ def time_shape(B: int, S: int, bw: float, knobs, dev) -> dict:
         return da.triton_decode_attention(q, kc[i], vc[i], valid, scale)
 
     err = float((products(0).float() - ref).abs().max())
-    row["variants"]["products"] = {"us": graph_us(products, LAYERS), "max_abs_err": err}
+    row["variants"]["products"] = {"us": layers_us(products, dev), "max_abs_err": err}
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     for bs, pps, nw, one in knobs:
         da.BLOCK_S, da.PROGRAMS_PER_SM, da.NUM_WARPS, da.ONE_KERNEL = bs, pps, nw, one
         err = float((flash(0).float() - ref).abs().max())
         n = da.chunking(B * K, S, sms)[1]
         name = f"triton_{'one' if one else 'two'}_s{bs}_p{pps}_w{nw}"
-        row["variants"][name] = {"us": graph_us(flash, LAYERS), "max_abs_err": err, "chunks": n}
+        row["variants"][name] = {"us": layers_us(flash, dev), "max_abs_err": err, "chunks": n}
     da.BLOCK_S = None  # back to the module's choice (block_s)
     return row
 

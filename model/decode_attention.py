@@ -204,8 +204,9 @@ def _counters(device: torch.device, pairs: int) -> Tensor:
 
 
 def use_triton_decode_attention(on: bool = True) -> bool:
-    """Route `transformer.decode_attention` through the Triton kernels on CUDA tensors (process-wide; before any
-    CUDA graph is captured). Returns whether it is on (False where Triton is missing)."""
+    """Route `transformer.decode_attention` through the Triton kernels on 16-bit CUDA tensors (float32 keeps the
+    products; process-wide; before any CUDA graph is captured). Returns whether it is on (False where Triton is
+    missing)."""
     from . import transformer
 
     transformer.DECODE_ATTENTION["triton"] = triton_decode_attention if on and triton is not None else None
