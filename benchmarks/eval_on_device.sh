@@ -40,6 +40,7 @@ run)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
   export __EGL_VENDOR_LIBRARY_FILENAMES=${__EGL_VENDOR_LIBRARY_FILENAMES:-/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json}
+  rm -rf /tmp/eval  # a second run in one call must not resume the first one's records (eval resumes from --out)
   if [ -n "${RESUME:-}" ]; then  # RESUME=FILE: the episodes.jsonl of a cut-off run with the same arguments
     mkdir -p /tmp/eval && cp "$RESUME" /tmp/eval/episodes.jsonl
   fi

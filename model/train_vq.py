@@ -45,6 +45,10 @@ class VQTrainConfig:
     # the blocks and zones are ~3 % of the pixels and the only part a planner reads; with uniform weight a
     # tokenizer at 25 dB PSNR drew every block the same red and dropped pastel zones.
     colour_weight: float = 0.0
+    # Train only the pixel decoder (post_quant_conv + decoder) on the frozen encoder's codes. Why: the codes of every
+    # image stay exactly what they were, so a language model trained on them needs no retraining, and the decoded
+    # key-frames get sharper. The codes are computed once, in float32 as `encode` does at inference.
+    decoder_only: bool = False
 
 
 def colour_mask(x: Tensor) -> Tensor:
@@ -103,6 +107,16 @@ def vq_losses(vq: VisionTokenizer, x: Tensor, cfg: VQTrainConfig) -> tuple[Tenso
     return loss, stats, codes.detach(), z.detach()
 
 
+def decoder_loss(vq: VisionTokenizer, x: Tensor, codes: Tensor, cfg: VQTrainConfig) -> tuple[Tensor, dict]:
+    """x [B, 3, H, W] in [-1, 1], codes [B, h, w] (x's codes, frozen) -> reconstruction loss of decode(codes), stats."""
+    x_rec = vq.decoder(vq.post_quant_conv(vq.quantize.embed(codes)))
+    rec = reconstruction_loss(x_rec, x, cfg.colour_weight)
+    with torch.no_grad():
+        mse = F.mse_loss(x_rec.float().clamp(-1, 1), x.float())
+        psnr = 10 * math.log10(4.0 / max(float(mse), 1e-10))
+    return rec, {"rec": float(rec.detach()), "psnr": psnr}
+
+
 @torch.no_grad()
 def restart_dead_codes(vq: VisionTokenizer, usage: Tensor, z: Tensor, threshold: float, g: torch.Generator) -> int:
     """Move codes whose usage share fell below threshold/N onto random encoder outputs z [B, D, h, w]."""
@@ -159,6 +173,16 @@ def codes_in_use(vq: VisionTokenizer, frames: np.ndarray) -> int:
     return len(np.unique(encode_frames(vq, frames)))
 
 
+@torch.no_grad()
+def frozen_codes(vq: VisionTokenizer, frames: Tensor, mirrored: bool, batch: int = 64) -> Tensor:
+    """uint8 frames [N, H, W, 3] on the tokenizer's device -> their codes [N, h, w] (left-right mirrored first)."""
+    out = []
+    for i in range(0, len(frames), batch):
+        x = to_tensor(frames[i : i + batch])
+        out.append(vq.encode(x.flip(-1) if mirrored else x))
+    return torch.cat(out)
+
+
 def train_vq(
     vq: VisionTokenizer,
     frames: np.ndarray,
@@ -173,7 +197,10 @@ def train_vq(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = vq.quant_conv.weight.device
-    opt = torch.optim.AdamW(vq.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
+    trained = (
+        [*vq.post_quant_conv.parameters(), *vq.decoder.parameters()] if cfg.decoder_only else list(vq.parameters())
+    )
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
     step, done_s = 0, 0.0  # done_s: training seconds of earlier slices (a resumed run keeps counting)
     ck = out / "checkpoint"
@@ -184,11 +211,16 @@ def train_vq(
         g.set_state(st["generator"])
         state = json.loads((ck / "state.json").read_text())
         step, done_s = state["step"], state.get("elapsed_s", 0.0)
-    vq.train()
+    if not cfg.decoder_only:
+        vq.train()
     use_bf16 = cfg.bf16 and dev.type == "cuda"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     frames_dev = torch.from_numpy(frames).to(dev)  # uint8, once: batches are gathered on the device
+    if cfg.decoder_only:  # every frame's codes, as is and mirrored: [2, N, h, w]
+        vq.eval()
+        codes_dev = torch.stack([frozen_codes(vq, frames_dev, False), frozen_codes(vq, frames_dev, True)])
+        vq.decoder.train()
     n_codes = vq.quantize.embedding.weight.shape[0]
     usage = torch.full((n_codes,), 1.0 / n_codes, device=dev)
     restarted = 0
@@ -207,19 +239,30 @@ def train_vq(
             grp["lr"] = lr
         idx = torch.randint(0, len(frames), (cfg.batch_size,), generator=g)
         x = to_tensor(frames_dev[idx.to(dev)])  # [B, 3, H, W] in [-1, 1]
-        if torch.rand((), generator=g) < 0.5:  # left-right flip: more scenes from the same frames
+        flip = bool(torch.rand((), generator=g) < 0.5)  # left-right flip: more scenes from the same frames
+        if flip:
             x = x.flip(-1)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss, stats, codes, z = vq_losses(vq, x, cfg)
-        usage.mul_(0.9).add_(0.1 * torch.bincount(codes.flatten(), minlength=n_codes).float() / codes.numel())
+        if cfg.decoder_only:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                loss, stats = decoder_loss(vq, x, codes_dev[int(flip)][idx.to(dev)], cfg)
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                loss, stats, codes, z = vq_losses(vq, x, cfg)
+            usage.mul_(0.9).add_(0.1 * torch.bincount(codes.flatten(), minlength=n_codes).float() / codes.numel())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vq.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         # after the update: restarting rewrites codebook rows the backward pass above still needed
-        if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + 1 < 0.8 * cfg.steps:
+        if (
+            not cfg.decoder_only
+            and cfg.restart_every
+            and (step + 1) % cfg.restart_every == 0
+            and step + 1 < 0.8 * cfg.steps
+        ):
             restarted += restart_dead_codes(vq, usage, z, cfg.restart_threshold, g)
-        stats["restarted"] = restarted
+        if not cfg.decoder_only:
+            stats["restarted"] = restarted
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             log.write(
@@ -237,9 +280,10 @@ def train_vq(
             log.flush()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(psnr=f"{stats['psnr']:.1f}", codes=stats["codes_used"])
+            bar.set_postfix(psnr=f"{stats['psnr']:.1f}")
         if step % cfg.ckpt_every == 0 or step in (cfg.steps, stop):
-            normalize_codebook(vq)
+            if not cfg.decoder_only:  # a frozen codebook stays bit-identical
+                normalize_codebook(vq)
             tmp = out / "checkpoint.tmp"
             vq.save_pretrained(tmp / "vision_tokenizer")
             torch.save({"optimizer": opt.state_dict(), "generator": g.get_state()}, tmp / "optimizer.pt")
@@ -250,7 +294,8 @@ def train_vq(
     if bar is not None:
         bar.close()
     vq.eval()
-    normalize_codebook(vq)
+    if not cfg.decoder_only:
+        normalize_codebook(vq)
     result = {
         "steps": step,
         "train_s": elapsed(),

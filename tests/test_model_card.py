@@ -38,7 +38,8 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     run = tmp_path / "run"
     (run / "vq").mkdir(parents=True)
     (run / "lm").mkdir()
-    vq = {"psnr": 28.5, "codes_used_held_out": 1000, "train_s": 120.0, "device": "NVIDIA H200"}
+    vq = {"psnr": 28.5, "codes_used_held_out": 1000, "train_s": 120.0, "device": "NVIDIA H200",
+          "init": "the shipped tokenizer", "decoder_only": True}  # fmt: skip
     (run / "vq" / "vq_result.json").write_text(json.dumps(vq))
     episodes = {"vla_train": 90, "vla_held_out": 10, "explore_train": 18, "explore_held_out": 2}
     lm = {"steps": 40, "train_loss": 0.1, "held_out_loss": 0.2, "train_s": 600.0, "device": "NVIDIA H200",
@@ -66,6 +67,7 @@ def test_card_reads_the_run_and_the_bundle(tmp_path, bundle):
     assert (
         "400 for training" in text and "12 held out" in text and "decoder was fine-tuned from an earlier bundle" in text
     )
+    assert "tokenizer was fine-tuned from the shipped tokenizer (its pixel decoder alone: every image keeps" in text
     assert "Overall: 4/4 episodes (100%) against the oracle's 4/4" in text
     assert "Caveats: the init saw them." in text
     assert "): met.\n\nEvaluated with the new executor.\n" in text

@@ -1,6 +1,7 @@
 """Training on tiny configs: loss goes down, checkpoints resume exactly, LoRA and the IBQ tokenizer train."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,7 +23,15 @@ from model.train import (
     token_ce,
     token_weights,
 )
-from model.train_vq import VQTrainConfig, colour_mask, ibq_straight_through, psnr, reconstruction_loss, train_vq
+from model.train_vq import (
+    VQTrainConfig,
+    colour_mask,
+    encode_frames,
+    ibq_straight_through,
+    psnr,
+    reconstruction_loss,
+    train_vq,
+)
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config
 
 
@@ -217,6 +226,39 @@ def test_vq_training_improves_and_resumes(tmp_path):
     assert res["psnr"] > before + 2
     again = VisionTokenizer.from_pretrained(tmp_path / "vision_tokenizer")
     assert abs(psnr(again, frames[:4]) - res["psnr"]) < 1e-6
+
+
+def test_decoder_only_training_keeps_every_code_and_learns_to_reconstruct(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = np.zeros((24, 32, 32, 3), dtype=np.uint8)
+    for f in frames:
+        f[:] = rng.integers(60, 200, 3)
+        x, y = rng.integers(0, 20, 2)
+        f[y : y + 12, x : x + 12] = rng.integers(0, 255, 3)
+    torch.manual_seed(0)
+    config = tiny_vision_config(n_embed=64, embed_dim=8, ch=32, ch_mult=(1, 2))
+    vq = VisionTokenizer(config)
+    cfg = VQTrainConfig(steps=30, batch_size=8, lr=3e-3, warmup=5, log_every=10, ckpt_every=10, bf16=False)
+    train_vq(vq, frames[4:], frames[:4], tmp_path / "a", cfg, progress=False)  # a trained tokenizer
+    codes = encode_frames(vq, frames)
+    vq.decoder.load_state_dict(VisionTokenizer(config).decoder.state_dict())  # ... whose decoder starts afresh
+    vq.save_pretrained(tmp_path / "start")
+    start = VisionTokenizer.from_pretrained(tmp_path / "start")
+    dec = replace(cfg, steps=40, decoder_only=True)
+    train_vq(vq, frames[4:], frames[:4], tmp_path / "b", dec, progress=False, until=20)
+    res = train_vq(vq, frames[4:], frames[:4], tmp_path / "b", dec, progress=False)  # resumes at 20
+    tuned = VisionTokenizer.from_pretrained(tmp_path / "b" / "vision_tokenizer")
+    assert np.array_equal(encode_frames(tuned, frames), codes)  # the language model's inputs are untouched
+    for name in ("encoder", "quant_conv", "quantize"):  # bit for bit
+        for a, b in zip(getattr(start, name).state_dict().values(), getattr(tuned, name).state_dict().values()):
+            assert torch.equal(a, b), name
+    assert res["psnr"] > psnr(start, frames[:4]) + 2
+    assert [json.loads(x)["step"] for x in (tmp_path / "b" / "vq_loss.jsonl").read_text().splitlines()] == [
+        10,
+        20,
+        30,
+        40,
+    ]
 
 
 def test_colour_weight_emphasises_saturated_pixels():

@@ -317,3 +317,18 @@ def test_negatives_name_other_colours_over_the_same_images(data):
         assert [t for t in pos_ans if visual(t)] == [t for t in neg_ans if visual(t)]
         assert [i for i, t in enumerate(pos_ans) if visual(t)] == [i for i, t in enumerate(neg_ans) if visual(t)]
         assert pos_ans != neg_ans
+
+
+def test_train_vq_cli_refuses_decoder_only_without_a_tokenizer_to_keep(tmp_path):
+    """`train vq --decoder-only` keeps the codes of the tokenizer given by --init; without one there is nothing to
+    keep, and the command says so before loading any data."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "emu35_robot", "train", "vq", "--data", str(tmp_path), "--run", str(tmp_path / "r"),
+         "--decoder-only", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode != 0 and "--decoder-only needs --init" in r.stderr
+    assert not (tmp_path / "r").exists()

@@ -60,6 +60,16 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
     assert result["episodes"] == {"vla_train": 2, "vla_held_out": 1, "explore_train": 0, "explore_held_out": 0}
 
     bundle = pipeline.package(run, tmp_path / "bundle")
+    sharper = pipeline.stage_vq(
+        data, tmp_path / "vqdec", steps=2, batch=2, device="cpu", init=bundle / "vision_tokenizer", decoder_only=True,
+        colour_weight=5.0, lr=1e-4,
+    )  # fmt: skip
+    assert sharper["codes_unchanged"] and sharper["decoder_only"] and sharper["psnr_init"] > 0
+    assert 0 <= sharper["blob_agreement_init"] <= 1
+    state = json.loads((tmp_path / "vqdec" / "vq" / "checkpoint" / "state.json").read_text())
+    assert state["config"]["colour_weight"] == 5.0 and state["config"]["lr"] == 1e-4
+    with pytest.raises(ValueError, match="pass init"):
+        pipeline.stage_vq(data, tmp_path / "nope", steps=2, batch=2, device="cpu", decoder_only=True)
     engine = load_engine(bundle / "model", bundle / "tokenizer", bundle / "vision_tokenizer", "cpu")
     assert engine.lm.config.num_visual_tokens == 64
 

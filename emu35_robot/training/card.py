@@ -107,7 +107,12 @@ def model_card(run: Path, bundle: Path, report: dict | None = None, planner: str
           for name, r in stages if r.get("train_s")]  # fmt: skip
     if hw:
         out.append("Training time: " + ", ".join(hw) + ".")
-    out += [f"The {name} was fine-tuned from {r['init']}." for name, r in stages if r.get("init")]
+    out += [
+        f"The {name} was fine-tuned from {r['init']}"
+        + (" (its pixel decoder alone: every image keeps its codes)." if r.get("decoder_only") else ".")
+        for name, r in stages
+        if r.get("init")
+    ]
     if lm.get("episodes"):
         e = lm["episodes"]
         out.append(

@@ -49,6 +49,18 @@ def add_parser(sub) -> None:
             )
         if name == "vq":
             p.add_argument("--init", default=None, help="fine-tune this vision_tokenizer dir instead of afresh")
+            p.add_argument(
+                "--decoder-only",
+                action="store_true",
+                help="with --init: train only the pixel decoder; every image keeps its codes, so the language model"
+                " trained on them stays valid",
+            )
+            p.add_argument(
+                "--colour-weight", type=float, default=None, help="extra reconstruction weight of saturated pixels"
+            )
+            p.add_argument(
+                "--lr", type=float, default=None, help="peak learning rate (default 4e-4, 1.5e-4 with --init)"
+            )
     a = ts.add_parser("all", help="vq -> lm -> package in one go; each stage resumes or is skipped when done")
     a.add_argument("--data", required=True, help="collection dir, or several separated by commas")
     a.add_argument("--vq-init", default=None, help="fine-tune this vision_tokenizer dir instead of starting afresh")
@@ -113,7 +125,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"added {n} explore episodes to {args.out}")
     elif args.train_command == "vq":
         init = Path(args.init) if args.init else None
-        print(pipeline.stage_vq(_data(args), Path(args.run), args.steps, args.batch, args.device, args.until, init))
+        if args.decoder_only and init is None:
+            raise SystemExit("train vq: --decoder-only needs --init (the tokenizer whose codes to keep)")
+        cw = pipeline.VQ_COLOUR_WEIGHT if args.colour_weight is None else args.colour_weight
+        print(
+            pipeline.stage_vq(
+                _data(args),
+                Path(args.run),
+                args.steps,
+                args.batch,
+                args.device,
+                args.until,
+                init,
+                args.decoder_only,
+                cw,
+                args.lr,
+            )
+        )
     elif args.train_command == "lm":
         init = Path(args.init) if args.init else None
         hist = pipeline.stage_lm(

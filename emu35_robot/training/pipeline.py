@@ -102,15 +102,29 @@ def frames_split(data: Data) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stage_vq(
-    data: Data, run: Path, steps: int, batch: int, device: str, until: int | None = None, init: Path | None = None
+    data: Data,
+    run: Path,
+    steps: int,
+    batch: int,
+    device: str,
+    until: int | None = None,
+    init: Path | None = None,
+    decoder_only: bool = False,
+    colour_weight: float = VQ_COLOUR_WEIGHT,
+    lr: float | None = None,
 ) -> dict:
-    """Train the tokenizer from scratch, or fine-tune one (`init`: a vision_tokenizer dir) at a lower rate."""
+    """Train the tokenizer from scratch, or fine-tune one (`init`: a vision_tokenizer dir) at a lower rate.
+    `decoder_only` fine-tunes only its pixel decoder: every image keeps its codes, so `init`'s language model
+    stays valid (the result checks that on the held-out frames)."""
+    if decoder_only and init is None:
+        raise ValueError("decoder_only fine-tunes a trained tokenizer: pass init (a vision_tokenizer dir)")
     frames, held_frames = frames_split(data)
     torch.manual_seed(0)
     vq = VisionTokenizer(tiny_vision_config(**VQ_SHAPE)).to(device)
     if init is not None:
         vq.load_state_dict(VisionTokenizer.from_pretrained(init).state_dict())
-    lr, warmup = (1.5e-4, 50) if init is not None else (4e-4, 200)
+    default_lr, warmup = (1.5e-4, 50) if init is not None else (4e-4, 200)
+    lr = default_lr if lr is None else lr
     cfg = VQTrainConfig(
         steps=steps,
         batch_size=batch,
@@ -118,7 +132,8 @@ def stage_vq(
         warmup=warmup,
         log_every=50,
         ckpt_every=500,
-        colour_weight=VQ_COLOUR_WEIGHT,
+        colour_weight=colour_weight,
+        decoder_only=decoder_only,
     )
     print(
         f"vq: {len(frames)} training frames, {len(held_frames)} held-out, {sum(p.numel() for p in vq.parameters()):,}"
@@ -131,6 +146,14 @@ def stage_vq(
         result["device"] = device_name(device)
         if init is not None:
             result["init"] = str(init)
+        if decoder_only:
+            result["decoder_only"] = True
+            before = VisionTokenizer.from_pretrained(init).to(device)
+            result["codes_unchanged"] = bool(
+                np.array_equal(encode_frames(before, held_frames), encode_frames(vq, held_frames))
+            )
+            result["psnr_init"] = psnr(before, held_frames)
+            result["blob_agreement_init"] = reconstruction_blob_agreement(before, held_frames[:512])
         (run / "vq" / "vq_result.json").write_text(json.dumps(result, indent=2))
     return result
 
