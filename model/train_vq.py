@@ -79,6 +79,13 @@ def ibq_straight_through(z: Tensor, codebook: Tensor, tau: float = 1.0) -> tuple
     return z_q, codes, soft
 
 
+@torch.no_grad()
+def batch_psnr(x_rec: Tensor, x: Tensor) -> float:
+    """PSNR (dB) of a training batch, pixels in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(x_rec.float().clamp(-1, 1), x.float())
+    return 10 * math.log10(4.0 / max(float(mse), 1e-10))
+
+
 def vq_losses(vq: VisionTokenizer, x: Tensor, cfg: VQTrainConfig) -> tuple[Tensor, dict]:
     # unit codes and unit z (cosine similarity, the release's `cosine_similarity` option): the argmax is unchanged
     # at inference (|z| is the same for every code), and the softmax at temperature tau keeps the whole codebook
@@ -95,13 +102,10 @@ def vq_losses(vq: VisionTokenizer, x: Tensor, cfg: VQTrainConfig) -> tuple[Tenso
     mean_p = p.mean(0)
     batch_entropy = -(mean_p * (mean_p + 1e-8).log()).sum()
     loss = rec + quant + cfg.entropy_weight * (sample_entropy - batch_entropy)
-    with torch.no_grad():
-        mse = F.mse_loss(x_rec.float().clamp(-1, 1), x.float())
-        psnr = 10 * math.log10(4.0 / max(float(mse), 1e-10))  # pixel range [-1, 1]: peak-to-peak 2
     stats = {
         "rec": float(rec.detach()),
         "quant": float(quant.detach()),
-        "psnr": psnr,
+        "psnr": batch_psnr(x_rec, x),
         "codes_used": int(codes.unique().numel()),
     }
     return loss, stats, codes.detach(), z.detach()
@@ -111,10 +115,7 @@ def decoder_loss(vq: VisionTokenizer, x: Tensor, codes: Tensor, cfg: VQTrainConf
     """x [B, 3, H, W] in [-1, 1], codes [B, h, w] (x's codes, frozen) -> reconstruction loss of decode(codes), stats."""
     x_rec = vq.decoder(vq.post_quant_conv(vq.quantize.embed(codes)))
     rec = reconstruction_loss(x_rec, x, cfg.colour_weight)
-    with torch.no_grad():
-        mse = F.mse_loss(x_rec.float().clamp(-1, 1), x.float())
-        psnr = 10 * math.log10(4.0 / max(float(mse), 1e-10))
-    return rec, {"rec": float(rec.detach()), "psnr": psnr}
+    return rec, {"rec": float(rec.detach()), "psnr": batch_psnr(x_rec, x)}
 
 
 @torch.no_grad()
@@ -145,12 +146,19 @@ def to_tensor(frames: np.ndarray | Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def encode_batched(vq: VisionTokenizer, frames: np.ndarray | Tensor, mirrored: bool = False, batch: int = 64) -> Tensor:
+    """uint8 [N, H, W, 3] (numpy or torch, any device) -> codes [N, h, w] on the tokenizer's device, in batches;
+    `mirrored`: the codes of each frame flipped left-right (no flipped copy of the frames is made)."""
+    out = []
+    for i in range(0, len(frames), batch):
+        x = to_tensor(frames[i : i + batch])
+        out.append(vq.encode(x.flip(-1) if mirrored else x))
+    return torch.cat(out)
+
+
 def encode_frames(vq: VisionTokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
     """uint8 [N, H, W, 3] (H, W multiples of 16) -> codes [N, H/16, W/16], in batches."""
-    dev = vq.quant_conv.weight.device
-    return np.concatenate(
-        [vq.encode(to_tensor(frames[i : i + batch]).to(dev)).cpu().numpy() for i in range(0, len(frames), batch)]
-    )
+    return encode_batched(vq, frames, batch=batch).cpu().numpy()
 
 
 @torch.no_grad()
@@ -171,16 +179,6 @@ def psnr(vq: VisionTokenizer, frames: np.ndarray, batch: int = 64) -> float:
 @torch.no_grad()
 def codes_in_use(vq: VisionTokenizer, frames: np.ndarray) -> int:
     return len(np.unique(encode_frames(vq, frames)))
-
-
-@torch.no_grad()
-def frozen_codes(vq: VisionTokenizer, frames: Tensor, mirrored: bool, batch: int = 64) -> Tensor:
-    """uint8 frames [N, H, W, 3] on the tokenizer's device -> their codes [N, h, w] (left-right mirrored first)."""
-    out = []
-    for i in range(0, len(frames), batch):
-        x = to_tensor(frames[i : i + batch])
-        out.append(vq.encode(x.flip(-1) if mirrored else x))
-    return torch.cat(out)
 
 
 def train_vq(
@@ -211,16 +209,14 @@ def train_vq(
         g.set_state(st["generator"])
         state = json.loads((ck / "state.json").read_text())
         step, done_s = state["step"], state.get("elapsed_s", 0.0)
-    if not cfg.decoder_only:
-        vq.train()
+    vq.train()
     use_bf16 = cfg.bf16 and dev.type == "cuda"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     frames_dev = torch.from_numpy(frames).to(dev)  # uint8, once: batches are gathered on the device
-    if cfg.decoder_only:  # every frame's codes, as is and mirrored: [2, N, h, w]
-        vq.eval()
-        codes_dev = torch.stack([frozen_codes(vq, frames_dev, False), frozen_codes(vq, frames_dev, True)])
-        vq.decoder.train()
+    if cfg.decoder_only:  # the frozen encoder's codes of every frame, as is and mirrored: [2, N, h, w]
+        vq.encoder.eval()
+        codes_dev = torch.stack([encode_batched(vq, frames_dev), encode_batched(vq, frames_dev, mirrored=True)])
     n_codes = vq.quantize.embedding.weight.shape[0]
     usage = torch.full((n_codes,), 1.0 / n_codes, device=dev)
     restarted = 0
@@ -253,15 +249,9 @@ def train_vq(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
-        # after the update: restarting rewrites codebook rows the backward pass above still needed
-        if (
-            not cfg.decoder_only
-            and cfg.restart_every
-            and (step + 1) % cfg.restart_every == 0
-            and step + 1 < 0.8 * cfg.steps
-        ):
-            restarted += restart_dead_codes(vq, usage, z, cfg.restart_threshold, g)
-        if not cfg.decoder_only:
+        if not cfg.decoder_only:  # after the update: restarting rewrites rows the backward pass above still needed
+            if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + 1 < 0.8 * cfg.steps:
+                restarted += restart_dead_codes(vq, usage, z, cfg.restart_threshold, g)
             stats["restarted"] = restarted
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -127,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
         init = Path(args.init) if args.init else None
         if args.decoder_only and init is None:
             raise SystemExit("train vq: --decoder-only needs --init (the tokenizer whose codes to keep)")
-        cw = pipeline.VQ_COLOUR_WEIGHT if args.colour_weight is None else args.colour_weight
         print(
             pipeline.stage_vq(
                 _data(args),
@@ -136,10 +135,10 @@ def run(args: argparse.Namespace) -> int:
                 args.batch,
                 args.device,
                 args.until,
-                init,
-                args.decoder_only,
-                cw,
-                args.lr,
+                init=init,
+                decoder_only=args.decoder_only,
+                colour_weight=args.colour_weight,
+                lr=args.lr,
             )
         )
     elif args.train_command == "lm":

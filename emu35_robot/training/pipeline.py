@@ -110,12 +110,13 @@ def stage_vq(
     until: int | None = None,
     init: Path | None = None,
     decoder_only: bool = False,
-    colour_weight: float = VQ_COLOUR_WEIGHT,
+    colour_weight: float | None = None,
     lr: float | None = None,
 ) -> dict:
     """Train the tokenizer from scratch, or fine-tune one (`init`: a vision_tokenizer dir) at a lower rate.
     `decoder_only` fine-tunes only its pixel decoder: every image keeps its codes, so `init`'s language model
-    stays valid (the result checks that on the held-out frames)."""
+    stays valid (the result checks that on the held-out frames). `colour_weight` and `lr` default to the recipe's
+    (VQ_COLOUR_WEIGHT; 4e-4 from scratch, 1.5e-4 fine-tuning)."""
     if decoder_only and init is None:
         raise ValueError("decoder_only fine-tunes a trained tokenizer: pass init (a vision_tokenizer dir)")
     frames, held_frames = frames_split(data)
@@ -132,7 +133,7 @@ def stage_vq(
         warmup=warmup,
         log_every=50,
         ckpt_every=500,
-        colour_weight=colour_weight,
+        colour_weight=VQ_COLOUR_WEIGHT if colour_weight is None else colour_weight,
         decoder_only=decoder_only,
     )
     print(
