@@ -6,6 +6,7 @@ small grammar (:func:`parse_subgoal`) that the language executor and the per-sub
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -227,6 +228,14 @@ class TaskFamily:
         return self.templates[rng.integers(len(self.templates))].format(**kw)
 
 
+def _other_orders(pairs: tuple[tuple[str, str], ...]) -> list[tuple[tuple[str, str], ...]]:
+    """Every order of `pairs` (the task's own included), those whose first pick differs from the task's first, and
+    among them the first picks taking turns: (a, b, c) -> (b, a, c), (c, a, b), (b, c, a), (c, b, a), (a, c, b)."""
+    orders = list(itertools.permutations(pairs))
+    turn = {o: sum(p[0] == o[0] for p in orders[:i]) for i, o in enumerate(orders)}
+    return sorted(orders, key=lambda o: (o[0] == pairs[0], turn[o]))
+
+
 def _colours(rng: np.random.Generator, k: int) -> list[str]:
     return [str(c) for c in rng.permutation(list(PALETTE))[:k]]
 
@@ -325,6 +334,13 @@ class SortByColour(TaskFamily):
         pairs = [(blocks[i], f"{cols[i]} zone") for i in order]
         return TaskInstance(self.name, self._instruction(rng), _pick_place(pairs), lay.scene(), _goal(pairs))
 
+    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
+        """The same goal reached in another order: the same view and instruction, another first pick. Why: the
+        words of the plan's first subgoal are then the only thing that says which block its key-frame lifts."""
+        own = tuple((c.obj, c.target) for c in task.goal)
+        other = self._retarget(task, _other_orders(own), own, k, names=(), pairs=list)
+        return other and dataclasses.replace(other, instruction=task.instruction)
+
 
 class ClearTable(TaskFamily):
     name = "ClearTable"
@@ -341,6 +357,13 @@ class ClearTable(TaskFamily):
         blocks = [lay.block(c) for c in _colours(rng, int(rng.integers(2, 4)))]
         pairs = [(b, "tray") for b in blocks]
         return TaskInstance(self.name, self._instruction(rng), _pick_place(pairs), lay.scene(), _goal(pairs))
+
+    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
+        """The same goal reached in another order: the same view and instruction, another first pick. Why: the
+        words of the plan's first subgoal are then the only thing that says which block its key-frame lifts."""
+        own = tuple((c.obj, c.target) for c in task.goal)
+        other = self._retarget(task, _other_orders(own), own, k, names=(), pairs=list)
+        return other and dataclasses.replace(other, instruction=task.instruction)
 
 
 FAMILIES: dict[str, TaskFamily] = {f.name: f for f in (PlaceInZone(), Stack(), Tower(), SortByColour(), ClearTable())}

@@ -223,22 +223,42 @@ def test_pairs_encode_the_same_in_worker_processes():
     assert encode_pairs(pairs, tok, workers=2) == encode_pairs(pairs, tok, workers=1)
 
 
+def test_a_worker_whose_first_episode_is_a_missing_goal_records_the_next_one(tmp_path):
+    """A worker process may meet an env first with a goal the scene lacks (NoSuchGoal from reset). The env it keeps
+    must still record: gymnasium's passive checker, which marks its first reset done before running it, crashed the
+    next step (16 cores on the device: 1,213 of ~5,700 episodes, then the whole collection stopped)."""
+    from functools import partial
+
+    from emu35_robot.training import collect as c
+
+    c._close_envs()
+    one = partial(c._vla_episode, size=64)
+    (tmp_path / "frames").mkdir()
+    assert c._episode(one, 64, tmp_path, ("sim_envs/ClearTable-mujoco-v0", 0, 2)) is None  # two blocks: no goal 2
+    rec = c._episode(one, 64, tmp_path, ("sim_envs/ClearTable-mujoco-v0", 0, 1))
+    assert rec is not None and rec["success"] and (tmp_path / rec["file"]).exists()
+    c._close_envs()
+
+
 def test_retargeted_goals_are_recorded_beside_their_scene_and_split_with_it(tmp_path):
     from emu35_robot.training.pipeline import split
 
     envs = ["sim_envs/PlaceInZone-mujoco-v0", "sim_envs/ClearTable-mujoco-v0"]
-    assert collect(tmp_path, envs, range(2), size=64, progress=False, retarget=2) == 8  # 2 x 3 + ClearTable 2
+    # PlaceInZone 2 x 3; ClearTable's two scenes hold two blocks each, so one other order each
+    assert collect(tmp_path, envs, range(2), size=64, progress=False, retarget=2) == 10
     recs = {r.key: (r, f) for r, f in load(tmp_path)}
     assert collect(tmp_path, envs, range(2), size=64, progress=False, retarget=2) == 0  # all there (or skipped)
     base, (one, f1) = recs["sim_envs/PlaceInZone-mujoco-v0/0"], recs["sim_envs/PlaceInZone-mujoco-v0/0/1"]
     assert one.variant == 1 and one.seed == 0 and one.instruction != base[0].instruction
     assert np.array_equal(f1[0], base[1][0])  # the same first view
-    assert "sim_envs/ClearTable-mujoco-v0/0/1" not in recs
+    assert "sim_envs/ClearTable-mujoco-v0/0/2" not in recs
+    order, cleared = recs["sim_envs/ClearTable-mujoco-v0/0/1"][0], recs["sim_envs/ClearTable-mujoco-v0/0"][0]
+    assert order.instruction == cleared.instruction and order.subgoals[0] != cleared.subgoals[0]
     train, held = split(list(recs.values()), held_out_fraction=0.25)
     scenes = lambda eps: {(r.env_id, r.seed) for r, _ in eps}  # noqa: E731
     assert held and not scenes(train) & scenes(held)  # a scene's goals stay together
     assert all(
-        sum(r.env_id == e and r.seed == s for r, _ in held) == (3 if "Place" in e else 1) for e, s in scenes(held)
+        sum(r.env_id == e and r.seed == s for r, _ in held) == (3 if "Place" in e else 2) for e, s in scenes(held)
     )
     # adding or removing other data moves no episode across the split: each scene's side is its own hash
     fraction = 0.7  # large enough that the fallback (hold out one scene of a tiny collection) plays no part

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         "--retarget",
         type=int,
         default=0,
-        help="also record each scene's first K other goals (the same view, other instructions; PlaceInZone, Stack)",
+        help="also record each scene's first K other goals (the same view, another instruction or another order)",
     )
     for name, default_steps, default_batch in (("vq", 6000, 64), ("lm", 4000, 32)):
         p = ts.add_parser(name, help=f"train the {'IBQ vision tokenizer' if name == 'vq' else 'decoder'}; resumes")
