@@ -4,6 +4,8 @@
 #
 #   bash benchmarks/eval_on_device.sh prepare            # here, with internet: wheels into .whl/, EGL loaders into .gl/
 #   bash benchmarks/eval_on_device.sh run OUT EVAL_ARGS  # there, in the repository root, with .whl and .gl carried
+#   bash benchmarks/eval_on_device.sh with CMD ARGS...   # there: any command in the same set-up (e.g. `python3 -m
+#                                                        # emu35_robot train collect`; benchmarks/lm_on_device.py)
 #
 # `run` unpacks the glvnd EGL loader (MuJoCo renders through the NVIDIA EGL driver), installs the wheels into
 # /tmp/site, runs `python3 -m emu35_robot eval --planner mini --engines mujoco --image-size 128 --no-video
@@ -13,6 +15,17 @@
 # or thread count sums in another order and can flip a greedy token now and then (README, Development).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+setup() {  # the EGL loader (MuJoCo renders through the NVIDIA EGL driver) and the wheels, once per machine
+  if [ ! -e /tmp/site/.installed ]; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    touch /tmp/site/.installed
+  fi
+  export PYTHONPATH=/tmp/site:$PWD OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+  export __EGL_VENDOR_LIBRARY_FILENAMES=${__EGL_VENDOR_LIBRARY_FILENAMES:-/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json}
+}
+
 case "${1:-}" in
 prepare)
   mkdir -p .whl .gl
@@ -31,15 +44,16 @@ prepare)
   (cd .gl && apt-get "${o[@]}" download libegl1 libglvnd0 libopengl0 libgl1 libglx0)
   du -sh .whl .gl
   ;;
+with)
+  shift
+  setup
+  exec "$@"
+  ;;
 run)
   out=${2:?usage: eval_on_device.sh run OUT [EVAL_ARGS...]}
   shift 2
   mkdir -p "$out"
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-  export __EGL_VENDOR_LIBRARY_FILENAMES=${__EGL_VENDOR_LIBRARY_FILENAMES:-/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json}
+  setup
   rm -rf /tmp/eval  # a second run in one call must not resume the first one's records (eval resumes from --out)
   if [ -n "${RESUME:-}" ]; then  # RESUME=FILE: the episodes.jsonl of a cut-off run with the same arguments
     mkdir -p /tmp/eval && cp "$RESUME" /tmp/eval/episodes.jsonl
@@ -54,7 +68,7 @@ run)
   exit $status
   ;;
 *)
-  echo "usage: $0 prepare | run OUT [EVAL_ARGS...]" >&2
+  echo "usage: $0 prepare | run OUT [EVAL_ARGS...] | with CMD [ARGS...]" >&2
   exit 2
   ;;
 esac

@@ -76,7 +76,7 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
     shutil.copytree(run / "vq", tmp_path / "tuned" / "vq")  # a new run on the same tokenizer, the decoder fine-tuned
     tuned = pipeline.stage_lm(
         data, tmp_path / "tuned", steps=1, batch=2, device="cpu", augment=0, init=bundle / "model", lr=2e-4,
-        change_weight=3.0, contrast_weight=0.5,
+        change_weight=3.0, contrast_weight=0.5, probe_n=0,
     )  # fmt: skip
     assert [h["step"] for h in tuned] == [1]  # (its one batch of 2 may hold no negative: contrast_d is optional)
     ck = json.loads((tmp_path / "tuned" / "lm" / "checkpoint" / "trainer.json").read_text())
@@ -84,6 +84,7 @@ def test_recipe_trains_resumes_packages_and_fine_tunes(tiny_recipe, tmp_path):
     tuned_result = json.loads((tmp_path / "tuned" / "lm" / "lm_result.json").read_text())
     assert tuned_result["peak_lr"] == 2e-4 and tuned_result["change_weight"] == 3.0
     assert tuned_result["contrast_weight"] == 0.5
+    assert "probe" not in tuned_result and tuned_result["held_out_loss"] > 0  # probe_n=0: no free-running plans
     saved = pipeline.load_sequences(tmp_path / "tuned" / "sequences.npz")
     assert len(saved["train_negatives"]) == len(saved["train"]) and any(n is not None for n in saved["train_negatives"])
     with pytest.raises(ValueError, match="without negatives"):  # the first run's sequences have none

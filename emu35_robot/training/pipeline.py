@@ -306,10 +306,12 @@ def stage_lm(
     lr: float = 1e-3,
     change_weight: float = 0.0,
     contrast_weight: float = 0.0,
+    probe_n: int = 32,
 ) -> list[dict]:
     """Train the decoder from scratch, or fine-tune one (`init`: a model dir in the official layout, e.g. a
     previous bundle's model/, whose vocabulary must match; continuing a trained model wants a lower peak `lr`).
-    `contrast_weight` > 0 adds the grounding loss against colour-swapped negatives (TrainConfig)."""
+    `contrast_weight` > 0 adds the grounding loss against colour-swapped negatives (TrainConfig). `probe_n`: held-out
+    episodes the result's free-running probes plan (0: none, for a time-boxed machine)."""
     tok = TextTokenizer(byte_level_ranks(), vision_token_list(N_CODES))
     tok.save_pretrained(run / "tokenizer")
     vq = VisionTokenizer.from_pretrained(run / "vq" / "vision_tokenizer", device=device)
@@ -373,7 +375,9 @@ def stage_lm(
             "contrast_weight": contrast_weight,
             **({"init": str(init)} if init is not None else {}),
         }
-        result = write_lm_result(run, lm, tok, vq, seqs["held_out"], split_episodes[1], steps, hist[-1]["loss"], facts)
+        result = write_lm_result(
+            run, lm, tok, vq, seqs["held_out"], split_episodes[1], steps, hist[-1]["loss"], facts, probe_n
+        )
         print(result, flush=True)
     return hist
 
@@ -399,7 +403,8 @@ def write_lm_result(
     plus `facts` about the run (training seconds, device, sequence count) where known."""
     result = {"steps": steps, "train_loss": train_loss, **(facts or {}), "held_out_loss": held_out_loss(lm, held_seqs)}
     result["held_out_sequences"] = len(held_seqs)
-    result["probe"], result["grounding"] = probe_held_out(lm, tok, vq, held, probe_n)
+    if probe_n:  # minutes of free-running plans; 0 leaves them to `train result` / `train probe` elsewhere
+        result["probe"], result["grounding"] = probe_held_out(lm, tok, vq, held, probe_n)
     (run / "lm" / "lm_result.json").write_text(json.dumps(result, indent=2))
     return result
 
