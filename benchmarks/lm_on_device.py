@@ -27,15 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emu35_robot.training import pipeline  # noqa: E402
-from model.text_tokenizer import TextTokenizer, byte_level_ranks, vision_token_list  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer  # noqa: E402
 
 SHIPPED = Path("emu35_robot/weights/emu35-mini")
 PART = 14 * 2**20  # bytes per returned part of the decoder's weights (the device tool returns files of <= 16 MiB)
-
-
-def recipe_tokenizer() -> TextTokenizer:
-    return TextTokenizer(byte_level_ranks(), vision_token_list(pipeline.N_CODES))
 
 
 def pack(data: list[str], engine: str, augment: int, out: Path) -> None:
@@ -43,7 +38,7 @@ def pack(data: list[str], engine: str, augment: int, out: Path) -> None:
     split = tuple(keep(eps) for eps in pipeline.episodes([Path(d) for d in data]))
     vq = VisionTokenizer.from_pretrained(SHIPPED / "vision_tokenizer", dtype=torch.float32)
     t = time.perf_counter()
-    seqs = pipeline.build_sequences(split, recipe_tokenizer(), vq, augment)
+    seqs = pipeline.build_sequences(split, pipeline.recipe_tokenizer(), vq, augment)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.save_sequences(out / "replay.npz", seqs)
     (out / "replay.npz.xz").write_bytes(lzma.compress((out / "replay.npz").read_bytes(), preset=6))
@@ -62,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
     if not seq_file.exists():  # built once; a second call on a warm machine resumes the training
         t = time.perf_counter()
         vq = VisionTokenizer.from_pretrained(run_dir / "vq" / "vision_tokenizer", device=args.device)
-        seqs = pipeline.build_sequences(pipeline.episodes(data), recipe_tokenizer(), vq, args.augment)
+        seqs = pipeline.build_sequences(pipeline.episodes(data), pipeline.recipe_tokenizer(), vq, args.augment)
         n_own = len(seqs["train"])
         if args.replay:
             tmp = run_dir / "replay.npz"

@@ -6,7 +6,6 @@ small grammar (:func:`parse_subgoal`) that the language executor and the per-sub
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -213,14 +212,15 @@ class TaskFamily:
         k: int,
         names: tuple[str, ...],
         pairs=lambda goal: [goal],
+        instruction: str | None = None,
     ) -> TaskInstance | None:
         """Goal k among `goals` other than `own`: each goal is its template words in `names` order, and `pairs(goal)`
-        its (object, target) placements (default: the goal is one pair)."""
+        its (object, target) placements (default: the goal is one pair); `instruction`: kept instead of a new one."""
         goals = [g for g in goals if g != own]
         if not 1 <= k <= len(goals):
             return None
         goal = goals[k - 1]
-        instruction = self._instruction(np.random.default_rng(k), **dict(zip(names, goal)))
+        instruction = instruction or self._instruction(np.random.default_rng(k), **dict(zip(names, goal)))
         placed = pairs(goal)
         return TaskInstance(self.name, instruction, _pick_place(placed), task.scene, _goal(placed))
 
@@ -234,6 +234,16 @@ def _other_orders(pairs: tuple[tuple[str, str], ...]) -> list[tuple[tuple[str, s
     orders = list(itertools.permutations(pairs))
     turn = {o: sum(p[0] == o[0] for p in orders[:i]) for i, o in enumerate(orders)}
     return sorted(orders, key=lambda o: (o[0] == pairs[0], turn[o]))
+
+
+class _AnyOrder(TaskFamily):
+    """A family whose goal the scene fixes but not the order it is reached in (ClearTable, SortByColour)."""
+
+    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
+        """The same goal reached in another order: the same view and instruction, another first pick. Why: the
+        words of the plan's first subgoal are then the only thing that says which block its key-frame lifts."""
+        own = tuple((c.obj, c.target) for c in task.goal)
+        return self._retarget(task, _other_orders(own), own, k, names=(), pairs=list, instruction=task.instruction)
 
 
 def _colours(rng: np.random.Generator, k: int) -> list[str]:
@@ -315,7 +325,7 @@ class Tower(TaskFamily):
         return self._retarget(task, towers, own, k, names=("a", "b", "c"), pairs=lambda t: [(t[1], t[0]), (t[2], t[1])])
 
 
-class SortByColour(TaskFamily):
+class SortByColour(_AnyOrder):
     name = "SortByColour"
     max_subgoals = 6
     templates = (
@@ -334,15 +344,8 @@ class SortByColour(TaskFamily):
         pairs = [(blocks[i], f"{cols[i]} zone") for i in order]
         return TaskInstance(self.name, self._instruction(rng), _pick_place(pairs), lay.scene(), _goal(pairs))
 
-    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
-        """The same goal reached in another order: the same view and instruction, another first pick. Why: the
-        words of the plan's first subgoal are then the only thing that says which block its key-frame lifts."""
-        own = tuple((c.obj, c.target) for c in task.goal)
-        other = self._retarget(task, _other_orders(own), own, k, names=(), pairs=list)
-        return other and dataclasses.replace(other, instruction=task.instruction)
 
-
-class ClearTable(TaskFamily):
+class ClearTable(_AnyOrder):
     name = "ClearTable"
     max_subgoals = 6
     templates = (
@@ -357,13 +360,6 @@ class ClearTable(TaskFamily):
         blocks = [lay.block(c) for c in _colours(rng, int(rng.integers(2, 4)))]
         pairs = [(b, "tray") for b in blocks]
         return TaskInstance(self.name, self._instruction(rng), _pick_place(pairs), lay.scene(), _goal(pairs))
-
-    def retarget(self, task: TaskInstance, k: int) -> TaskInstance | None:
-        """The same goal reached in another order: the same view and instruction, another first pick. Why: the
-        words of the plan's first subgoal are then the only thing that says which block its key-frame lifts."""
-        own = tuple((c.obj, c.target) for c in task.goal)
-        other = self._retarget(task, _other_orders(own), own, k, names=(), pairs=list)
-        return other and dataclasses.replace(other, instruction=task.instruction)
 
 
 FAMILIES: dict[str, TaskFamily] = {f.name: f for f in (PlaceInZone(), Stack(), Tower(), SortByColour(), ClearTable())}

@@ -107,6 +107,11 @@ def _data(args: argparse.Namespace) -> list[Path]:
     return [Path(d) for d in args.data.split(",") if d]
 
 
+def _stage_head(args: argparse.Namespace) -> tuple:
+    """The positional arguments `train vq` and `train lm` pass alike: data, run, steps, batch, device, until."""
+    return _data(args), Path(args.run), args.steps, args.batch, args.device, args.until
+
+
 def run(args: argparse.Namespace) -> int:
     from . import pipeline
 
@@ -129,12 +134,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("train vq: --decoder-only needs --init (the tokenizer whose codes to keep)")
         print(
             pipeline.stage_vq(
-                _data(args),
-                Path(args.run),
-                args.steps,
-                args.batch,
-                args.device,
-                args.until,
+                *_stage_head(args),
                 init=init,
                 decoder_only=args.decoder_only,
                 colour_weight=args.colour_weight,
@@ -144,12 +144,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.train_command == "lm":
         init = Path(args.init) if args.init else None
         hist = pipeline.stage_lm(
-            _data(args),
-            Path(args.run),
-            args.steps,
-            args.batch,
-            args.device,
-            args.until,
+            *_stage_head(args),
             args.augment,
             args.input_noise,
             init,

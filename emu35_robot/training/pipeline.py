@@ -57,6 +57,11 @@ LM_SHAPE = dict(
 )
 
 
+def recipe_tokenizer() -> TextTokenizer:
+    """The mini's text tokenizer: byte-level ranks, the specials, N_CODES visual tokens."""
+    return TextTokenizer(byte_level_ranks(), vision_token_list(N_CODES))
+
+
 def scene_hash(env_id: str, seed: int) -> float:
     """A scene's place in [0, 1): fixed by the scene alone, so adding or removing other data never moves it."""
     return zlib.crc32(f"{env_id}/{seed}".encode()) / 2**32
@@ -312,7 +317,7 @@ def stage_lm(
     previous bundle's model/, whose vocabulary must match; continuing a trained model wants a lower peak `lr`).
     `contrast_weight` > 0 adds the grounding loss against colour-swapped negatives (TrainConfig). `probe_n`: held-out
     episodes the result's free-running probes plan (0: none, for a time-boxed machine)."""
-    tok = TextTokenizer(byte_level_ranks(), vision_token_list(N_CODES))
+    tok = recipe_tokenizer()
     tok.save_pretrained(run / "tokenizer")
     vq = VisionTokenizer.from_pretrained(run / "vq" / "vision_tokenizer", device=device)
     seq_file = run / "sequences.npz"
