@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The MuJoCo half of `emu35-robot eval` on a many-core machine that has Python 3.12 and PyTorch but no package index
-# (the device tool's H200 machines: 16 cores; 60 mini episodes in about 2 minutes against 25 on a 2-core machine).
+# `emu35-robot eval` on a many-core machine that has Python 3.12 and PyTorch but no package index (the device tool's
+# H200 machines: 16 cores; 60 mini episodes in about 2 minutes against 25 on a 2-core machine).
 #
 #   bash benchmarks/eval_on_device.sh prepare            # here, with internet: wheels into .whl/, EGL loaders into .gl/
 #   bash benchmarks/eval_on_device.sh run OUT EVAL_ARGS  # there, in the repository root, with .whl and .gl carried
@@ -9,10 +9,13 @@
 #
 # `run` unpacks the glvnd EGL loader (MuJoCo renders through the NVIDIA EGL driver), installs the wheels into
 # /tmp/site, runs `python3 -m emu35_robot eval --planner mini --engines mujoco --image-size 128 --no-video
-# --no-progress --workers (cores - 1) EVAL_ARGS --out /tmp/eval`, then copies the records and the report table to OUT as
-# single files (the device tool refuses to copy back many files). RESUME=FILE continues a cut-off run's records. PyBullet publishes no wheel for Python 3.12, so the
-# PyBullet half runs where it can be built. One thread per worker: runs reproduce exactly on one machine; another CPU
-# or thread count sums in another order and can flip a greedy token now and then (README, Development).
+# --no-progress --workers (cores - 1) EVAL_ARGS --out /tmp/eval` (EVAL_ARGS may say `--engines pybullet`: the last
+# one counts), then copies the records and the report table to OUT as single files (the device tool refuses to copy
+# back many files). RESUME=FILE continues a cut-off run's records. PyBullet publishes no wheel for Python 3.12:
+# `prepare` builds one from the sdist with a local Python 3.12 (PY312, e.g. pyenv's) and numpy (so camera images come
+# back as arrays), then keeps only the modules and the Panda, stripped and LZMA-compressed (benchmarks/slim_wheel.py:
+# 4 MiB of the carry's 64). One thread per worker: runs reproduce exactly on one machine; another CPU or thread count
+# sums in another order and can flip a greedy token now and then (README, Development).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 setup() {  # the EGL loader (MuJoCo renders through the NVIDIA EGL driver) and the wheels, once per machine
@@ -38,6 +41,13 @@ prepare)
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
     -d .whl mujoco==4.0.0 mujoco-core==4.0.0 glfw==2.11.0 pyopengl gymnasium==1.4.0 farama-notifications \
     grpcio==1.85.3 grpcio-health-checking grpcio-reflection protobuf==7.36.2
+  py312=${PY312:-python3.12}  # ~8 minutes on 2 cores
+  if ! ls .whl/pybullet-3.2.7-cp312-*.whl >/dev/null 2>&1; then
+    "$py312" -m pip install -q "numpy>=2" setuptools wheel
+    "$py312" -m pip wheel -q --no-deps --no-build-isolation -w /tmp/pybullet-wheel pybullet==3.2.7
+    python3 benchmarks/slim_wheel.py /tmp/pybullet-wheel/pybullet-3.2.7-cp312-*.whl .whl \
+      --keep 'pybullet_data/__init__.py' --keep 'pybullet_data/franka_panda/*' --keep 'pybullet_utils/*' --drop 'eglRenderer*'
+  fi
   o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
   mkdir -p /tmp/amd64/partial
   apt-get "${o[@]}" update >/dev/null

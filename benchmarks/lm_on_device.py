@@ -1,15 +1,19 @@
-"""Fine-tune the shipped decoder on the device tool's GPU: MuJoCo episodes recorded there, plus a carried replay.
+"""Fine-tune the shipped decoder on the device tool's GPU: episodes recorded there, plus an optional carried replay.
 
-A collection's frames do not fit beside the repository in one device call (64 MiB in all), and PyBullet has no wheel
-for the device's Python. So the MuJoCo data is recorded on the device's 16 cores (`eval_on_device.sh with python3 -m
-emu35_robot train collect ...`), and `pack` carries a replay built here: the token sequences of other collections
-(e.g. the PyBullet half, so the decoder keeps both renderers), LZMA-compressed. `run` builds the MuJoCo sequences on
-the GPU, adds the replay, fine-tunes with the shipped recipe (`pipeline.stage_lm`), packages the bundle and writes
-the decoder (float16 safetensors split under the 16 MiB file cap), its result and its loss log to OUT.
+A collection's frames do not fit beside the repository in one device call (64 MiB in all), so both engines' episodes
+are recorded on the device's 16 cores (`eval_on_device.sh with python3 -m emu35_robot train collect ...`; PyBullet
+from the slim cp312 wheel `eval_on_device.sh prepare` builds). `run` builds their sequences on the GPU, adds the
+replay if one is given, fine-tunes with the shipped recipe (`pipeline.stage_lm`), packages the bundle and writes the
+decoder (float16 safetensors split under the 16 MiB file cap), its result and its loss log to OUT. `pack` builds a
+replay here: the token sequences of a collection that cannot be recorded there, LZMA-compressed.
 
     python benchmarks/lm_on_device.py pack --data .data/vqf --engine pybullet --out .data/lmpack        # here
-    python3 benchmarks/lm_on_device.py run --data /tmp/c4 --steps 2400 --out $OUT                        # there
+    python3 benchmarks/lm_on_device.py run --data /tmp/mj,/tmp/pb --replay '' --steps 2000 --out $OUT    # there
     python benchmarks/lm_on_device.py join DIR BUNDLE    # here: the parts back into BUNDLE/model/model.safetensors
+
+Building the sequences is most of a call (14,380 episodes x augment 2: 247 s on the device), and only the training
+resumes (checkpoints every 500 steps): give `--until` so the first call ends on a checkpoint, and keep the total
+`--steps` the same in the second call (the learning-rate schedule follows it).
 """
 
 from __future__ import annotations
