@@ -10,9 +10,10 @@ import json
 import os
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
+
+from emu35_robot.workers import worker_pool
 
 from .episode import EpisodeSpec, EvalConfig, run_episode
 from .planners import Planner, make_planner
@@ -158,7 +159,7 @@ def run(
             for s in todo:
                 land(_run_safely(s, cfg, str(out)))
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with worker_pool(workers) as pool:
                 futures = {pool.submit(_run_safely, s, cfg, str(out)) for s in todo}
                 while futures:
                     finished, futures = wait(futures, return_when=FIRST_COMPLETED)

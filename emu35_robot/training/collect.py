@@ -14,11 +14,13 @@ import json
 import multiprocessing
 import multiprocessing.util
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..workers import worker_pool
 
 
 @dataclass
@@ -200,7 +202,7 @@ def _run(out: Path, index_name: str, todo: list[tuple], size: int, progress: boo
     added = 0
     pool = None
     if workers > 1 and len(todo) > 1:  # a worker that dies fails the run (BrokenProcessPool), never hangs it
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = worker_pool(workers)
     try:
         with open(out / index_name, "a") as index:
 
