@@ -8,7 +8,7 @@ decoder (float16 safetensors split under the 16 MiB file cap), its result and it
 replay here: the token sequences of a collection that cannot be recorded there, LZMA-compressed.
 
     python benchmarks/lm_on_device.py pack --data .data/vqf --engine pybullet --out .data/lmpack        # here
-    python3 benchmarks/lm_on_device.py run --data /tmp/mj,/tmp/pb --replay '' --steps 2000 --out $OUT    # there
+    python3 benchmarks/lm_on_device.py run --data /tmp/mj,/tmp/pb --steps 2000 --out $OUT             # there
     python benchmarks/lm_on_device.py join DIR BUNDLE    # here: the parts back into BUNDLE/model/model.safetensors
 
 Building the sequences is most of a call (14,380 episodes x augment 2: 247 s on the device), and only the training
@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--out", default=".data/lmpack")
     r = sub.add_parser("run")
     r.add_argument("--data", required=True, help="collection dirs recorded there, comma-separated")
-    r.add_argument("--replay", default=".data/lmpack", help="a pack's directory ('' for none)")
+    r.add_argument("--replay", default="", help="a pack's directory (default: none)")
     r.add_argument("--run", default="/tmp/lmrun")
     r.add_argument("--steps", type=int, default=2400)
     r.add_argument("--until", type=int, default=None)
