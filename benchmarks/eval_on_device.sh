@@ -18,12 +18,15 @@
 # sums in another order and can flip a greedy token now and then (README, Development).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-setup() {  # the EGL loader (MuJoCo renders through the NVIDIA EGL driver) and the wheels, once per machine
-  if [ ! -e /tmp/site/.installed ]; then
+setup() {  # the EGL loader (MuJoCo renders through the NVIDIA EGL driver) and the wheels, once per machine and wheel set
+  local wheels
+  wheels=$(ls -l .whl/*.whl .gl/*.deb | awk '{print $5, $NF}' | md5sum | cut -d' ' -f1)  # a warm machine may hold older ones
+  if [ "$(cat /tmp/site/.installed 2>/dev/null)" != "$wheels" ]; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
+    rm -rf /tmp/site
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    touch /tmp/site/.installed
+    echo "$wheels" >/tmp/site/.installed
   fi
   export PYTHONPATH=/tmp/site:$PWD OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
   export __EGL_VENDOR_LIBRARY_FILENAMES=${__EGL_VENDOR_LIBRARY_FILENAMES:-/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json}
