@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 setup() {  # the EGL loader (MuJoCo renders through the NVIDIA EGL driver) and the wheels, once per machine and wheel set
   local wheels
-  wheels=$(ls -l .whl/*.whl .gl/*.deb | awk '{print $5, $NF}' | md5sum | cut -d' ' -f1)  # a warm machine may hold older ones
+  wheels=$(cat .whl/*.whl .gl/*.deb | md5sum | cut -d' ' -f1)  # a warm machine may hold an older set
   if [ "$(cat /tmp/site/.installed 2>/dev/null)" != "$wheels" ]; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig

@@ -58,17 +58,16 @@ def run(args: argparse.Namespace) -> None:
     out, run_dir, data = Path(args.out), Path(args.run), [Path(d) for d in args.data.split(",")]
     shutil.copytree(SHIPPED / "vision_tokenizer", run_dir / "vq" / "vision_tokenizer", dirs_exist_ok=True)
     seq_file = run_dir / "sequences.npz"
-    if not seq_file.exists():  # built once; a second call on a warm machine resumes the training
+    if args.replay and not seq_file.exists():  # with a replay, built here; without one, stage_lm builds them
         t = time.perf_counter()
         vq = VisionTokenizer.from_pretrained(run_dir / "vq" / "vision_tokenizer", device=args.device)
         seqs = pipeline.build_sequences(pipeline.episodes(data), pipeline.recipe_tokenizer(), vq, args.augment)
         n_own = len(seqs["train"])
-        if args.replay:
-            tmp = run_dir / "replay.npz"
-            tmp.write_bytes(lzma.decompress((Path(args.replay) / "replay.npz.xz").read_bytes()))
-            replay = pipeline.load_sequences(tmp)
-            seqs["train"] += replay["train"]
-            seqs["held_out"] += replay["held_out"]
+        tmp = run_dir / "replay.npz"
+        tmp.write_bytes(lzma.decompress((Path(args.replay) / "replay.npz.xz").read_bytes()))
+        replay = pipeline.load_sequences(tmp)
+        seqs["train"] += replay["train"]
+        seqs["held_out"] += replay["held_out"]
         pipeline.save_sequences(seq_file, seqs)
         print(f"sequences: {n_own} own + {len(seqs['train']) - n_own} replay in {time.perf_counter() - t:.0f} s")
     recipe = dict(init=SHIPPED / "model", lr=args.lr, change_weight=args.change_weight, probe_n=args.probe_n)
