@@ -4,7 +4,10 @@ Method (the same as shared/docs/performance-baseline.md, so figures compare): me
 weights with norms 1, prefill a random prompt, then time single-token decode steps after warm-up with a synchronised
 wall clock. A "step" here is what the engine does per generated token: one forward for all rows (CUDA-graph replay
 on GPU), the CFG combination and sampling for every stream (`engine.draw_tokens`, as the engine runs them: one
-captured graph per group on GPU), the host read of the sampled tokens and the upload of the next inputs.
+captured graph per group on GPU), the host read of the sampled tokens and the upload of the next inputs. One stream
+decodes as the engine decodes an image with its lookahead (`Engine._draw_ahead`: the next forward is queued before the
+token is read back), timed as the wall clock over all steps divided by their number; `ms_per_step_synced` is the same
+step with a read-back between steps (several streams: the batch engine's way, which has no lookahead).
 
     python benchmarks/decode.py --shape tiny                       # CPU smoke run
     python benchmarks/decode.py --shape 34b --device cuda --out r.json
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch import Tensor  # noqa: E402
 
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
-from model.engine import Draw, Engine, draw_tokens  # noqa: E402
+from model.engine import Draw, Engine, StepRequest, draw_tokens  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
 from model.sampling import IMAGE_SAMPLING  # noqa: E402
 from model.skinny_mm import drop_skinny, use_pdl  # noqa: E402
@@ -123,7 +126,41 @@ def prefill(eng: Engine, rows: int, prompt: int):
 
 
 def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, steps: int, visual: bool):
-    """ms per engine decode step for `rows` rows (rows/2 CFG streams when cfg), after a `prompt`-token prefill."""
+    """ms per engine decode step for `rows` rows (rows/2 CFG streams when cfg), after a `prompt`-token prefill:
+    (prefill s, ms per step as the engine runs it, forward ms, ms per step with a read-back between steps)."""
+    prefill_s, synced, fwd = time_synced_steps(eng, rows, cfg, prompt, warmup, steps, visual)
+    if rows // (2 if cfg else 1) > 1 or not eng.lookahead:
+        return prefill_s, synced, fwd, synced
+    return prefill_s, time_lookahead_steps(eng, rows, cfg, prompt, warmup, steps, visual), fwd, synced
+
+
+def time_lookahead_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, steps: int, visual: bool):
+    """One stream's ms per step as `Engine._decode` runs an image: each draw queues the step that feeds its token
+    before the token is read back; wall clock over `steps` steps after `warmup`, with no sync between them."""
+    dev = eng.device
+    cache, _ = prefill(eng, rows, prompt)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    tok = torch.randint(eng.visual.start, eng.visual.stop, (rows, 1))
+    pos = torch.full((rows, 1), prompt)
+    valid = torch.ones(rows, 1, dtype=torch.bool)
+    with torch.no_grad():
+        logits = eng._step(cache, tok, pos, valid, prompt, visual)
+        for i in range(warmup + steps):
+            if i == warmup:
+                sync(dev)
+                t = time.perf_counter()
+            scores = logits if visual else logits[:, eng.visual]  # [rows, V']
+            draw = Draw(scores, IMAGE_SAMPLING, gen, 3.0) if cfg else Draw(scores, IMAGE_SAMPLING, gen)
+            pos = pos + 1
+            nxt = StepRequest(tok, pos, valid, prompt + i + 1, visual)
+            _, logits = eng._draw_ahead(draw, cache, nxt)
+        sync(dev)
+    return 1000 * (time.perf_counter() - t) / steps
+
+
+def time_synced_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, steps: int, visual: bool):
+    """ms per decode step for `rows` rows with the sampled tokens read back before the next step is queued (the
+    median step), and the forward alone."""
     dev = eng.device
     cache, prefill_s = prefill(eng, rows, prompt)
     streams = rows // 2 if cfg else rows
@@ -337,7 +374,9 @@ def main() -> None:
         for rows, cfg, label in specs:
             visual = cfg  # CFG steps are image rows: the head computes only the visual slice
             try:
-                prefill_s, ms, fwd_ms = time_steps(eng, rows, cfg, args.prompt, args.warmup, args.steps, visual)
+                prefill_s, ms, fwd_ms, synced_ms = time_steps(
+                    eng, rows, cfg, args.prompt, args.warmup, args.steps, visual
+                )
             except torch.OutOfMemoryError as e:  # noqa: PERF203
                 print(f"{variant:9s} {label:6s} out of memory: {e}", flush=True)
                 continue
@@ -353,6 +392,8 @@ def main() -> None:
                 "streams": label,
                 "rows": rows,
                 "ms_per_step": ms,
+                "ms_per_step_synced": synced_ms,
+                "lookahead": ms != synced_ms,
                 "forward_ms": fwd_ms,
                 "bytes_read": moved,
                 "floor_ms": floor_ms,
@@ -367,7 +408,8 @@ def main() -> None:
             }
             res["decode"].append(row)
             print(
-                f"{variant:9s} {label:6s} rows {rows:2d}: {ms:8.2f} ms/step (forward {fwd_ms:.2f}) = "
+                f"{variant:9s} {label:6s} rows {rows:2d}: {ms:8.2f} ms/step (synced {synced_ms:.2f}, forward "
+                f"{fwd_ms:.2f}) = "
                 f"{row['x_all_weights_floor']:.3f}x all-weights floor (the issue's); against the bytes it reads "
                 f"{row['x_floor']:.2f}x, {row['x_floor_with_kv']:.2f}x with KV "
                 f"({row['pct_of_bandwidth']:.0f}% of copy bandwidth), {row['aggregate_tokens_per_s']:.1f} tok/s",

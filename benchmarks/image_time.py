@@ -87,6 +87,12 @@ def main() -> None:
     ap.add_argument("--grids", default="45x45,64x64", help="token grids HxW, comma-separated")
     ap.add_argument("--windows", default="0,16", help="Jacobi windows (0: token by token)")
     ap.add_argument("--codes", type=int, default=131072, help="visual vocabulary (the release's 131072; small for CPU)")
+    ap.add_argument(
+        "--lookahead",
+        default="1",
+        help="token by token with (1) and without (0) the engine's lookahead (each step queued before its token is "
+        "read back; on by default with CUDA graphs), comma-separated; Jacobi windows always run without",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default=None)
@@ -107,11 +113,13 @@ def main() -> None:
     one_image(eng, 2, 2, 0, args.seed)  # warm-up
     rows = []
     for h, w in grids:
-        for window in (int(x) for x in args.windows.split(",")):
-            r = one_image(eng, h, w, window, args.seed)
+        runs = [(int(x), bool(int(la))) for x in args.windows.split(",") for la in args.lookahead.split(",")]
+        for window, lookahead in dict.fromkeys((wd, la and wd == 0 and eng.sampler is not None) for wd, la in runs):
+            eng.lookahead = lookahead
+            r = one_image(eng, h, w, window, args.seed) | {"lookahead": lookahead}
             rows.append(r)
             print(
-                f"{r['grid']:>7} window {window:>3}: {r['image_s']:7.2f} s per image, "
+                f"{r['grid']:>7} window {window:>3} lookahead {int(lookahead)}: {r['image_s']:7.2f} s per image, "
                 f"{r['decode_forwards']:5d} forwards, {r['tokens_per_forward']:.2f} tokens/forward, "
                 f"{r['ms_per_image_token']:.2f} ms per image token",
                 flush=True,

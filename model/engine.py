@@ -242,6 +242,16 @@ def draw_tokens(draws: list[Draw], sampler: GraphSampler | None = None) -> list[
     params, CFG scale and shape are sampled as one batch (one top-k for all rows; each row's random draw comes from
     its own generator), so a request draws the same token in any batch as alone, where `Engine._decode` calls this
     with one. `sampler`: a GraphSampler (CUDA: each group's work after the forward as one graph), else eager."""
+    picks, order = launch_draws(draws, sampler)
+    out = [0] * len(draws)
+    for i, t in zip(order, picks.tolist()):
+        out[i] = t
+    return out
+
+
+def launch_draws(draws: list[Draw], sampler: GraphSampler | None = None) -> tuple[Tensor, list[int]]:
+    """`draw_tokens` without the read-back: (picks [n] on the device, queued; the index in `draws` of each pick).
+    A sampler's picks are its static buffer: read or copy them before its next call."""
     groups: dict[tuple, list[int]] = {}
     for i, d in enumerate(draws):
         groups.setdefault((d.params, d.cfg, tuple(d.scores.shape)), []).append(i)
@@ -255,11 +265,19 @@ def draw_tokens(draws: list[Draw], sampler: GraphSampler | None = None) -> list[
             W = draw_width(scores.shape[-1], params)
             noise = exponential_noise((len(rows), W), scores.device, gens) if W else None
             picks.append(combine_and_pick(scores, cfg, params, noise))
-    tokens = (picks[0] if len(picks) == 1 else torch.cat(picks)).tolist()
-    out = [0] * len(draws)
-    for i, t in zip((i for rows in groups.values() for i in rows), tokens):
-        out[i] = t
-    return out
+    order = [i for rows in groups.values() for i in rows]
+    return (picks[0] if len(picks) == 1 else torch.cat(picks)), order
+
+
+def _same_step(a: StepRequest, token: int, b: StepRequest) -> bool:
+    """Whether step b feeds `token` with a's positions, valid slots, slot and head."""
+    return (
+        b.ids.shape == a.ids.shape
+        and bool((b.ids == token).all())
+        and torch.equal(b.pos, a.pos)
+        and torch.equal(b.valid, a.valid)
+        and (b.slot, b.visual) == (a.slot, a.visual)
+    )
 
 
 def _upload(x: Tensor, device: torch.device) -> Tensor:
@@ -309,6 +327,7 @@ class Engine:
         skinny: bool | None = None,
         image_sampling: SamplingParams | None = None,
         triton_attention: bool | None = None,
+        lookahead: bool | None = None,
     ):
         self.lm, self.tok, self.vq = lm, tok, vq
         self.device = lm.device
@@ -359,6 +378,9 @@ class Engine:
         self._pool = None
         # with graphs, each draw's CFG combination and top-k run as one captured graph (model/graph_sampler.py)
         self.sampler = GraphSampler() if self.cuda_graphs and self.device.type == "cuda" else None
+        # inside an image, queue each step's forward before reading back the token it feeds (`_draw_ahead`): the GPU
+        # no longer idles while the host reads the token, runs the grammar and streams events. None: on with graphs
+        self.lookahead = self.sampler is not None if lookahead is None else lookahead
         self._text_mask = self._outside_image_mask()
 
     def _outside_image_mask(self) -> Tensor:
@@ -577,23 +599,69 @@ class Engine:
         left-padded with invalid slots) and decode up to `max_new` tokens. Leaves `state` ready for another turn: the
         last sampled token is not in the cache yet (`state.pending`)."""
         core = self._decode_steps(req, cancel, image_sampling, cfg, state, new, max_new, t_start, prompt_tokens)
+        ahead_ok = self.lookahead and self.mirror is None and req.jacobi_window <= 0  # tensor parallel: host ids
         answer = None
-        while True:
-            try:
-                item = core.send(answer)
-            except StopIteration:
-                return
-            answer = None
-            if isinstance(item, Draw):
-                (answer,) = draw_tokens([item], self.sampler)  # the same draw as in a batch, a batch of one
-            elif isinstance(item, StepRequest) and item.ids.shape[1] > 1:  # a Jacobi window: eager, [B, T, V']
-                T, slot = item.ids.shape[1], item.slot
-                slots = torch.arange(slot, slot + T)
-                answer = self.forward(state.cache, item.ids, item.pos, slots, item.valid, slot + T, visual=item.visual)
-            elif isinstance(item, StepRequest):
-                answer = self._step(state.cache, item.ids, item.pos, item.valid, item.slot, item.visual, graphs)
-            else:
-                yield item
+        last = None  # the last one-token step: inside an image, the next one feeds the drawn token one slot on
+        ahead = None  # (the step queued before its token was read, its logits)
+        try:
+            while True:
+                try:
+                    item = core.send(answer)
+                except StopIteration:
+                    return
+                answer = None
+                if isinstance(item, Draw):
+                    nxt = self._predict_step(last) if ahead_ok and state.grammar.mode == "rows" else None
+                    if nxt is not None:
+                        answer, logits = self._draw_ahead(item, state.cache, nxt, graphs)
+                        ahead = (nxt, answer + self.visual.start, logits)
+                    else:
+                        (answer,) = draw_tokens([item], self.sampler)  # the same draw as in a batch, a batch of one
+                elif isinstance(item, StepRequest) and item.ids.shape[1] > 1:  # a Jacobi window: eager, [B, T, V']
+                    T, slot = item.ids.shape[1], item.slot
+                    slots = torch.arange(slot, slot + T)
+                    answer = self.forward(
+                        state.cache, item.ids, item.pos, slots, item.valid, slot + T, visual=item.visual
+                    )
+                    last = None
+                elif isinstance(item, StepRequest):
+                    if ahead is not None and _same_step(ahead[0], ahead[1], item):
+                        answer = ahead[2]
+                    else:
+                        answer = self._step(state.cache, item.ids, item.pos, item.valid, item.slot, item.visual, graphs)
+                    ahead, last = None, item
+                else:
+                    yield item
+        finally:
+            if ahead is not None:  # queued for a token the decode did not feed (it stopped): no valid slot left
+                state.cache.valid[:, ahead[0].slot] = False
+
+    def _predict_step(self, last: StepRequest | None) -> StepRequest | None:
+        """The step that follows `last` inside an image: the drawn token (ids unknown yet) at the next slot, every
+        row's position one on, every row valid, visual logits."""
+        if last is None:
+            return None
+        B = last.ids.shape[0]
+        ids = torch.zeros(B, 1, dtype=torch.long)
+        return StepRequest(ids, last.pos + last.valid.long(), torch.ones(B, 1, dtype=torch.bool), last.slot + 1, True)
+
+    def _draw_ahead(self, draw: Draw, cache, nxt: StepRequest, graphs: bool = True) -> tuple[int, Tensor]:
+        """Draw `draw`'s token and, before reading it back, queue the step `nxt` that feeds it (its ids taken from the
+        device): the GPU runs that forward while the host reads the token, advances the grammar and streams events.
+        The same draw and the same step as one after the other, so the same tokens. -> (index into V', logits)."""
+        picks, _ = launch_draws([draw], self.sampler)  # [1] on the device
+        if self.device.type == "cuda":
+            host = torch.empty(1, dtype=picks.dtype, pin_memory=True)
+            host.copy_(picks, non_blocking=True)
+            drawn = torch.cuda.Event()
+            drawn.record()
+        ids = (picks.view(1, 1) + self.visual.start).expand(nxt.ids.shape[0], 1)
+        pos, valid = (_upload(x, self.device) for x in (nxt.pos, nxt.valid))  # pinned: a pageable copy would wait
+        logits = self._step(cache, ids, pos, valid, nxt.slot, nxt.visual, graphs)
+        if self.device.type != "cuda":
+            return int(picks[0]), logits
+        drawn.synchronize()  # the draw only, not the forward queued after it
+        return int(host[0]), logits
 
     def _jacobi_span(self, req: GenerationRequest, state: _DecodeState, budget: int) -> int:
         """Drafts for the next forward: within the image, short of its EOI (which is forced), within the budget and

@@ -37,6 +37,22 @@ def test_graph_steps_equal_eager_steps(bundle):
     assert len(graphs._graphs) >= 2
 
 
+def test_lookahead_with_graphs_keeps_the_tokens_and_goes_ahead(bundle, monkeypatch):
+    """On the GPU the draw-ahead really is asynchronous (pinned read-back, an event): same tokens, sampled with CFG,
+    across KV buckets, and image draws do go ahead."""
+    eng = engine(bundle, cuda_graphs=True)
+    assert eng.lookahead  # the default with graphs
+    ahead = []
+    inner = eng._draw_ahead
+    monkeypatch.setattr(eng, "_draw_ahead", lambda *a, **kw: ahead.append(1) or inner(*a, **kw))
+    a = tokens(eng, 9)
+    eng.lookahead = False
+    n, b = len(ahead), tokens(eng, 9)
+    assert n > 0 and len(ahead) == n
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    assert first is None and len(a) == 300, f"lookahead changed token {first}"
+
+
 def test_compiled_kernels_match_eager(bundle):
     eng = engine(bundle, cuda_graphs=False)
     ids = torch.randint(0, eng.lm.config.vocab_size, (2, 33), device="cuda")
