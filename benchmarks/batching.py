@@ -90,9 +90,9 @@ def run(batch: BatchEngine, n: int, tokens: int, image: bool) -> tuple[int, floa
     return sum(f.generated_tokens - 1 for f in fins), dt, batch.steps - steps  # the first token came from the prefill
 
 
-def batched(eng: Engine, n: int, tokens: int, graphs: bool, image: bool, overhead: bool) -> dict:
+def batched(eng: Engine, n: int, tokens: int, graphs: bool, image: bool, overhead: bool, lookahead: bool) -> dict:
     """Aggregate tokens/s of n requests decoding together, after an untimed round at the same n."""
-    batch = (TimedBatch if overhead else BatchEngine)(eng, max_streams=n, cuda_graphs=graphs)
+    batch = (TimedBatch if overhead else BatchEngine)(eng, max_streams=n, cuda_graphs=graphs, lookahead=lookahead)
     run(batch, n, min(tokens, WARMUP_TOKENS), image)
     batch.forward_s = 0.0
     decoded, dt, steps = run(batch, n, tokens, image)
@@ -122,6 +122,11 @@ def main() -> None:
     ap.add_argument("--graphs", action="store_true", help="the batch's steps as CUDA graphs (BatchEngine(cuda_graphs))")
     ap.add_argument("--image", action="store_true", help=f"text-to-image requests ({IMAGE_GRID[0]}x{IMAGE_GRID[1]})")
     ap.add_argument("--overhead", action="store_true", help="also time each batched step's forward alone")
+    ap.add_argument(
+        "--lookahead",
+        action="store_true",
+        help="BatchEngine(lookahead=True): the next step queued before the tokens are read back inside images",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -137,7 +142,7 @@ def main() -> None:
     eng = Engine(lm, tok, vq, max_len=args.max_len, compile_kernels=dev.type == "cuda")  # as load_engine serves
     rows = []
     for n in (int(s) for s in args.streams.split(",")):
-        res = batched(eng, n, args.tokens, args.graphs, args.image, args.overhead)
+        res = batched(eng, n, args.tokens, args.graphs, args.image, args.overhead, args.lookahead)
         seq = sequential(eng, n, args.tokens, args.image)
         rows.append({"streams": n, **res, "sequential_tokens_per_s": seq})
         agg, ms = res["batched_tokens_per_s"], res["ms_per_batched_step"]
@@ -147,7 +152,12 @@ def main() -> None:
             f"x{agg / seq:.2f}",
             flush=True,
         )
-    fields = dict(tokens_per_request=args.tokens, batch_cuda_graphs=args.graphs, image_requests=args.image)
+    fields = dict(
+        tokens_per_request=args.tokens,
+        batch_cuda_graphs=args.graphs,
+        image_requests=args.image,
+        lookahead=args.lookahead,
+    )
     write_record(args.out, dev, shape=args.shape, dtype=args.dtype, codes=args.codes, **fields, results=rows)
 
 

@@ -38,10 +38,31 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .engine import Draw, Engine, GenerationRequest, StepRequest, _DecodeState, capture_graph, draw_tokens
+from .engine import (
+    Draw,
+    Engine,
+    GenerationRequest,
+    StepRequest,
+    _DecodeState,
+    _upload,
+    capture_graph,
+    draw_tokens,
+    launch_draws,
+)
 from .graph_sampler import GraphSampler
 from .prompts import task_prompt, unconditional_prompt
 from .sequence import image_string
+
+
+def _equal_steps(a: StepRequest | None, b: StepRequest) -> bool:
+    """Whether the queued step `a` is the step `b` a request asks for (None: nothing was queued for it)."""
+    return (
+        a is not None
+        and torch.equal(a.ids, b.ids)
+        and torch.equal(a.pos, b.pos)
+        and torch.equal(a.valid, b.valid)
+        and (a.slot, a.visual) == (b.slot, b.visual)
+    )
 
 
 @dataclass
@@ -56,6 +77,8 @@ class _Member:
     need: StepRequest | None = None  # the step it waits for
     draw: Draw | None = None  # the token it waits for
     answer: object = None  # what it is sent next: the step's logits or the drawn token
+    last: StepRequest | None = None  # its last one-token step (inside an image the next is predictable from it)
+    ahead_ok: bool = True  # no Jacobi window: its steps are one token each
 
 
 class BatchEngine:
@@ -63,7 +86,12 @@ class BatchEngine:
     `step` (the service's decoding worker)."""
 
     def __init__(
-        self, engine: Engine, max_streams: int = 8, cuda_graphs: bool | None = None, max_step_tokens: int = 128
+        self,
+        engine: Engine,
+        max_streams: int = 8,
+        cuda_graphs: bool | None = None,
+        max_step_tokens: int = 128,
+        lookahead: bool | None = None,
     ):
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
@@ -83,6 +111,12 @@ class BatchEngine:
         self.steps = 0  # batched decode steps run
         self.peak = 0  # most requests in one step
         self.last = 0  # requests in the last step
+        # queue the next step before the tokens are read back when every request is inside an image
+        # (`_draw_and_queue_ahead`); off by default until measured on a GPU (benchmarks/batching.py --lookahead,
+        # tests/test_engine_cuda.py), never for a tensor-parallel engine
+        self.lookahead = bool(lookahead) and engine.mirror is None
+        self._ahead: dict | None = None  # the queued step: members' predicted steps, its span, head, logits
+        self.ahead_used = 0  # queued steps handed over (the rest were recomputed)
 
     @property
     def active(self) -> int:
@@ -125,13 +159,14 @@ class BatchEngine:
         cancel = cancel if cancel is not None else threading.Event()
         new = [[(t, True) for t in r] for r in rows]
         core = eng._decode_steps(req, cancel, image_sampling, cfg, state, new, max_new, t_start, len(cond))
-        m = _Member(span, pair, core, state, cancel, emit, done)
+        m = _Member(span, pair, core, state, cancel, emit, done, ahead_ok=req.jacobi_window <= 0)
         self.members.append(m)
-        self._run([m])  # the prefill and the first token
+        self._run([m], ahead=False)  # the prefill and the first token
 
-    def _run(self, members: list[_Member]) -> None:
+    def _run(self, members: list[_Member], ahead: bool = True) -> None:
         """Run each request's own logic until it needs the next step (or finishes). Every draw they ask for on the
-        way is launched before any token is read, and the tokens are read together: one host sync per round."""
+        way is launched before any token is read, and the tokens are read together: one host sync per round. With
+        `ahead` (a decode step's round) and the lookahead on, the next step is queued before that read."""
         while members:
             for m in members:
                 self._advance(m)
@@ -139,7 +174,10 @@ class BatchEngine:
             if not members:
                 return
             try:
-                tokens = draw_tokens([m.draw for m in members], self.sampler)
+                if ahead and self.lookahead and self._can_go_ahead(members):
+                    tokens = self._draw_and_queue_ahead(members)
+                else:
+                    tokens = draw_tokens([m.draw for m in members], self.sampler)
             except Exception as e:  # these requests fail, as if their own logic had raised
                 for m in members:
                     m.core.close()
@@ -148,6 +186,83 @@ class BatchEngine:
                 return
             for m, t in zip(members, tokens):
                 m.draw, m.answer = None, t
+
+    def _can_go_ahead(self, drawing: list[_Member]) -> bool:
+        """Whether the next step is known but for the drawn tokens: every request either draws an image token after a
+        one-token step or already waits for a visual one-token step, and none is cancelled."""
+        for m in self.members:
+            if m.cancel.is_set():
+                return False
+            if m.draw is not None:
+                if not (m.ahead_ok and m.last is not None and m.state.grammar.mode == "rows"):
+                    return False
+            elif m.need is None or m.need.ids.shape[1] != 1 or not m.need.visual:
+                return False
+        return len(drawing) == sum(m.draw is not None for m in self.members)
+
+    def _draw_and_queue_ahead(self, drawing: list[_Member]) -> list[int]:
+        """Launch the draws, queue the next batched step with the drawing requests' ids taken from the draws on the
+        device (their positions one on, every row valid, the slot after their last), then read the tokens back: the
+        device runs the step while the requests' logic runs on the host. `step()` hands the queued step over only
+        if every request asks for exactly what was predicted for it."""
+        eng = self.engine
+        picks, order = launch_draws([m.draw for m in drawing], self.sampler)
+        pick_of = {order[k]: k for k in range(len(order))}  # index in `drawing` -> index in picks
+        cuda = eng.device.type == "cuda"
+        if cuda:
+            host = torch.empty(picks.shape, dtype=picks.dtype, pin_memory=True)
+            host.copy_(picks, non_blocking=True)
+            drawn = torch.cuda.Event()
+            drawn.record()
+        plan = {}
+        for i, m in enumerate(drawing):
+            last, B = m.last, m.last.ids.shape[0]
+            ids = torch.zeros(B, 1, dtype=torch.long)  # the token, filled in when read
+            plan[id(m)] = (StepRequest(ids, last.pos + last.valid.long(), torch.ones(B, 1, dtype=torch.bool),
+                                       last.slot + 1, True), pick_of[i])  # fmt: skip
+        for m in self.members:
+            if m.draw is None:
+                plan[id(m)] = (m.need, None)
+        queued = [m for m in self.members if id(m) in plan]
+        hi, ints, valid, kv_len = self._inputs([(m, plan[id(m)][0]) for m in queued])
+        ids = _upload(ints[0], eng.device)
+        rows = [r for m in drawing for r in range(m.rows.start, m.rows.stop)]
+        which = [pick_of[i] for i, m in enumerate(drawing) for _ in range(m.rows.start, m.rows.stop)]
+        index = _upload(torch.tensor([rows, which]), eng.device)
+        ids[index[0], 0] = picks[index[1]] + eng.visual.start
+        logits = self._forward(hi, ids, ints[1], valid, ints[2], kv_len, True)  # [hi, 1, V']
+        if cuda:
+            drawn.synchronize()  # the draws only, not the step queued after them
+            tokens = host.tolist()
+        else:
+            tokens = picks.tolist()
+        out = [tokens[pick_of[i]] for i in range(len(drawing))]
+        for i, m in enumerate(drawing):
+            plan[id(m)][0].ids.fill_(out[i] + eng.visual.start)
+        # keyed by id, holding the member itself: a request that left cannot pass its id on while the plan lives
+        self._ahead = dict(plan={id(m): (m, plan[id(m)][0]) for m in queued}, logits=logits)
+        return out
+
+    def _inputs(self, needs: list[tuple[_Member, StepRequest]]) -> tuple:
+        """One step's inputs for `needs` (each request and the step it needs), assembled on the host (pinned on CUDA):
+        (rows spanned, ints [3, hi, T] = ids, pos, slot; valid [hi, T]; the attended KV length)."""
+        eng = self.engine
+        hi = max(m.rows.stop for m, _ in needs)
+        T = max(n.ids.shape[1] for _, n in needs)  # > 1 when a request runs a Jacobi window
+        pin = eng.device.type == "cuda"
+        ints = torch.zeros(3, hi, T, dtype=torch.long, pin_memory=pin)  # ids, pos, slot
+        valid = torch.zeros(hi, T, dtype=torch.bool, pin_memory=pin)
+        a_ids, a_pos, a_slot = ints.numpy()
+        a_valid = valid.numpy()
+        a_ids[:] = eng.tok.pad_id
+        for m, n in needs:
+            t = n.ids.shape[1]
+            # a request with fewer tokens repeats its last one (same slot, same values): a harmless double write
+            cols = np.minimum(np.arange(T), t - 1)
+            a_ids[m.rows], a_pos[m.rows] = n.ids.numpy()[:, cols], n.pos.numpy()[:, cols]
+            a_valid[m.rows], a_slot[m.rows] = n.valid.numpy()[:, cols], n.slot + cols
+        top = max(n.slot + n.ids.shape[1] - 1 for _, n in needs)
+        return hi, ints, valid, eng.kv_bucket(top)
 
     def _advance(self, m: _Member) -> None:
         """Run the request's own logic until it needs a draw or the next step (or finishes)."""
@@ -214,33 +329,24 @@ class BatchEngine:
         # a cancelled request skips the forward: it sees its cancel Event before it would read the logits
         live = [m for m in self.members if m.need is not None and not m.cancel.is_set()]
         self.last = len(live)
+        ahead, self._ahead = self._ahead, None
         if live:
             self.steps += 1
             self.peak = max(self.peak, len(live))
-            hi = max(m.rows.stop for m in live)
-            T = max(m.need.ids.shape[1] for m in live)  # > 1 when a request runs a Jacobi window
-            # the step's inputs are assembled on the host (pinned on CUDA) and copied over once each
-            pin = eng.device.type == "cuda"
-            ints = torch.zeros(3, hi, T, dtype=torch.long, pin_memory=pin)  # ids, pos, slot
-            valid = torch.zeros(hi, T, dtype=torch.bool, pin_memory=pin)
-            a_ids, a_pos, a_slot = ints.numpy()
-            a_valid = valid.numpy()
-            a_ids[:] = eng.tok.pad_id
-            for m in live:
-                n, t = m.need, m.need.ids.shape[1]
-                # a request with fewer tokens repeats its last one (same slot, same values): a harmless double write
-                cols = np.minimum(np.arange(T), t - 1)
-                a_ids[m.rows], a_pos[m.rows] = n.ids.numpy()[:, cols], n.pos.numpy()[:, cols]
-                a_valid[m.rows], a_slot[m.rows] = n.valid.numpy()[:, cols], n.slot + cols
-            visual = all(m.need.visual for m in live)
-            top = max(m.need.slot + m.need.ids.shape[1] - 1 for m in live)
-            kv_len = eng.kv_bucket(top)
-            logits = self._forward(hi, ints[0], ints[1], valid, ints[2], kv_len, visual)  # [hi, T, V']
+            if ahead is not None and all(_equal_steps(ahead["plan"].get(id(m), (m, None))[1], m.need) for m in live):
+                logits, visual = ahead["logits"], True  # queued before the tokens were read: the same step
+                self.ahead_used += 1
+            else:
+                # the step's inputs are assembled on the host (pinned on CUDA) and copied over once each
+                hi, ints, valid, kv_len = self._inputs([(m, m.need) for m in live])
+                visual = all(m.need.visual for m in live)
+                logits = self._forward(hi, ints[0], ints[1], valid, ints[2], kv_len, visual)  # [hi, T, V']
             for m in live:
                 t = m.need.ids.shape[1]
                 lg = logits[m.rows, :t] if t > 1 else logits[m.rows, 0]
                 m.answer = lg[..., eng.visual] if m.need.visual and not visual else lg
         waiting = [m for m in self.members if m.need is not None]
         for m in waiting:
+            m.last = m.need if m.need.ids.shape[1] == 1 else None
             m.need = None
         self._run(waiting)

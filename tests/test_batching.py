@@ -54,10 +54,12 @@ class Sink:
         self.order.append(self.i)
 
 
-def staggered(engine, reqs, joins=(0, 5, 9), cancel_at=None, streams=4):
+def staggered(engine, reqs, joins=(0, 5, 9), cancel_at=None, streams=4, lookahead=None, batches=None):
     """Request i joins after `joins[i]` batched steps; returns each request's events, the batch's peak size and the
-    order in which the requests left."""
-    batch, order = BatchEngine(engine, max_streams=streams), []
+    order in which the requests left (`batches`: a list the batch is appended to)."""
+    batch, order = BatchEngine(engine, max_streams=streams, lookahead=lookahead), []
+    if batches is not None:
+        batches.append(batch)
     sinks, cancels = [Sink(i, order) for i in range(len(reqs))], [threading.Event() for _ in reqs]
     step = 0
     while not all(s.done for s in sinks):
@@ -184,3 +186,40 @@ def test_a_batched_step_reads_its_tokens_back_at_once(engine, monkeypatch):
             batch.step()
             steps += 1
     assert reads.n == 0 and len(calls) <= steps and max(calls) == len(reqs)
+
+
+def image_requests(tok):
+    """Three image requests that overlap inside their images: CFG with a reference image, CFG text-to-image, and one
+    row without CFG cut by its token budget inside its image."""
+    boi = {tok.boi_id: 50.0}
+    return [
+        GenerationRequest(task="vla", question="stack the blocks", images=[scene(1)], image_size=(3, 4),
+                          max_new_tokens=22, seed=2, logit_bias=boi),
+        GenerationRequest(task="t2i", question="a red cube", image_size=(4, 3), max_new_tokens=40, seed=1,
+                          logit_bias=boi),
+        GenerationRequest(task="t2i", question="a blue ball", image_size=(3, 4), cfg_scale=1.0, max_new_tokens=14,
+                          seed=3, logit_bias=boi),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("joins", [(0, 0, 0), (0, 3, 6)], ids=["together", "staggered"])
+def test_lookahead_in_a_batch_gives_the_solo_outputs(engine, joins):
+    """With the lookahead the batch queues its next step before reading the tokens back whenever every request is
+    inside an image; requests joining, leaving and stopping mid-image still decode their solo tokens."""
+    alone = [summary(list(engine.generate(r))) for r in image_requests(engine.tok)]
+    batches = []
+    batched, peak, _ = staggered(engine, image_requests(engine.tok), joins=joins, lookahead=True, batches=batches)
+    assert [summary(ev) for ev in batched] == alone and peak == 3
+    assert batches[0].ahead_used >= 5  # queued steps were handed over
+
+
+def test_lookahead_with_a_cancel_and_a_jacobi_window_in_the_batch(engine):
+    reqs = image_requests(engine.tok)
+    alone = [summary(list(engine.generate(r))) for r in reqs]
+    batched, _, _ = staggered(engine, image_requests(engine.tok), joins=(0, 0, 1), cancel_at=(1, 8), lookahead=True)
+    assert batched[1][-1].reason == "cancelled"
+    assert summary(batched[1])[0] == alone[1][0][: batched[1][-1].generated_tokens]
+    assert [summary(batched[i]) for i in (0, 2)] == [alone[0], alone[2]]
+    alone = [summary(list(engine.generate(r))) for r in mixed(engine.tok)]
+    batched, _, _ = staggered(engine, mixed(engine.tok), joins=(0, 0, 3, 5, 8), streams=5, lookahead=True)
+    assert [summary(ev) for ev in batched] == alone

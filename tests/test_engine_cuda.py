@@ -127,6 +127,29 @@ def test_batched_steps_as_graphs_equal_eager_batched_steps(bundle):
     assert graphs == eager and captured >= 2
 
 
+def test_a_batch_with_lookahead_decodes_what_it_decodes_without(bundle):
+    """BatchEngine(lookahead=True) on graphs: image requests sampled with CFG, joining mid-decode and crossing a KV
+    bucket, decode the same tokens, and queued steps are handed over."""
+    from model.batching import BatchEngine
+
+    eng = engine(bundle, cuda_graphs=True)
+
+    def run(lookahead):
+        batch, out = BatchEngine(eng, max_streams=3, lookahead=lookahead), {}
+        bias = {eng.tok.boi_id: 50.0, eng.tok.eos_id: -100.0}
+        reqs = [GenerationRequest(task="t2i", question=f"a cube {i}", image_size=(6, 8), max_new_tokens=300, seed=i,
+                                  logit_bias=bias) for i in range(3)]  # fmt: skip
+        for step in range(400):
+            for i, r in enumerate(reqs):
+                if step == 20 * i:
+                    batch.add(r, lambda e, i=i: out.__setitem__(i, e))
+            batch.step()
+        return [out[i].token_ids for i in range(3)], batch.ahead_used
+
+    (plain, none), (ahead, used) = run(False), run(True)
+    assert ahead == plain and none == 0 and used > 100
+
+
 def test_a_batched_graph_step_waits_for_the_device_once(bundle):
     """BatchEngine with graphs, once the step's graph is captured: each step synchronizes with the device once, to
     read every request's token (torch's sync debug mode warns at each synchronizing call)."""
