@@ -215,11 +215,8 @@ class BatchEngine:
             drawn = torch.cuda.Event()
             drawn.record()
         plan = {}
-        for i, m in enumerate(drawing):
-            last, B = m.last, m.last.ids.shape[0]
-            ids = torch.zeros(B, 1, dtype=torch.long)  # the token, filled in when read
-            plan[id(m)] = (StepRequest(ids, last.pos + last.valid.long(), torch.ones(B, 1, dtype=torch.bool),
-                                       last.slot + 1, True), pick_of[i])  # fmt: skip
+        for i, m in enumerate(drawing):  # the ids are filled in when the tokens are read
+            plan[id(m)] = (eng._predict_step(m.last), pick_of[i])
         for m in self.members:
             if m.draw is None:
                 plan[id(m)] = (m.need, None)
