@@ -129,7 +129,7 @@ def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, step
     """ms per engine decode step for `rows` rows (rows/2 CFG streams when cfg), after a `prompt`-token prefill:
     (prefill s, ms per step as the engine runs it, forward ms, ms per step with a read-back between steps)."""
     prefill_s, synced, fwd = time_synced_steps(eng, rows, cfg, prompt, warmup, steps, visual)
-    if rows // (2 if cfg else 1) > 1 or not eng.lookahead:
+    if rows // (2 if cfg else 1) > 1 or not eng.can_look_ahead():
         return prefill_s, synced, fwd, synced
     return prefill_s, time_lookahead_steps(eng, rows, cfg, prompt, warmup, steps, visual), fwd, synced
 

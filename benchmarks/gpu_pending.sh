@@ -58,6 +58,10 @@ if [ "$gpus" -ge 2 ]; then
     --out "$out/tensor_parallel_engine_lamport_nopdl_34b.json"
   step tp_serving_lamport 240 $py benchmarks/tensor_parallel.py --engine --world 2 --all-reduce lamport \
     --out "$out/tensor_parallel_engine_lamport_34b.json"
+  # the leader's lookahead (ids broadcast from rank 0; off by default until this A/B): against the one-GPU decode step
+  # with the lookahead (decode.py, above)
+  step tp_serving_lookahead 240 $py benchmarks/tensor_parallel.py --engine --world 2 --all-reduce lamport --lookahead \
+    --out "$out/tensor_parallel_engine_lamport_lookahead_34b.json"
   step tp_spmd_peer 300 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer \
     --out "$out/tensor_parallel_peer_34b.json"
   step tp_profile 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --all-reduce peer \

@@ -87,6 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "or lamport_nopdl",
     )
     ap.add_argument("--engine", action="store_true", help="the serving path (model.tp_engine), no torchrun")
+    ap.add_argument(
+        "--lookahead",
+        action="store_true",
+        help="one stream's steps queued before their tokens are read (decode.py): --engine, the leader broadcasts "
+        "the queued steps' ids (start_tensor_parallel(tp_lookahead=True)); torchrun, every rank queues its own steps "
+        "and draws its own tokens (not how serve runs), the one-GPU step likewise",
+    )
     ap.add_argument("--world", type=int, default=2, help="ranks for --engine")
     ap.add_argument("--out", default=None, help="rank 0 writes the JSON here too")
     ap.add_argument(
@@ -134,6 +141,8 @@ def serving_path(config, tok, args, cuda: bool, dtype) -> dict:
         max_len=args.prompt + args.warmup + args.steps + 1,
         shard_fn=functools.partial(random_shard, config),
         all_reduce=args.all_reduce,
+        tp_lookahead=args.lookahead,
+        lookahead=args.lookahead or None,  # None: the engine's default (on with graphs)
         cuda_graphs=args.variant != "eager",
         compile_kernels=args.variant == "fused",
         fuse_projections=args.variant == "fused",
@@ -141,7 +150,7 @@ def serving_path(config, tok, args, cuda: bool, dtype) -> dict:
     init_s = time.perf_counter() - t
     try:
         torch.manual_seed(0)
-        prefill_s, ms, fwd_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, visual=True)
+        prefill_s, ms, fwd_ms, synced_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, True)
         moved = bytes_read_per_step(eng.lm, eng.visual)
     finally:
         eng.mirror.close()
@@ -152,6 +161,8 @@ def serving_path(config, tok, args, cuda: bool, dtype) -> dict:
         "init_s": init_s,
         "bytes_read_per_rank": moved,
         "ms_per_step": ms,
+        "ms_per_step_synced": synced_ms,
+        "lookahead": args.lookahead,
         "forward_ms": fwd_ms,
         "prefill_prompt_s": prefill_s,
     }
@@ -235,11 +246,12 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args, kind: s
         cuda_graphs=args.variant != "eager",
         compile_kernels=args.variant == "fused",
         fuse_projections=args.variant == "fused",
+        lookahead=args.lookahead,
     )
     if kind == "lamport_pdl":
         pdl_after_sums(lm)
     torch.manual_seed(0)  # the same prompt and tokens on every rank
-    prefill_s, ms, fwd_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, visual=True)
+    prefill_s, ms, fwd_ms, synced_ms = time_steps(eng, 2, True, args.prompt, args.warmup, args.steps, visual=True)
     moved = bytes_read_per_step(lm, eng.visual)
     if args.profile:
         table = profile_steps(eng, args.prompt)
@@ -251,6 +263,8 @@ def measure(config, tok, vq, rank: int, world: int, device, dtype, args, kind: s
         "params_per_rank": sum(p.numel() for p in lm.parameters()),
         "bytes_read_per_rank": moved,
         "ms_per_step": ms,
+        "ms_per_step_synced": synced_ms,
+        "lookahead": args.lookahead,
         "forward_ms": fwd_ms,
         "prefill_prompt_s": prefill_s,
         "all_reduces_per_step": 2 * config.num_hidden_layers if world > 1 else 0,

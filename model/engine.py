@@ -487,13 +487,22 @@ class Engine:
         return min(self.max_len, (top // self.graph_bucket + 1) * self.graph_bucket)
 
     def _step(
-        self, cache, ids: Tensor, pos: Tensor, valid: Tensor, slot: int, visual_head: bool, graphs: bool = True
+        self,
+        cache,
+        ids: Tensor,
+        pos: Tensor,
+        valid: Tensor,
+        slot: int,
+        visual_head: bool,
+        graphs: bool = True,
+        ids_on_device: bool = False,
     ) -> Tensor:
         """One decode step: ids/pos/valid [B, 1] (on the CPU or the device) -> logits [B, V'] (V' = visual slice when
         visual_head). Captured graphs are bound to the engine's own caches, so a session's cache (graphs=False) runs
-        eagerly."""
+        eagerly. `ids_on_device`: ids not yet known on the host (a lookahead step): a mirror broadcasts them."""
         kv_len = self.kv_bucket(slot)
-        with self._mirrored("step", cache, ids, pos, valid, kv_len, slot=slot, visual=visual_head, graphs=graphs):
+        kw = dict(slot=slot, visual=visual_head, graphs=graphs) | ({"broadcast_ids": True} if ids_on_device else {})
+        with self._mirrored("step", cache, ids, pos, valid, kv_len, **kw):
             return self._run_step(cache, ids, pos, valid, slot, visual_head, graphs, kv_len)
 
     def _run_step(self, cache, ids, pos, valid, slot, visual_head, graphs, kv_len) -> Tensor:
@@ -599,7 +608,7 @@ class Engine:
         left-padded with invalid slots) and decode up to `max_new` tokens. Leaves `state` ready for another turn: the
         last sampled token is not in the cache yet (`state.pending`)."""
         core = self._decode_steps(req, cancel, image_sampling, cfg, state, new, max_new, t_start, prompt_tokens)
-        ahead_ok = self.lookahead and self.mirror is None and req.jacobi_window <= 0  # tensor parallel: host ids
+        ahead_ok = self.can_look_ahead() and req.jacobi_window <= 0
         answer = None
         last = None  # the last one-token step: inside an image, the next one feeds the drawn token one slot on
         ahead = None  # (the step queued before its token was read, its logits)
@@ -636,6 +645,11 @@ class Engine:
             if ahead is not None:  # queued for a token the decode did not feed (it stopped): no valid slot left
                 state.cache.valid[:, ahead[0].slot] = False
 
+    def can_look_ahead(self) -> bool:
+        """Whether image steps may be queued before their tokens are read (`lookahead`; a tensor-parallel leader
+        only if its mirror sends such steps' ids by a broadcast: `start_tensor_parallel(tp_lookahead=True)`)."""
+        return self.lookahead and (self.mirror is None or self.mirror.lookahead)
+
     def _predict_step(self, last: StepRequest | None) -> StepRequest | None:
         """The step that follows `last` inside an image: the drawn token (ids unknown yet) at the next slot, every
         row's position one on, every row valid, visual logits."""
@@ -656,8 +670,10 @@ class Engine:
             drawn = torch.cuda.Event()
             drawn.record()
         ids = (picks.view(1, 1) + self.visual.start).expand(nxt.ids.shape[0], 1)
-        pos, valid = (_upload(x, self.device) for x in (nxt.pos, nxt.valid))  # pinned: a pageable copy would wait
-        logits = self._step(cache, ids, pos, valid, nxt.slot, nxt.visual, graphs)
+        # pinned host tensors: their upload does not wait for the stream (a pageable one would), and a mirror reads
+        # them without a device sync
+        pos, valid = (x.pin_memory() if self.device.type == "cuda" else x for x in (nxt.pos, nxt.valid))
+        logits = self._step(cache, ids, pos, valid, nxt.slot, nxt.visual, graphs, ids_on_device=True)
         if self.device.type != "cuda":
             return int(picks[0]), logits
         drawn.synchronize()  # the draw only, not the forward queued after it

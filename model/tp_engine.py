@@ -65,6 +65,9 @@ class Mirror:
         self.closed = False
         self.broken: str | None = None
         self.on_broken = None  # callable(reason)
+        # the leader may queue image steps before it reads their tokens: such a step's ids go by a broadcast from
+        # rank 0 on the device (queued like the step), not in the message (`start_tensor_parallel(tp_lookahead=)`)
+        self.lookahead = False
         self.before_leave = None  # callable(): drops the leader's captured graphs before the group is destroyed
 
     def _send(self, msg: dict) -> None:
@@ -100,11 +103,13 @@ class Mirror:
         """Send one forward/step, then hold the lock while the leader runs it (the context body)."""
         if cache.tag is None:
             raise RuntimeError("a tensor-parallel engine runs only on caches from Engine.new_cache")
+        broadcast = kw.pop("broadcast_ids", False)
         with self._lock:
             msg = dict(
                 op=op,
                 tag=cache.tag,
-                ids=_np(ids),
+                ids=None if broadcast else _np(ids),
+                ids_shape=tuple(ids.shape),
                 pos=_np(pos),
                 valid=_np(valid),
                 cache_pos=None if cache_pos is None else _np(cache_pos),
@@ -114,6 +119,8 @@ class Mirror:
             )
             self._send(msg)
             try:
+                if broadcast:
+                    dist.broadcast(ids.contiguous(), src=0)  # paired with the followers' in `follow`
                 yield
             except BaseException as e:
                 self._break(f"{type(e).__name__} on rank 0 during a {op}: {e}")
@@ -179,10 +186,15 @@ def follow(engine: Engine, conn: Connection) -> None:
                 caches.pop(msg["id"], None)
                 continue
             (cid, lo), kv_len = msg["tag"], msg["kv_len"]
-            base, B = caches[cid], msg["ids"].shape[0]
+            base, B = caches[cid], msg["ids_shape"][0]
             cache = base if lo == 0 and B == base.valid.shape[0] else base.rows(lo, lo + B)
             cache.length = msg["length"]
-            ids, pos, valid = (torch.from_numpy(msg[k]).to(dev) for k in ("ids", "pos", "valid"))
+            pos, valid = (torch.from_numpy(msg[k]).to(dev) for k in ("pos", "valid"))
+            if msg["ids"] is None:  # a lookahead step: the leader broadcasts the ids it has not read yet
+                ids = torch.empty(msg["ids_shape"], dtype=torch.long, device=dev)
+                dist.broadcast(ids, src=0)
+            else:
+                ids = torch.from_numpy(msg["ids"]).to(dev)
             if op == "step":
                 engine._step(cache, ids, pos, valid, msg["slot"], msg["visual"], msg["graphs"])
             elif op == "forward":
@@ -295,6 +307,7 @@ def start_tensor_parallel(
     threads: int | None = None,
     shard_fn=None,
     all_reduce: str = "auto",
+    tp_lookahead: bool = False,
     **engine_kw,
 ) -> Engine:
     """Start ranks 1..world_size-1 (spawned processes, one GPU each on CUDA), join them as rank 0 and return the
@@ -302,7 +315,9 @@ def start_tensor_parallel(
     `shard_fn(rank, world_size, device, dtype) -> Emu35` (a module-level function: it is sent to the other processes),
     builds its shard with it instead (benchmarks: random weights at the 34B shape, no checkpoint on disk). On a CPU
     every rank, this one included, gets `threads` torch threads (default: this process's threads / world_size).
-    `all_reduce` picks how decode steps sum partial outputs (`peer_sums`: one of ALL_REDUCE)."""
+    `all_reduce` picks how decode steps sum partial outputs (`peer_sums`: one of ALL_REDUCE). `tp_lookahead`: the
+    leader's image steps may be queued before their tokens are read (`Engine.can_look_ahead`), their ids sent to the
+    other ranks by a broadcast; off until measured on GPUs."""
     from .config import Emu35Config
     from .tensor_parallel import check_divisible
 
@@ -352,5 +367,6 @@ def start_tensor_parallel(
         mirror.close(timeout_s=5.0)
         raise
     engine.mirror = mirror
+    mirror.lookahead = tp_lookahead
     mirror.before_leave = engine.release_graphs
     return engine

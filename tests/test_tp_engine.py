@@ -102,3 +102,25 @@ def test_jacobi_windows_run_on_the_shards(tp, single):
     greedy = dict(text_sampling=GREEDY, image_sampling=GREEDY, jacobi_window=3)
     req = [r for r in requests(single.tok, **greedy) if r.task != "story"]
     assert [summary(list(tp.generate(r))) for r in req] == [summary(list(single.generate(r))) for r in req]
+
+
+def test_lookahead_steps_broadcast_their_ids_to_the_other_rank(bundle, single, monkeypatch):
+    """start_tensor_parallel(tp_lookahead=True): the leader queues image steps before reading their tokens and the
+    ids reach the other rank by a broadcast; the tokens are those of one unsharded engine."""
+    from test_engine_lookahead import view as scene
+
+    eng = start_tensor_parallel(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, 2, max_len=512, threads=1,
+                                tp_lookahead=True, lookahead=True)  # fmt: skip
+    try:
+        assert eng.can_look_ahead()
+        ahead = []
+        inner = eng._draw_ahead
+        monkeypatch.setattr(eng, "_draw_ahead", lambda *a, **kw: ahead.append(1) or inner(*a, **kw))
+        boi = {single.tok.boi_id: 50.0}
+        reqs = [GenerationRequest(task="t2i", question="a red cube", image_size=(3, 4), seed=1, logit_bias=boi),
+                GenerationRequest(task="vla", question="stack", images=[scene()], image_size=(3, 3), seed=2,
+                                  max_new_tokens=14, logit_bias=boi)]  # fmt: skip
+        assert [summary(list(eng.generate(r))) for r in reqs] == [summary(list(single.generate(r))) for r in reqs]
+        assert len(ahead) >= 10
+    finally:
+        eng.mirror.close()
