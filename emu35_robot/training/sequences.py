@@ -21,6 +21,7 @@ from model.text_tokenizer import TextTokenizer
 from model.train_vq import encode_frames
 from model.vision_tokenizer import VisionTokenizer
 
+from ..workers import _exit_with_parent
 from .collect import EpisodeRecord, ExploreRecord
 
 EOS = "<|extra_204|>"
@@ -98,6 +99,7 @@ _worker_tok: TextTokenizer | None = None
 def _init_worker(tok: TextTokenizer) -> None:
     global _worker_tok
     _worker_tok = tok
+    _exit_with_parent()  # a forked worker holds both ends of its task pipe: a killed parent would orphan it
 
 
 def _encode_in_worker(pair: Pair) -> tuple[np.ndarray, int]:
