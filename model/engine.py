@@ -637,6 +637,8 @@ class Engine:
                     if ahead is not None and _same_step(ahead[0], ahead[1], item):
                         answer = ahead[2]
                     else:
+                        if ahead is not None and ahead[0].slot != item.slot:  # the queued write is not overwritten
+                            state.cache.valid[:, ahead[0].slot] = False
                         answer = self._step(state.cache, item.ids, item.pos, item.valid, item.slot, item.visual, graphs)
                     ahead, last = None, item
                 else:
