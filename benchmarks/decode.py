@@ -129,9 +129,14 @@ def time_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, step
     """ms per engine decode step for `rows` rows (rows/2 CFG streams when cfg), after a `prompt`-token prefill:
     (prefill s, ms per step as the engine runs it, forward ms, ms per step with a read-back between steps)."""
     prefill_s, synced, fwd = time_synced_steps(eng, rows, cfg, prompt, warmup, steps, visual)
-    if rows // (2 if cfg else 1) > 1 or not eng.can_look_ahead():
+    if not looks_ahead(eng, rows, cfg):
         return prefill_s, synced, fwd, synced
     return prefill_s, time_lookahead_steps(eng, rows, cfg, prompt, warmup, steps, visual), fwd, synced
+
+
+def looks_ahead(eng: Engine, rows: int, cfg: bool) -> bool:
+    """Whether the engine decodes these rows with its lookahead: one stream only (several: the batch engine)."""
+    return rows // (2 if cfg else 1) == 1 and eng.can_look_ahead()
 
 
 def time_lookahead_steps(eng: Engine, rows: int, cfg: bool, prompt: int, warmup: int, steps: int, visual: bool):
@@ -393,7 +398,7 @@ def main() -> None:
                 "rows": rows,
                 "ms_per_step": ms,
                 "ms_per_step_synced": synced_ms,
-                "lookahead": ms != synced_ms,
+                "lookahead": looks_ahead(eng, rows, cfg),
                 "forward_ms": fwd_ms,
                 "bytes_read": moved,
                 "floor_ms": floor_ms,

@@ -44,6 +44,8 @@ from .engine import (
     GenerationRequest,
     StepRequest,
     _DecodeState,
+    _equal_steps,
+    _read_later,
     _upload,
     capture_graph,
     draw_tokens,
@@ -52,17 +54,6 @@ from .engine import (
 from .graph_sampler import GraphSampler
 from .prompts import task_prompt, unconditional_prompt
 from .sequence import image_string
-
-
-def _equal_steps(a: StepRequest | None, b: StepRequest) -> bool:
-    """Whether the queued step `a` is the step `b` a request asks for (None: nothing was queued for it)."""
-    return (
-        a is not None
-        and torch.equal(a.ids, b.ids)
-        and torch.equal(a.pos, b.pos)
-        and torch.equal(a.valid, b.valid)
-        and (a.slot, a.visual) == (b.slot, b.visual)
-    )
 
 
 @dataclass
@@ -115,7 +106,7 @@ class BatchEngine:
         # (`_draw_and_queue_ahead`); off by default until measured on a GPU (benchmarks/batching.py --lookahead,
         # tests/test_engine_cuda.py), never for a tensor-parallel engine
         self.lookahead = bool(lookahead) and engine.mirror is None
-        self._ahead: dict | None = None  # the queued step: members' predicted steps, its span, head, logits
+        self._ahead: dict | None = None  # the queued step: each member's predicted step (and the member), logits
         self.ahead_used = 0  # queued steps handed over (the rest were recomputed)
 
     @property
@@ -174,7 +165,7 @@ class BatchEngine:
             if not members:
                 return
             try:
-                if ahead and self.lookahead and self._can_go_ahead(members):
+                if ahead and self.lookahead and self._can_go_ahead():
                     tokens = self._draw_and_queue_ahead(members)
                 else:
                     tokens = draw_tokens([m.draw for m in members], self.sampler)
@@ -187,7 +178,7 @@ class BatchEngine:
             for m, t in zip(members, tokens):
                 m.draw, m.answer = None, t
 
-    def _can_go_ahead(self, drawing: list[_Member]) -> bool:
+    def _can_go_ahead(self) -> bool:
         """Whether the next step is known but for the drawn tokens: every request either draws an image token after a
         one-token step or already waits for a visual one-token step, and none is cancelled."""
         for m in self.members:
@@ -198,7 +189,7 @@ class BatchEngine:
                     return False
             elif m.need is None or m.need.ids.shape[1] != 1 or not m.need.visual:
                 return False
-        return len(drawing) == sum(m.draw is not None for m in self.members)
+        return True
 
     def _draw_and_queue_ahead(self, drawing: list[_Member]) -> list[int]:
         """Launch the draws, queue the next batched step with the drawing requests' ids taken from the draws on the
@@ -208,36 +199,24 @@ class BatchEngine:
         eng = self.engine
         picks, order = launch_draws([m.draw for m in drawing], self.sampler)
         pick_of = {order[k]: k for k in range(len(order))}  # index in `drawing` -> index in picks
-        cuda = eng.device.type == "cuda"
-        if cuda:
-            host = torch.empty(picks.shape, dtype=picks.dtype, pin_memory=True)
-            host.copy_(picks, non_blocking=True)
-            drawn = torch.cuda.Event()
-            drawn.record()
-        plan = {}
-        for i, m in enumerate(drawing):  # the ids are filled in when the tokens are read
-            plan[id(m)] = (eng._predict_step(m.last), pick_of[i])
-        for m in self.members:
-            if m.draw is None:
-                plan[id(m)] = (m.need, None)
-        queued = [m for m in self.members if id(m) in plan]
-        hi, ints, valid, kv_len = self._inputs([(m, plan[id(m)][0]) for m in queued])
+        read = _read_later(picks)
+        # every request is in the step (`_can_go_ahead`): the drawing ones at their predicted steps, whose ids are
+        # filled in when the tokens are read, the others at the steps they wait for
+        predicted = {id(m): eng._predict_step(m.last) for m in drawing}
+        plan = {id(m): predicted.get(id(m), m.need) for m in self.members}
+        hi, ints, valid, kv_len = self._inputs([(m, plan[id(m)]) for m in self.members])
         ids = _upload(ints[0], eng.device)
         rows = [r for m in drawing for r in range(m.rows.start, m.rows.stop)]
         which = [pick_of[i] for i, m in enumerate(drawing) for _ in range(m.rows.start, m.rows.stop)]
         index = _upload(torch.tensor([rows, which]), eng.device)
         ids[index[0], 0] = picks[index[1]] + eng.visual.start
         logits = self._forward(hi, ids, ints[1], valid, ints[2], kv_len, True)  # [hi, 1, V']
-        if cuda:
-            drawn.synchronize()  # the draws only, not the step queued after them
-            tokens = host.tolist()
-        else:
-            tokens = picks.tolist()
+        tokens = read()  # the draws only, not the step queued after them
         out = [tokens[pick_of[i]] for i in range(len(drawing))]
         for i, m in enumerate(drawing):
-            plan[id(m)][0].ids.fill_(out[i] + eng.visual.start)
+            predicted[id(m)].ids.fill_(out[i] + eng.visual.start)
         # keyed by id, holding the member itself: a request that left cannot pass its id on while the plan lives
-        self._ahead = dict(plan={id(m): (m, plan[id(m)][0]) for m in queued}, logits=logits)
+        self._ahead = dict(plan={id(m): (m, plan[id(m)]) for m in self.members}, logits=logits)
         return out
 
     def _inputs(self, needs: list[tuple[_Member, StepRequest]]) -> tuple:

@@ -17,7 +17,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,15 +269,32 @@ def launch_draws(draws: list[Draw], sampler: GraphSampler | None = None) -> tupl
     return (picks[0] if len(picks) == 1 else torch.cat(picks)), order
 
 
-def _same_step(a: StepRequest, token: int, b: StepRequest) -> bool:
-    """Whether step b feeds `token` with a's positions, valid slots, slot and head."""
+def _equal_steps(a: StepRequest | None, b: StepRequest) -> bool:
+    """Whether the queued step `a` is the step `b` a request asks for (None: nothing was queued for it)."""
     return (
-        b.ids.shape == a.ids.shape
-        and bool((b.ids == token).all())
-        and torch.equal(b.pos, a.pos)
-        and torch.equal(b.valid, a.valid)
-        and (b.slot, b.visual) == (a.slot, a.visual)
+        a is not None
+        and torch.equal(a.ids, b.ids)
+        and torch.equal(a.pos, b.pos)
+        and torch.equal(a.valid, b.valid)
+        and (a.slot, a.visual) == (b.slot, b.visual)
     )
+
+
+def _read_later(x: Tensor) -> Callable[[], list]:
+    """Start copying x back to the host without waiting; the returned function waits for that copy alone (not for
+    work queued after it, such as a lookahead step) and gives x's values."""
+    if x.device.type != "cuda":
+        return x.tolist
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read() -> list:
+        copied.synchronize()
+        return host.tolist()
+
+    return read
 
 
 def _upload(x: Tensor, device: torch.device) -> Tensor:
@@ -623,7 +640,8 @@ class Engine:
                     nxt = self._predict_step(last) if ahead_ok and state.grammar.mode == "rows" else None
                     if nxt is not None:
                         answer, logits = self._draw_ahead(item, state.cache, nxt, graphs)
-                        ahead = (nxt, answer + self.visual.start, logits)
+                        nxt.ids.fill_(answer + self.visual.start)
+                        ahead = (nxt, logits)
                     else:
                         (answer,) = draw_tokens([item], self.sampler)  # the same draw as in a batch, a batch of one
                 elif isinstance(item, StepRequest) and item.ids.shape[1] > 1:  # a Jacobi window: eager, [B, T, V']
@@ -634,8 +652,8 @@ class Engine:
                     )
                     last = None
                 elif isinstance(item, StepRequest):
-                    if ahead is not None and _same_step(ahead[0], ahead[1], item):
-                        answer = ahead[2]
+                    if ahead is not None and _equal_steps(ahead[0], item):
+                        answer = ahead[1]
                     else:
                         if ahead is not None and ahead[0].slot != item.slot:  # the queued write is not overwritten
                             state.cache.valid[:, ahead[0].slot] = False
@@ -666,20 +684,13 @@ class Engine:
         device): the GPU runs that forward while the host reads the token, advances the grammar and streams events.
         The same draw and the same step as one after the other, so the same tokens. -> (index into V', logits)."""
         picks, _ = launch_draws([draw], self.sampler)  # [1] on the device
-        if self.device.type == "cuda":
-            host = torch.empty(1, dtype=picks.dtype, pin_memory=True)
-            host.copy_(picks, non_blocking=True)
-            drawn = torch.cuda.Event()
-            drawn.record()
+        read = _read_later(picks)
         ids = (picks.view(1, 1) + self.visual.start).expand(nxt.ids.shape[0], 1)
         # pinned host tensors: their upload does not wait for the stream (a pageable one would), and a mirror reads
         # them without a device sync
         pos, valid = (x.pin_memory() if self.device.type == "cuda" else x for x in (nxt.pos, nxt.valid))
         logits = self._step(cache, ids, pos, valid, nxt.slot, nxt.visual, graphs, ids_on_device=True)
-        if self.device.type != "cuda":
-            return int(picks[0]), logits
-        drawn.synchronize()  # the draw only, not the forward queued after it
-        return int(host[0]), logits
+        return read()[0], logits
 
     def _jacobi_span(self, req: GenerationRequest, state: _DecodeState, budget: int) -> int:
         """Drafts for the next forward: within the image, short of its EOI (which is forced), within the budget and
