@@ -124,8 +124,12 @@ def main() -> None:
     ap.add_argument("--overhead", action="store_true", help="also time each batched step's forward alone")
     ap.add_argument(
         "--lookahead",
-        action="store_true",
-        help="BatchEngine(lookahead=True): the next step queued before the tokens are read back inside images",
+        nargs="?",
+        const="1",
+        default="1",
+        help="1: BatchEngine(lookahead=True), the next step queued before the tokens are read back inside images (as "
+        "serve runs it on a GPU); 0: off; a comma list (e.g. 1,0) runs each stream count once per value, an A/B in "
+        "one process",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -140,23 +144,25 @@ def main() -> None:
     lm = random_model(config, dev, dtype)
     vq = VisionTokenizer(tiny_vision_config(n_embed=args.codes)).to(dev)  # decodes the whole code range; small
     eng = Engine(lm, tok, vq, max_len=args.max_len, compile_kernels=dev.type == "cuda")  # as load_engine serves
+    lookaheads = [bool(int(v)) for v in args.lookahead.split(",")]
     rows = []
     for n in (int(s) for s in args.streams.split(",")):
-        res = batched(eng, n, args.tokens, args.graphs, args.image, args.overhead, args.lookahead)
         seq = sequential(eng, n, args.tokens, args.image)
-        rows.append({"streams": n, **res, "sequential_tokens_per_s": seq})
-        agg, ms = res["batched_tokens_per_s"], res["ms_per_batched_step"]
-        fwd = f" (forward {res['forward_ms_per_step']:6.2f})" if args.overhead else ""
-        print(
-            f"{n:>3} streams: batched {agg:8.1f} tok/s, {ms:7.2f} ms/step{fwd}, one at a time {seq:8.1f} tok/s, "
-            f"x{agg / seq:.2f}",
-            flush=True,
-        )
+        for la in lookaheads:
+            res = batched(eng, n, args.tokens, args.graphs, args.image, args.overhead, la)
+            rows.append({"streams": n, "lookahead": la, **res, "sequential_tokens_per_s": seq})
+            agg, ms = res["batched_tokens_per_s"], res["ms_per_batched_step"]
+            fwd = f" (forward {res['forward_ms_per_step']:6.2f})" if args.overhead else ""
+            print(
+                f"{n:>3} streams, lookahead {int(la)}: batched {agg:8.1f} tok/s, {ms:7.2f} ms/step{fwd}, one at a "
+                f"time {seq:8.1f} tok/s, x{agg / seq:.2f}",
+                flush=True,
+            )
     fields = dict(
         tokens_per_request=args.tokens,
         batch_cuda_graphs=args.graphs,
         image_requests=args.image,
-        lookahead=args.lookahead,
+        lookahead=lookaheads if len(lookaheads) > 1 else lookaheads[0],
     )
     write_record(args.out, dev, shape=args.shape, dtype=args.dtype, codes=args.codes, **fields, results=rows)
 

@@ -37,14 +37,17 @@ if [ -n "${OLD_TREE:-}" ]; then
 fi
 step sampling 120 $py benchmarks/sampling_step.py --device cuda --streams 1,8
 step fp8_variants 240 $py benchmarks/fp8_variants.py --rows 2,8 --variants cur,read,gluon --out "$out/fp8_variants.json"
-step profile 240 $py benchmarks/profile_step.py --rows 2 --prefill 2048 --out "$out/profile_34b.txt"
+step profile 240 $py benchmarks/profile_step.py --rows 2 --prefill 2048 --trace "$out/trace_bf16.json" \
+  --out "$out/profile_34b.txt"
+step profile_fp8 240 $py benchmarks/profile_step.py --rows 2 --fp8 --trace "$out/trace_fp8.json" \
+  --out "$out/profile_34b_fp8.txt"
 step image_time 420 $py benchmarks/image_time.py --shape 34b --device cuda --grids 45x45,64x64 --windows 0 --lookahead 1,0 \
   --out "$out/image_time_34b.json"
 step batching 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --out "$out/batching_34b_graphs.json"
 step batching_image 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --image \
   --out "$out/batching_34b_graphs_image.json"
-# the batch engine's lookahead (off by default until this A/B and tests/test_engine_cuda.py have run on a GPU)
-step batching_image_lookahead 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --image --lookahead \
+# the batch engine's lookahead against the batch without it (on by default since this A/B ran on an H200, 2026-12-01)
+step batching_image_lookahead 300 $py benchmarks/batching.py --shape 34b --device cuda --graphs --image --lookahead 1,0 \
   --streams 1,8 --out "$out/batching_34b_graphs_image_lookahead.json"
 if [ "$gpus" -ge 2 ]; then
   step tp_spmd 240 torchrun --nproc-per-node 2 benchmarks/tensor_parallel.py --no-single --out "$out/tensor_parallel_34b.json"

@@ -3,11 +3,17 @@ matrix products alone (every weight of the step multiplied once, in one CUDA gra
 
     python benchmarks/profile_step.py --rows 2 --out $OUT/profile.txt
     python benchmarks/profile_step.py --prefill 2048 --out $OUT/profile.txt    # and where a 2k prefill's time goes
+    python benchmarks/profile_step.py --fp8 --trace $OUT/fp8_trace.json --out $OUT/profile_fp8.txt
+
+The step is the engine's as `serve` builds it (skinny kernels, Triton decode attention, CUDA graphs; `--fp8`: float8
+weights). Besides the kernels by total time it reports the step's timeline: busy time (kernels running) against the
+step's span, and the gaps between consecutive kernels, where the GPU idles at each kernel boundary.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +28,7 @@ from decode import copy_bandwidth, random_model, time_prefill  # noqa: E402
 from model.config import emu35_34b_config  # noqa: E402
 from model.engine import Engine  # noqa: E402
 from model.random_checkpoint import official_size_ranks  # noqa: E402
+from model.skinny_mm import SkinnyLinear, tune  # noqa: E402
 from model.text_tokenizer import TextTokenizer, vision_token_list  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
@@ -54,11 +61,43 @@ def profile_prefill(eng: Engine, tokens: int) -> list[str]:
     return [f"prefill {tokens} tokens x 1 row (fused projections, compiled kernels): {1000 * best:.0f} ms", table]
 
 
+def timeline(trace: Path, steps: int) -> list[str]:
+    """Busy time against span over the profiled steps, from the kernels of a chrome trace: the gaps between
+    consecutive kernels are where the GPU idles (launch latency, a kernel's ramp-up waiting on the one before)."""
+    ev = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "kernel"]
+    ev.sort(key=lambda e: e["ts"])
+    span = ev[-1]["ts"] + ev[-1]["dur"] - ev[0]["ts"]
+    busy = sum(e["dur"] for e in ev)
+    gaps = [(b["ts"] - (a["ts"] + a["dur"]), a["name"], b["name"]) for a, b in zip(ev, ev[1:])]
+    pos = sorted((g for g in gaps if g[0] > 0), reverse=True)
+    lines = [
+        f"timeline over {steps} steps: {len(ev) / steps:.0f} kernels per step, span {span / steps / 1000:.3f} ms"
+        " per step,"
+        f" kernels busy {busy / steps / 1000:.3f} ms, gaps {sum(g[0] for g in pos) / steps / 1000:.3f} ms"
+        f" ({len(pos) / steps:.0f} positive gaps per step, median {pos[len(pos) // 2][0] if pos else 0:.2f} us)"
+    ]
+    # kernel time and the gap before it, by kernel name
+    by: dict[str, list[float]] = {}
+    for (g, _, name), e in zip([(0.0, "", ev[0]["name"]), *gaps], ev):
+        r = by.setdefault(name, [0, 0.0, 0.0])
+        r[0] += 1
+        r[1] += e["dur"]
+        r[2] += max(g, 0.0)
+    lines.append(f"{'kernel':90s} {'per step':>8s} {'us/step':>9s} {'us each':>8s} {'gap before, us/step':>20s}")
+    for name, (n, d, g) in sorted(by.items(), key=lambda kv: -kv[1][1] - kv[1][2])[:30]:
+        lines.append(f"{name[:90]:90s} {n / steps:8.1f} {d / steps:9.1f} {d / n:8.2f} {g / steps:20.1f}")
+    lines.append("largest gaps (us, kernel before -> after):")
+    lines += [f"  {g:7.2f}  {a[:60]} -> {b[:60]}" for g, a, b in pos[:12]]
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=1024)
     ap.add_argument("--prefill", type=int, default=0, help="also profile a prefill of this many tokens, one row")
+    ap.add_argument("--fp8", action="store_true", help="float8 weights (serve --fp8)")
+    ap.add_argument("--trace", default=None, help="write the profiled steps' chrome trace here")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -67,22 +106,25 @@ def main() -> None:
     lm = random_model(config, dev, torch.bfloat16)
     tok = TextTokenizer(official_size_ranks(), vision_token_list(131072))
     max_len = max(args.prompt, args.prefill) + 64
-    eng = Engine(lm, tok, VisionTokenizer(tiny_vision_config()), max_len=max_len, compile_kernels=True)
+    eng = Engine(lm, tok, VisionTokenizer(tiny_vision_config()), max_len=max_len, compile_kernels=True, fp8=args.fp8)
     B = args.rows
-    lines = []
+    lines = [
+        f"{torch.cuda.get_device_name()} | {'float8' if args.fp8 else 'bfloat16'} weights | copy bandwidth "
+        f"{bw / 1e12:.2f} TB/s | {B} rows, prompt {args.prompt}"
+    ]
 
-    # matrix products alone: every weight a decode step reads, multiplied by B rows
-    weights = [p for n, p in lm.named_parameters() if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
-    weights.append(lm.lm_head.weight[eng.visual])
-    x = {w.shape[1]: torch.randn(B, w.shape[1], device=dev, dtype=torch.bfloat16) for w in weights}
-    gemm_bytes = sum(w.numel() * 2 for w in weights)
-    ms = graph_ms(lambda: [torch.nn.functional.linear(x[w.shape[1]], w) for w in weights])
+    # matrix products alone: every projection a decode step runs (the engine's own modules) and the head's visual
+    # slice, on B rows
+    mods = [m for m in lm.modules() if isinstance(m, SkinnyLinear)]
+    x = {m.in_features: torch.randn(B, m.in_features, device=dev, dtype=torch.bfloat16) for m in mods}
+    tune(lm, rows=(B,))  # each shape's kernel configuration, chosen eagerly before the graph capture
+    gemm_bytes = sum(m.weight.numel() * m.weight.element_size() for m in mods)
+    ms = graph_ms(lambda: [m(x[m.in_features]) for m in mods])
     floor = 1000 * gemm_bytes / bw
     lines.append(
-        f"matrix products alone, {B} rows: {ms:.2f} ms for {gemm_bytes / 1e9:.1f} GB = {floor:.2f} ms floor "
-        f"-> {ms / floor:.2f}x ({gemm_bytes / ms / 1e9:.2f} TB/s)"
+        f"projections alone ({len(mods)} modules, no head), {B} rows: {ms:.2f} ms for {gemm_bytes / 1e9:.1f} GB = "
+        f"{floor:.2f} ms floor -> {ms / floor:.2f}x ({gemm_bytes / ms / 1e9:.2f} TB/s)"
     )
-
     cache = eng._cache(B)
     ids = torch.randint(0, config.vocab_size, (B, args.prompt), device=dev)
     with torch.no_grad():
@@ -93,10 +135,22 @@ def main() -> None:
         for i in range(3):
             eng._step(cache, t, pos, valid, args.prompt + i, True)
         torch.cuda.synchronize()
+        # steps queued back to back, as the engine's lookahead runs them inside an image
+        for i in range(3):
+            eng._step(cache, t, pos, valid, args.prompt + 3 + i, True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            eng._step(cache, t, pos, valid, args.prompt + 6, True)
+        torch.cuda.synchronize()
+        lines.append(f"step, queued back to back: {1000 * (time.perf_counter() - t0) / 20:.2f} ms")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for i in range(5):
                 eng._step(cache, t, pos, valid, args.prompt + 3 + i, True)
             torch.cuda.synchronize()
+    trace = Path(args.trace) if args.trace else Path(f"/tmp/profile_step_{'fp8' if args.fp8 else 'bf16'}.json")
+    prof.export_chrome_trace(str(trace))
+    lines += timeline(trace, 5)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
     n_kernels = sum(e.count for e in prof.key_averages()) / 5
     lines.append(f"kernels per step: {n_kernels:.0f}")

@@ -103,9 +103,11 @@ class BatchEngine:
         self.peak = 0  # most requests in one step
         self.last = 0  # requests in the last step
         # queue the next step before the tokens are read back when every request is inside an image
-        # (`_draw_and_queue_ahead`); off by default until measured on a GPU (benchmarks/batching.py --lookahead,
-        # tests/test_engine_cuda.py), never for a tensor-parallel engine
-        self.lookahead = bool(lookahead) and engine.mirror is None
+        # (`_draw_and_queue_ahead`): by default as the engine does, where the batch's steps and draws are graphs
+        # (8 CFG image streams on an H200: 19.35 against 20.10 ms a step, benchmarks/RESULTS.md); never for a
+        # tensor-parallel engine
+        on = engine.lookahead and self.cuda_graphs if lookahead is None else bool(lookahead)
+        self.lookahead = on and engine.mirror is None
         self._ahead: dict | None = None  # the queued step: each member's predicted step (and the member), logits
         self.ahead_used = 0  # queued steps handed over (the rest were recomputed)
 

@@ -223,3 +223,13 @@ def test_lookahead_with_a_cancel_and_a_jacobi_window_in_the_batch(engine):
     alone = [summary(list(engine.generate(r))) for r in mixed(engine.tok)]
     batched, _, _ = staggered(engine, mixed(engine.tok), joins=(0, 0, 3, 5, 8), streams=5, lookahead=True)
     assert [summary(ev) for ev in batched] == alone
+
+
+def test_the_batch_looks_ahead_by_default_where_its_steps_are_graphs(engine):
+    """Default lookahead: as the engine's, where the batch's steps and draws are CUDA graphs (on in `serve` on a GPU);
+    off on a CPU unless asked for, and never when the engine itself has it off."""
+    from model.batching import BatchEngine
+
+    assert not engine.cuda_graphs and not BatchEngine(engine).lookahead
+    assert BatchEngine(engine, lookahead=True).lookahead
+    assert not BatchEngine(engine, lookahead=False).lookahead

@@ -148,6 +148,7 @@ def test_a_batch_with_lookahead_decodes_what_it_decodes_without(bundle):
 
     (plain, none), (ahead, used) = run(False), run(True)
     assert ahead == plain and none == 0 and used > 100
+    assert BatchEngine(eng).lookahead  # on by default with graphs, as serve builds it
 
 
 def test_a_batched_graph_step_waits_for_the_device_once(bundle):
