@@ -61,3 +61,14 @@ def test_importing_the_sdk_turns_grpc_fork_support_off_unless_set(given, want):
     code = "import evaluation, os; print(os.environ['GRPC_ENABLE_FORK_SUPPORT'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == want
+
+
+def test_serve_offers_every_tensor_parallel_sum_the_engine_knows():
+    """`serve --tp-all-reduce` lists its choices by hand (the CLI imports no torch to parse arguments): they must be
+    model.tp_engine's, in the same order."""
+    from emu35_robot.cli import build_parser
+    from model.tp_engine import ALL_REDUCE
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    action = next(a for a in serve._actions if a.dest == "tp_all_reduce")
+    assert tuple(action.choices) == ALL_REDUCE and action.default == "auto"
