@@ -2,10 +2,11 @@
 # The GPU measurements issue 9 still needs, each writing its JSON and log to OUT_DIR:
 #   bash benchmarks/gpu_pending.sh OUT_DIR
 # One H200: the CUDA tests (graphs, Jacobi beside them, FP8, the Triton skinny kernel, the Gluon FP8 kernel), the
-# decode step (cuBLAS bf16, Triton bf16, FP8), the float8 kernel variants (fp8_variants.py), the same step at commit
-# 1cd583f when OLD_TREE names an export of it (the 2026-11-24 figures:
-# `git archive 1cd583f model benchmarks | tar -x -C DIR`), whole 720x720 and 1024x1024 images, and continuous
-# batching at the 34B shape. With two GPUs it adds tensor parallelism: the raw sharded step and the serving path.
+# decode step (cuBLAS bf16; bf16 and FP8 as serve runs them: Triton products and decode attention), the float8 kernel
+# variants (fp8_variants.py), the same step at commit 1cd583f when OLD_TREE names an export of it (the 2026-11-24
+# figures: `git archive 1cd583f model benchmarks | tar -x -C DIR`), where a step's time goes (profile_step.py, bf16
+# and FP8), whole 720x720 and 1024x1024 images, and continuous batching at the 34B shape (with and without the batch's
+# lookahead). With two GPUs it adds tensor parallelism: the raw sharded step and the serving path.
 # Every step has a time limit (a hung step must not eat the device budget); one that fails or times out is logged and
 # the next one runs. ONLY="name ..." runs just those steps (e.g. ONLY="decode tp_spmd"). All steps: about 25 minutes,
 # more than one 10-minute device call: split them with ONLY.
@@ -29,7 +30,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep going
 }
 
 step cuda_tests 300 $py -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_skinny_mm.py tests/test_decode_attention.py
-step decode 360 $py benchmarks/decode.py --shape 34b --variants fused,skinny,skinny_attn,skinny_fp8 --streams 1cfg,8cfg \
+step decode 360 $py benchmarks/decode.py --shape 34b --variants fused,skinny_attn,skinny_fp8_attn --streams 1cfg,8cfg \
   --out "$out/decode_34b.json"
 if [ -n "${OLD_TREE:-}" ]; then
   step decode_1cd583f 240 $py "$OLD_TREE/benchmarks/decode.py" --shape 34b --variants fused --streams 1cfg,8cfg \
