@@ -1,6 +1,7 @@
 """The engine's lookahead (each image step queued before its token is read back): the same tokens as without it, in
 whole images, images cut off by the token budget, sessions and cancellations, and used where it should be."""
 
+import contextlib
 import threading
 
 import numpy as np
@@ -33,12 +34,19 @@ def view(seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8))
 
 
-def tokens(engine, lookahead: bool, **kw) -> list:
-    engine.lookahead = lookahead
+@contextlib.contextmanager
+def lookahead_set(engine, on: bool):
+    """The module's engine with its lookahead on or off, restored after."""
+    was, engine.lookahead = engine.lookahead, on
     try:
-        return list(engine.generate(GenerationRequest(**kw)))
+        yield engine
     finally:
-        engine.lookahead = False
+        engine.lookahead = was
+
+
+def tokens(engine, lookahead: bool, **kw) -> list:
+    with lookahead_set(engine, lookahead):
+        return list(engine.generate(GenerationRequest(**kw)))
 
 
 @pytest.mark.parametrize(
@@ -77,8 +85,7 @@ def test_session_turns_after_a_cut_and_a_cancel_match(engine):
     """A turn cut inside an image leaves a step queued for a token never fed; the next turns must not see it."""
 
     def walk(lookahead: bool) -> list:
-        engine.lookahead = lookahead
-        try:
+        with lookahead_set(engine, lookahead):
             req = GenerationRequest(
                 task="explore",
                 question="a garden",
@@ -98,7 +105,5 @@ def test_session_turns_after_a_cut_and_a_cancel_match(engine):
             last = list(s.turn("turn left"))[-1]
             assert isinstance(last, Finished)
             return out + [last.token_ids, s.context_tokens]
-        finally:
-            engine.lookahead = False
 
     assert walk(True) == walk(False)
