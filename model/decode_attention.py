@@ -37,6 +37,10 @@ NUM_WARPS = 8  # per program of the partial kernel
 # of a second kernel doing it: one kernel per layer
 ONE_KERNEL = True
 MASKED = -1.0e30  # a finite "minus infinity": a chunk with no valid slot keeps finite sums (weight 0 when merged)
+# Before the attention, one kernel also does a decode step's QK-norm, RoPE and KV-cache writes (`qk_norm_rope_kv`):
+# the compiled QK-norm + RoPE is two kernels and the two index_copy_ writes two more, ~10 us a layer of latency-bound
+# launches at the 34B shape on an H200 (benchmarks/results/profile_34b_*_timeline_h200_2026-12-01.txt)
+FUSED_KV_WRITE = True
 
 
 def decode_attention_reference(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float) -> Tensor:
@@ -151,6 +155,88 @@ if triton is not None:
         tl.store(dst, out.to(o_ptr.dtype.element_ty), mask=g[:, None] < G)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _qk_norm_rope_kv_kernel(
+        q_ptr, k_ptr, v_ptr, s_q, s_k, s_v, wq_ptr, wk_ptr, cos_ptr, sin_ptr,
+        qo_ptr, s_qob, s_qoh, s_qot, ck_ptr, cv_ptr, s_cb, s_ch, s_cs, pos_ptr, s_pb, s_pt,
+        T, H, eps, HALF: tl.constexpr,
+    ):  # fmt: skip
+        """Program (token row r, head h): q head h normed and rotated into qo; or, for h >= H, kv head h - H: k normed
+        and rotated, and v as it is, written into the cache at the row's slot. float32 math, rounded to bf16 after the
+        norm, the weight product, each RoPE product and their sum, as model.transformer.qk_norm_rope's eager ops
+        round; on an H200 it agrees with them to a bf16 rounding (tests/test_decode_attention.py)."""
+        r = tl.program_id(0)  # b * T + t
+        h = tl.program_id(1)
+        b, t = r // T, r % T
+        d = tl.arange(0, HALF)
+        if h < H:
+            src = q_ptr + r * s_q + h * 2 * HALF
+            w_ptr = wq_ptr
+            dst = qo_ptr + b * s_qob + h * s_qoh + t * s_qot
+        else:
+            kh = h - H
+            src = k_ptr + r * s_k + kh * 2 * HALF
+            w_ptr = wk_ptr
+            slot = tl.load(pos_ptr + b * s_pb + t * s_pt).to(tl.int64)
+            dst = ck_ptr + b * s_cb + kh * s_ch + slot * s_cs
+            vsrc = v_ptr + r * s_v + kh * 2 * HALF
+            vdst = cv_ptr + b * s_cb + kh * s_ch + slot * s_cs
+            tl.store(vdst + d, tl.load(vsrc + d))
+            tl.store(vdst + HALF + d, tl.load(vsrc + HALF + d))
+        x1 = tl.load(src + d).to(tl.float32)
+        x2 = tl.load(src + HALF + d).to(tl.float32)
+        rstd = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / (2 * HALF) + eps)
+        n1 = (tl.load(w_ptr + d).to(tl.float32) * (x1 * rstd).to(tl.bfloat16).to(tl.float32)).to(tl.bfloat16)
+        n2 = (tl.load(w_ptr + HALF + d).to(tl.float32) * (x2 * rstd).to(tl.bfloat16).to(tl.float32)).to(tl.bfloat16)
+        n1 = n1.to(tl.float32)
+        n2 = n2.to(tl.float32)
+        c1 = tl.load(cos_ptr + r * 2 * HALF + d).to(tl.float32)
+        c2 = tl.load(cos_ptr + r * 2 * HALF + HALF + d).to(tl.float32)
+        s1 = tl.load(sin_ptr + r * 2 * HALF + d).to(tl.float32)
+        s2 = tl.load(sin_ptr + r * 2 * HALF + HALF + d).to(tl.float32)
+        # x * cos + cat(-x2, x1) * sin, each product rounded to bf16 as the eager ops round it
+        a1 = (n1 * c1).to(tl.bfloat16).to(tl.float32)
+        b1 = (-n2 * s1).to(tl.bfloat16).to(tl.float32)
+        a2 = (n2 * c2).to(tl.bfloat16).to(tl.float32)
+        b2 = (n1 * s2).to(tl.bfloat16).to(tl.float32)
+        tl.store(dst + d, (a1 + b1).to(tl.bfloat16))
+        tl.store(dst + HALF + d, (a2 + b2).to(tl.bfloat16))
+
+
+def qk_norm_rope_kv(
+    q: Tensor, k: Tensor, v: Tensor, wq: Tensor, wk: Tensor, eps: float, cos: Tensor, sin: Tensor,
+    cache_k: Tensor, cache_v: Tensor, cache_pos: Tensor,
+) -> Tensor | None:  # fmt: skip
+    """model.transformer.qk_norm_rope for a decode step's q [B, 1, H, D] and k [B, 1, K, D] (views of the projections'
+    output, rows strided), with k and v [B, 1, K, D] written into one layer's cache [B, K, S, D] at `cache_pos` ([1],
+    or [B, 1] per row) as model.transformer.write_cache would: one kernel. Returns q [B, H, 1, D], or None where it
+    does not apply (not bf16 on CUDA, more than one token or 16 rows, a layout it does not take): the caller then runs
+    its ops."""
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    ok = (
+        FUSED_KV_WRITE and triton is not None and q.is_cuda and T == 1 and B <= 16
+        and D % 2 == 0 and (D // 2) & (D // 2 - 1) == 0
+        and all(x.dtype == torch.bfloat16 for x in (q, k, v, wq, wk, cos, sin, cache_k, cache_v))
+        and all(x.stride(3) == 1 and x.stride(2) == D for x in (q, k, v))
+        and cache_k.stride() == cache_v.stride() and cache_k.stride(3) == 1
+        and cos.is_contiguous() and sin.is_contiguous() and cos.shape == (B, T, D)
+    )  # fmt: skip
+    if not ok:
+        return None
+    qo = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
+    pos = cache_pos if cache_pos.dim() == 2 else cache_pos[None]  # [B or 1, T]
+    s_pb = pos.stride(0) if pos.shape[0] > 1 else 0
+    _qk_norm_rope_kv_kernel[(B * T, H + K)](  # one token a row: a row's stride is its batch stride
+        q, k, v, q.stride(0), k.stride(0), v.stride(0), wq, wk, cos, sin,
+        qo, qo.stride(0), qo.stride(1), qo.stride(2), cache_k, cache_v, cache_k.stride(0), cache_k.stride(1),
+        cache_k.stride(2), pos, s_pb, pos.stride(1), T, H, eps, HALF=D // 2, num_warps=1,
+    )  # fmt: skip
+    return qo
+
+
 def triton_decode_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, scale: float) -> Tensor:
     """q [B, K, G, D], k/v [B, K, S, D] (e.g. slices of a KV cache; last dim contiguous), valid [B, S] bool
     -> [B, K, G, D]. D must be a power of two >= 16."""
@@ -209,5 +295,7 @@ def use_triton_decode_attention(on: bool = True) -> bool:
     missing)."""
     from . import transformer
 
-    transformer.DECODE_ATTENTION["triton"] = triton_decode_attention if on and triton is not None else None
-    return transformer.DECODE_ATTENTION["triton"] is not None
+    on = on and triton is not None
+    transformer.DECODE_ATTENTION["triton"] = triton_decode_attention if on else None
+    transformer.DECODE_ATTENTION["qk_norm_rope_kv"] = qk_norm_rope_kv if on else None
+    return on

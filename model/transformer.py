@@ -58,7 +58,7 @@ def masked_softmax(scores: Tensor, mask: Tensor, scale: float, dtype: torch.dtyp
 
 
 # model/decode_attention.py's Triton kernels when switched on (use_triton_decode_attention); None: the products below
-DECODE_ATTENTION: dict[str, Callable | None] = {"triton": None}
+DECODE_ATTENTION: dict[str, Callable | None] = {"triton": None, "qk_norm_rope_kv": None}
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
@@ -208,6 +208,20 @@ class KVCache:
         return KVCache(self.k[:, r], self.v[:, r], self.valid[r], tag=tag, base=self, capacity=self.capacity)
 
 
+def write_cache(cache: KVCache, layer: int, cache_pos: Tensor, k: Tensor, v: Tensor, kv_len: int):
+    """k, v [B, K, T, D] into `layer` of the cache at slots `cache_pos` ([T], or [B, T]: each row its own slots)
+    -> the layer's keys and values [B, K, kv_len, D]."""
+    if cache_pos.dim() == 2:
+        B, T = cache_pos.shape
+        rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
+        cache.k[layer][rows, :, cache_pos] = k.transpose(1, 2)  # [B, T, K, D]
+        cache.v[layer][rows, :, cache_pos] = v.transpose(1, 2)
+    else:
+        cache.k[layer].index_copy_(2, cache_pos, k)
+        cache.v[layer].index_copy_(2, cache_pos, v)
+    return cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
+
+
 class Attention(nn.Module):
     """`n_head`/`n_kv` are the heads this module holds: all of them, or a tensor-parallel shard's (shard_emu35)."""
 
@@ -241,26 +255,20 @@ class Attention(nn.Module):
         kv_len: int,
     ) -> Tensor:
         B, T, _ = x.shape
+        H, K, D = self.n_head, self.n_kv, self.head_dim
         q, k, v = self.project(x)
-        q, k = KERNELS["qk_norm_rope"](
-            q.view(B, T, self.n_head, self.head_dim),
-            k.view(B, T, self.n_kv, self.head_dim),
-            self.q_norm.weight,
-            self.k_norm.weight,
-            self.q_norm.eps,
-            cos,
-            sin,
-        )  # [B, H, T, D], [B, K, T, D]
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
-        if cache is not None and cache_pos.dim() == 2:  # per-row slots [B, T]: each row writes its own slots
-            rows = torch.arange(B, device=x.device)[:, None].expand(B, T)
-            cache.k[layer][rows, :, cache_pos] = k.transpose(1, 2)  # [B, T, K, D]
-            cache.v[layer][rows, :, cache_pos] = v.transpose(1, 2)
-            k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
-        elif cache is not None:
-            cache.k[layer].index_copy_(2, cache_pos, k)
-            cache.v[layer].index_copy_(2, cache_pos, v)
-            k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]  # [B, K, S, D]
+        q, k, v = q.view(B, T, H, D), k.view(B, T, K, D), v.view(B, T, K, D)
+        norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, cos, sin)
+        fused = DECODE_ATTENTION["qk_norm_rope_kv"] if cache is not None and mask is not None and T == 1 else None
+        # a decode step on the Triton path: QK-norm, RoPE and the cache writes in one kernel (None: not applicable)
+        qo = None if fused is None else fused(q, k, v, *norms, cache.k[layer], cache.v[layer], cache_pos)
+        if qo is not None:  # k and v are in the cache already
+            q, k, v = qo, cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
+        else:
+            q, k = KERNELS["qk_norm_rope"](q, k, *norms)  # [B, H, T, D], [B, K, T, D]
+            v = v.transpose(1, 2)  # [B, K, T, D]
+            if cache is not None:
+                k, v = write_cache(cache, layer, cache_pos, k, v, kv_len)
         scale = 1.0 / math.sqrt(self.head_dim)
         if mask is None:
             y = F.scaled_dot_product_attention(

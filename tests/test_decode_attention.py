@@ -8,11 +8,12 @@ from tiny import tiny
 from model.decode_attention import (
     chunking,
     decode_attention_reference,
+    qk_norm_rope_kv,
     triton_decode_attention,
     triton_decode_attention_available,
     use_triton_decode_attention,
 )
-from model.transformer import decode_attention
+from model.transformer import KVCache, decode_attention, qk_norm_rope, write_cache
 
 cuda = pytest.mark.skipif(not triton_decode_attention_available("cuda"), reason="needs CUDA and Triton")
 
@@ -99,3 +100,44 @@ def test_one_kernel_replays_in_a_cuda_graph(one_kernel):
         graph.replay()
         want = decode_attention_reference(q, k, v, valid, D**-0.5)
         torch.testing.assert_close(out.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def _decode_qkv(B, H, K, D, device, seed=0):
+    """q, k, v [B, 1, heads, D] as views of one fused projection output (rows strided), norm weights, cos/sin."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    qkv = torch.randn(B, 1, (H + 2 * K) * D, device=device, generator=g).to(torch.bfloat16)
+    q, k, v = (t.view(B, 1, -1, D) for t in qkv.split([H * D, K * D, K * D], dim=-1))
+    wq, wk = (torch.rand(D, device=device, generator=g).to(torch.bfloat16) + 0.5 for _ in range(2))
+    pos = torch.tensor([[70], [5], [33]][:B], device=device)
+    freqs = pos[..., None].float() / 10000 ** (torch.arange(0, D, 2, device=device).float() / D)  # [B, 1, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return q, k, v, wq, wk, emb.cos().bfloat16(), emb.sin().bfloat16(), pos
+
+
+def test_qk_norm_rope_kv_leaves_what_it_cannot_take_to_the_ops():
+    q, k, v, wq, wk, cos, sin, pos = _decode_qkv(3, 4, 2, 64, "cpu")
+    cache = torch.zeros(3, 2, 96, 64, dtype=torch.bfloat16)
+    assert qk_norm_rope_kv(q, k, v, wq, wk, 1e-6, cos, sin, cache, cache.clone(), pos) is None  # a CPU
+
+
+@cuda
+@pytest.mark.parametrize("per_row", [False, True], ids=["one_slot", "slot_per_row"])
+def test_qk_norm_rope_kv_matches_the_ops_it_replaces(per_row):
+    """The fused kernel against QK-norm + RoPE and the cache writes it replaces: q rotated the same, k and v at each
+    row's slot (or the one slot of all rows), every other slot untouched."""
+    B, H, K, D, S = 3, 16, 4, 128, 96
+    q, k, v, wq, wk, cos, sin, pos = _decode_qkv(B, H, K, D, "cuda")
+    cache_pos = pos if per_row else pos[0]  # [B, 1] or [1]
+    ck = torch.randn(B, K, S, D, device="cuda", dtype=torch.bfloat16)
+    cv = torch.randn_like(ck)
+    want_q, kr = qk_norm_rope(q, k, wq, wk, 1e-6, cos, sin)
+    cache = KVCache(ck.clone()[None], cv.clone()[None], torch.ones(B, S, dtype=torch.bool, device="cuda"))
+    write_cache(cache, 0, cache_pos, kr, v.transpose(1, 2), S)
+    got_q = qk_norm_rope_kv(q, k, v, wq, wk, 1e-6, cos, sin, ck, cv, cache_pos)
+    assert got_q is not None and got_q.shape == want_q.shape == (B, H, 1, D)
+    for got, want in ((got_q, want_q), (ck, cache.k[0])):
+        torch.testing.assert_close(got, want, atol=1e-2, rtol=1.6e-2)  # within a bf16 rounding or two
+    assert torch.equal(cv, cache.v[0])
+    untouched = torch.ones(B, S, dtype=torch.bool, device="cuda")
+    untouched[torch.arange(B), cache_pos.flatten().expand(B)] = False
+    assert torch.equal(ck.transpose(1, 2)[untouched], cache.k[0].transpose(1, 2)[untouched])
