@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torch import Tensor  # noqa: E402
 
-from model import decode_attention  # noqa: E402
+from model import decode_attention, skinny_mm  # noqa: E402
 from model.config import Emu35Config, emu35_34b_config  # noqa: E402
 from model.engine import Draw, Engine, StepRequest, draw_tokens  # noqa: E402
 from model.random_checkpoint import config_for_tokenizer, official_size_ranks  # noqa: E402
@@ -43,8 +43,8 @@ from model.transformer import Emu35  # noqa: E402
 from model.vision_tokenizer import VisionTokenizer, tiny_vision_config  # noqa: E402
 
 VARIANTS = (
-    "eager", "graphs", "compiled", "fused", "skinny", "skinny_pdl", "skinny_attn_sepkv", "skinny_attn", "fp8",
-    "skinny_fp8", "skinny_fp8_attn_sepkv", "skinny_fp8_attn",
+    "eager", "graphs", "compiled", "fused", "skinny", "skinny_pdl", "skinny_attn_sep", "skinny_attn", "fp8",
+    "skinny_fp8", "skinny_fp8_attn_sep", "skinny_fp8_attn",
 )  # fmt: skip
 
 
@@ -278,8 +278,10 @@ def main() -> None:
         "launched with programmatic dependent launch, model.skinny_mm.use_pdl); skinny_attn (skinny + "
         "the Triton decode attention, model/decode_attention.py); fp8 (fused + float8 "
         "weights through torch._scaled_mm); skinny_fp8 (fused + float8 weights through the Triton kernel); "
-        "skinny_fp8_attn (skinny_fp8 + the Triton decode attention); *_attn_sepkv: the same with QK-norm + RoPE "
-        "compiled and the KV-cache writes as index_copy_, not decode_attention.qk_norm_rope_kv's one kernel. They "
+        "skinny_fp8_attn (skinny_fp8 + the Triton decode attention); *_attn_sep: the same with the decode fusions "
+        "off (QK-norm + RoPE compiled and the KV writes as index_copy_, not decode_attention.qk_norm_rope_kv; SwiGLU "
+        "a kernel of its own, not gate_up's epilogue: model.skinny_mm.FUSE_SWIGLU; results before 2026-12-01 evening "
+        "call the first alone _sepkv). They "
         f"change the model in place: keep the order {','.join(VARIANTS)}",
     )
     ap.add_argument("--graph-bucket", type=int, default=None, help="the engine's KV bucket (default: the engine's)")
@@ -349,7 +351,7 @@ def main() -> None:
     max_len = args.prompt + args.warmup + args.steps + 1
     ref = None
     for variant in variants:
-        fp8 = variant in ("fp8", "skinny_fp8", "skinny_fp8_attn_sepkv", "skinny_fp8_attn")
+        fp8 = variant in ("fp8", "skinny_fp8", "skinny_fp8_attn_sep", "skinny_fp8_attn")
         if fp8 and ref is None:  # bf16 logits of the same weights, to measure what FP8 costs
             acc_ids = torch.randint(
                 0, config.vocab_size, (16, 16), device=dev, generator=torch.Generator(dev).manual_seed(1)
@@ -358,7 +360,7 @@ def main() -> None:
         if variant == "fp8":  # a previous skinny variant's bf16 projections back to nn.Linear for quantize_fp8
             drop_skinny(lm)
         attn = "_attn" in variant
-        decode_attention.FUSED_KV_WRITE = not variant.endswith("_sepkv")
+        decode_attention.FUSED_KV_WRITE = skinny_mm.FUSE_SWIGLU = not variant.endswith("_sep")
         use_pdl(variant == "skinny_pdl")
         eng = Engine(
             lm,

@@ -85,6 +85,7 @@ if gluon is not None:
         MP: gl.constexpr,  # rows padded: 8 or 16 (n of the MMA)
         KW: gl.constexpr,  # consecutive k per thread (16: 16-byte loads of W)
         PREFETCH: gl.constexpr,  # load the next W tile before multiplying this one
+        GLU: gl.constexpr = False,  # W is [gate; up] [2N, K]: y = silu(x @ gate^T) * (x @ up^T), [M, N]
     ):
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[S, WN, 1], instr_shape=[1, 16, 8])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=KW)
@@ -111,7 +112,18 @@ if gluon is not None:
         x_mask = (mb3 < M) & (kb3 < KS) & (sb3 < S)  # [S, KS, MP]: the last two always hold, they give the shape
         acc = gl.zeros([S, BLOCK_N, MP], gl.float32, layout=mma)
         step = S * KS
-        if PREFETCH:  # converted tiles are carried: a float8 tile would take a register per byte
+        if GLU:  # a second accumulator for the up rows, N rows after the gate rows (no PREFETCH configs)
+            acc_up = gl.zeros([S, BLOCK_N, MP], gl.float32, layout=mma)
+            up = N.to(gl.int64) * K
+            for _ in range(0, K, step):
+                w = gl.load(w_ptrs)
+                wu = gl.load(w_ptrs + up)
+                x = gl.load(x_ptrs, mask=x_mask, other=0.0)
+                acc = mma_v2(_e4m3_to_bf16_scaled(w), x, acc)
+                acc_up = mma_v2(_e4m3_to_bf16_scaled(wu), x, acc_up)
+                w_ptrs += step
+                x_ptrs += step
+        elif PREFETCH:  # converted tiles are carried: a float8 tile would take a register per byte
             wb = _e4m3_to_bf16_scaled(gl.load(w_ptrs))
             for _ in range(step, K, step):
                 w_ptrs += step
@@ -135,6 +147,11 @@ if gluon is not None:
         om = gl.arange(0, MP, layout=gl.SliceLayout(0, o_l))
         s = gl.load(s_ptr + on % N) * _TWO_120
         y = out * gl.expand_dims(s, 1)
+        if GLU:  # model.transformer.swiglu on the two products, each rounded to bf16 first as unfused
+            u = gl.sum(acc_up, axis=0) * gl.expand_dims(gl.load(s_ptr + N + on % N) * _TWO_120, 1)
+            g = y.to(gl.bfloat16).to(gl.float32)
+            silu = (g / (1.0 + gl.exp(-g))).to(gl.bfloat16).to(gl.float32)
+            y = silu * u.to(gl.bfloat16).to(gl.float32)
         y_ptrs = y_ptr + gl.expand_dims(om, 0) * N + gl.expand_dims(on, 1)
         gl.store(y_ptrs, y.to(gl.bfloat16), mask=(gl.expand_dims(om, 0) < M) & (gl.expand_dims(on, 1) < N))
 
@@ -178,22 +195,25 @@ def k_fits(K: int) -> bool:
     return any(config_fits(c, K) for c in CONFIGS)
 
 
-def fp8_mm(x: Tensor, w: Tensor, scale: Tensor, out: Tensor | None = None, config: tuple | None = None) -> Tensor:
+def fp8_mm(
+    x: Tensor, w: Tensor, scale: Tensor, out: Tensor | None = None, config: tuple | None = None, glu: bool = False
+) -> Tensor:
     """x [M, K] bf16 (M <= 16) @ (w [N, K] float8 e4m3 * scale [N])^T -> [M, N] bf16. `config`: one of `CONFIGS`;
-    default the one `tune` chose for (N, K, padded rows), tuned eagerly at the first call."""
+    default the one `tune` chose for (N, K, padded rows, glu), tuned eagerly at the first call. `glu`: w is a fused
+    [gate; up] projection [2N', K] and the result is silu(gate product) * (up product) [M, N'] (model.skinny_mm)."""
     M, K = x.shape
-    N = w.shape[0]
-    if not 1 <= M <= MAX_ROWS or w.shape[1] != K:
+    N = w.shape[0] // 2 if glu else w.shape[0]  # output columns
+    if not 1 <= M <= MAX_ROWS or w.shape[1] != K or (glu and w.shape[0] % 2):
         raise ValueError(f"fp8_mm: x {tuple(x.shape)}, w {tuple(w.shape)} (1-{MAX_ROWS} rows)")
     mp = padded_rows(M)
-    cfg = config or _BEST.get((N, K, mp)) or tune(x, w, scale)
-    if not config_fits(cfg, K):
-        raise ValueError(f"fp8_mm: config {cfg} does not divide K = {K}")
+    cfg = config or _BEST.get((N, K, mp, glu)) or tune(x, w, scale, glu)
+    if not config_fits(cfg, K) or (glu and cfg[5]):
+        raise ValueError(f"fp8_mm: config {cfg} does not divide K = {K} (or prefetches with glu)")
     bn, ks, s, wn, kw, pf = cfg
     y = torch.empty(M, N, dtype=torch.bfloat16, device=x.device) if out is None else out
     _fp8_mm_kernel[(-(-N // bn),)](
         x.contiguous(), w, scale.reshape(-1), y, M, N, K,
-        BLOCK_N=bn, KS=ks, S=s, WN=wn, MP=mp, KW=kw, PREFETCH=pf, num_warps=s * wn,
+        BLOCK_N=bn, KS=ks, S=s, WN=wn, MP=mp, KW=kw, PREFETCH=pf, GLU=glu, num_warps=s * wn,
     )  # fmt: skip
     return y
 
@@ -203,30 +223,31 @@ def padded_rows(M: int) -> int:
     return 8 if M <= 8 else 16
 
 
-_BEST: dict[tuple[int, int, int], tuple] = {}  # (N, K, padded rows) -> the fastest config, chosen by tune
+_BEST: dict[tuple[int, int, int, bool], tuple] = {}  # (N, K, padded rows, glu) -> the fastest config (tune)
 
 
-def tune(x: Tensor, w: Tensor, scale: Tensor) -> tuple:
+def tune(x: Tensor, w: Tensor, scale: Tensor, glu: bool = False) -> tuple:
     """Time every config that fits on these operands (median of `triton.testing.do_bench`, which clears L2 between
-    calls, as a decode step finds it) and keep the fastest for (N, K, padded rows). Eagerly only: raises inside CUDA
-    graph capture, where nothing can be timed."""
+    calls, as a decode step finds it) and keep the fastest for (N, K, padded rows, glu). Eagerly only: raises inside
+    CUDA graph capture, where nothing can be timed."""
     import triton.testing
 
     M, (N, K) = x.shape[0], w.shape
-    key = (N, K, padded_rows(M))
+    N = N // 2 if glu else N
+    key = (N, K, padded_rows(M), glu)
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError(
             f"fp8_mm: first call for (N, K, rows) = {key} inside CUDA graph capture; run it eagerly first"
         )
     y = torch.empty(M, N, dtype=torch.bfloat16, device=x.device)
     times, failed = {}, {}
-    for cfg in (c for c in CONFIGS if config_fits(c, K)):
+    for cfg in (c for c in CONFIGS if config_fits(c, K) and not (glu and c[5])):
         try:
-            fp8_mm(x, w, scale, y, cfg)  # compiles
+            fp8_mm(x, w, scale, y, cfg, glu)  # compiles
         except Exception as e:  # a config this Triton cannot compile is left out, not fatal  # noqa: PERF203
             failed[cfg] = e
             continue
-        times[cfg] = triton.testing.do_bench(lambda c=cfg: fp8_mm(x, w, scale, y, c), warmup=5, rep=20)
+        times[cfg] = triton.testing.do_bench(lambda c=cfg: fp8_mm(x, w, scale, y, c, glu), warmup=5, rep=20)
     if not times:
         raise RuntimeError(f"fp8_mm: no config compiled for (N, K, rows) = {key}: {failed}")
     _BEST[key] = min(times, key=times.get)

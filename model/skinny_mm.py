@@ -47,6 +47,8 @@ MAX_ROWS = 16  # the kernel pads rows to 16; more rows (prefill, Jacobi windows)
 # float8 products of at most this many rows go through model.fp8_gluon's kernel where it runs (W loaded straight into
 # tensor-core registers: 1.1-1.2x faster than this module's kernel at 2 rows on an H200, slower at 16)
 GLUON_ROWS = 8
+# SkinnyLinear.forward_swiglu: decode steps' SwiGLU in the fused gate_up product's epilogue, not a kernel of its own
+FUSE_SWIGLU = True
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FP8_ASM = True  # float8 -> bf16 by integer ops (_e4m3_to_bf16); False: Triton's conversion (slower, see there)
 FP8 = torch.float8_e4m3fn
@@ -144,6 +146,24 @@ if triton is not None:
             pack=4,
         )  # fmt: skip
 
+    @triton.jit
+    def _dot(w, x, F32_DOT: tl.constexpr, FP8_ASM: tl.constexpr):
+        """w [S, BLOCK_N, k] (bf16 or float8) @ x [S, k, BLOCK_M] bf16, float32 accumulation."""
+        if F32_DOT:
+            return tl.dot(w.to(tl.float32), x.to(tl.float32))
+        elif FP8_ASM and w.dtype == tl.float8e4nv:
+            return tl.dot(_e4m3_to_bf16(w), x)
+        else:
+            return tl.dot(w.to(tl.bfloat16), x)
+
+    @triton.jit
+    def silu_mul(gate, up):
+        """silu(gate) * up for bf16 gate and up, rounded to bf16 after the silu and after the product, as the eager
+        ops round (model.transformer.swiglu)."""
+        g = gate.to(tl.float32)
+        s = (g / (1.0 + tl.exp(-g))).to(tl.bfloat16).to(tl.float32)
+        return (s * up.to(tl.float32)).to(tl.bfloat16)
+
     @triton.jit(do_not_specialize=["M", "M_BUCKET"])
     def _skinny_kernel(
         x_ptr,  # [M, K] bf16, rows contiguous
@@ -164,6 +184,7 @@ if triton is not None:
         FP8_ASM: tl.constexpr,  # float8 weights: convert with _e4m3_to_bf16 (else Triton's cvt)
         USE_PDL: tl.constexpr = False,  # launched with programmatic dependent launch (use_pdl)
         W_LINE: tl.constexpr = 64,  # weights per 128-byte line (64 bf16, 128 float8)
+        GLU: tl.constexpr = False,  # W is [gate; up] [2N, K]: y = silu(x @ gate^T) * (x @ up^T), [M, N]
     ):
         # A W tile [BLOCK_N, BLOCK_K] is read as [SLICES, BLOCK_N, BLOCK_K / SLICES]: one batched tl.dot with the
         # matching x slices [SLICES, BLOCK_K / SLICES, BLOCK_M] gives each warp its own K slice (a plain 2-D dot with
@@ -189,25 +210,32 @@ if triton is not None:
         w_ptrs = w_ptr + rows_n.to(tl.int64)[None, :, None] * K + kw  # [S, BLOCK_N, BLOCK_K / S]
         x_ptrs = x_ptr + offs_m[None, None, :] * K + kx  # [S, BLOCK_K / S, BLOCK_M]
         acc = tl.zeros((SLICES, BLOCK_N, BLOCK_M), dtype=tl.float32)
+        if GLU:
+            acc_up = tl.zeros((SLICES, BLOCK_N, BLOCK_M), dtype=tl.float32)
+            up = N.to(tl.int64) * K  # the up rows start N rows after the gate rows
         for k in range(0, tl.cdiv(K, BLOCK_K)):
             if EVEN_K:
                 w = tl.load(w_ptrs)
                 x = tl.load(x_ptrs, mask=m_mask, other=0.0)
+                if GLU:
+                    acc_up += _dot(tl.load(w_ptrs + up), x, F32_DOT, FP8_ASM)
             else:
                 left = K - k * BLOCK_K
                 w = tl.load(w_ptrs, mask=kw < left, other=0.0)
                 x = tl.load(x_ptrs, mask=m_mask & (kx < left), other=0.0)
-            if F32_DOT:
-                acc += tl.dot(w.to(tl.float32), x.to(tl.float32))
-            elif FP8_ASM and w.dtype == tl.float8e4nv:
-                acc += tl.dot(_e4m3_to_bf16(w), x)
-            else:
-                acc += tl.dot(w.to(tl.bfloat16), x)  # float32 accumulation
+                if GLU:
+                    acc_up += _dot(tl.load(w_ptrs + up, mask=kw < left, other=0.0), x, F32_DOT, FP8_ASM)
+            acc += _dot(w, x, F32_DOT, FP8_ASM)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
         y = tl.sum(acc, axis=0)  # [BLOCK_N, BLOCK_M]
         if HAS_SCALE:
             y = y * tl.load(s_ptr + rows_n)[:, None]
+        if GLU:
+            u = tl.sum(acc_up, axis=0)
+            if HAS_SCALE:
+                u = u * tl.load(s_ptr + N + rows_n)[:, None]
+            y = silu_mul(y.to(tl.bfloat16), u.to(tl.bfloat16))
         y_ptrs = y_ptr + offs_m[None, :] * N + offs_n[:, None]
         tl.store(y_ptrs, y.to(tl.bfloat16), mask=(offs_m[None, :] < M) & (offs_n[:, None] < N))
 
@@ -217,7 +245,8 @@ if triton is not None:
         import triton.testing
 
         _bench["do_bench"] = lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
-    _tuned_kernel = triton.autotune(_CONFIGS, key=["N", "K", "M_BUCKET", "HAS_SCALE", "FP8_ASM"], **_bench)(_kernel)
+    _key = ["N", "K", "M_BUCKET", "HAS_SCALE", "FP8_ASM", "GLU"]
+    _tuned_kernel = triton.autotune(_CONFIGS, key=_key, **_bench)(_kernel)
 
 # (N, K, row bucket, weight dtype, scaled, FP8_ASM) seen eagerly: a first call while a CUDA graph is being captured
 # would autotune (synchronise) inside the capture
@@ -237,9 +266,17 @@ def _use_kernel(x: Tensor, w: Tensor, scale: Tensor | None) -> bool:
 
 
 def skinny_mm(
-    x: Tensor, w: Tensor, scale: Tensor | None = None, out: Tensor | None = None, config=None, pdl: bool | None = None
+    x: Tensor,
+    w: Tensor,
+    scale: Tensor | None = None,
+    out: Tensor | None = None,
+    config=None,
+    pdl: bool | None = None,
+    glu: bool = False,
 ) -> Tensor:
-    """x [M, K] @ w[N, K]^T (* scale [N] per output channel) -> [M, N] in x's dtype.
+    """x [M, K] @ w[N, K]^T (* scale [N] per output channel) -> [M, N] in x's dtype. With `glu`, w is a fused
+    [gate; up] projection [2N', K] and the result is model.transformer.swiglu(gate, up) [M, N'], made in the kernel's
+    epilogue from the two halves' products (each rounded to bf16 first, as the unfused path rounds them).
 
     The Triton kernel where it can run (bf16 x, 1 <= M <= 16, bf16 or float8 e4m3 w), else `skinny_mm_reference`.
     `out`: a contiguous [M, N] bf16 tensor to write (kernel path only). `config`: {"BLOCK_N", "BLOCK_K", "SLICES"}
@@ -247,19 +284,24 @@ def skinny_mm(
     with programmatic dependent launch (default: `use_pdl`'s process-wide choice)."""
     M, K = x.shape
     N = w.shape[0]
-    if w.shape[1] != K or (scale is not None and scale.numel() != N):
+    if w.shape[1] != K or (scale is not None and scale.numel() != N) or (glu and N % 2):
         raise ValueError(f"skinny_mm: x {tuple(x.shape)}, w {tuple(w.shape)}, scale {None if scale is None else N}")
     if not _use_kernel(x, w, scale):
         y = skinny_mm_reference(x, w, scale)
+        if glu:
+            from .transformer import swiglu
+
+            y = swiglu(*y.chunk(2, dim=-1))
         return y if out is None else out.copy_(y)
     x = x.contiguous()
     if scale is not None and M <= GLUON_ROWS and config is None and fp8_mm_available(x.device) and k_fits(K):
-        return fp8_mm(x, w, scale, out)
+        return fp8_mm(x, w, scale, out, glu=glu)
+    N = N // 2 if glu else N  # output columns
     y = torch.empty(M, N, dtype=torch.bfloat16, device=x.device) if out is None else out
     bucket = 1 << (M - 1).bit_length()  # 1, 2, 4, 8, 16
     s = scale.reshape(-1) if scale is not None else x  # unscaled: HAS_SCALE=False compiles the read of s_ptr away
     args = (x, w, s, y, M, N, K, bucket)
-    kw = {"HAS_SCALE": scale is not None, "BLOCK_M": MAX_ROWS, "F32_DOT": INTERPRET, "FP8_ASM": FP8_ASM}
+    kw = {"HAS_SCALE": scale is not None, "BLOCK_M": MAX_ROWS, "F32_DOT": INTERPRET, "FP8_ASM": FP8_ASM, "GLU": glu}
     if (PDL["on"] if pdl is None else pdl) and x.is_cuda and not INTERPRET:
         kw.update(USE_PDL=True, W_LINE=128 // w.element_size(), launch_pdl=True)
     if config is None and INTERPRET:
@@ -268,7 +310,7 @@ def skinny_mm(
         bn = config["BLOCK_N"]
         _kernel[(triton.cdiv(N, bn),)](*args, **kw, **config)
         return y
-    key = (N, K, bucket, w.dtype, scale is not None, FP8_ASM)
+    key = (N, K, bucket, w.dtype, scale is not None, FP8_ASM, glu)
     if key not in _TUNED:
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
@@ -331,6 +373,16 @@ class SkinnyLinear(nn.Module):
         else:  # CPU (tests): the kernel's weight-only numbers
             y = skinny_mm_reference(x2, self.weight, self.scale)
         return y.reshape(*lead, self.out_features)
+
+    def forward_swiglu(self, x: Tensor) -> Tensor | None:
+        """model.transformer.swiglu(*self(x).chunk(2, dim=-1)) for a fused [gate; up] projection, the SwiGLU made in
+        the product's epilogue: one kernel a layer fewer in decode steps. None where the kernel does not take x (or
+        FUSE_SWIGLU is off): the caller runs the product and the SwiGLU."""
+        lead, K = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, K)
+        if not FUSE_SWIGLU or self.out_features % 2 or not _use_kernel(x2, self.weight, self.scale):
+            return None
+        return skinny_mm(x2, self.weight, self.scale, pdl=self.pdl, glu=True).reshape(*lead, self.out_features // 2)
 
 
 @torch.no_grad()

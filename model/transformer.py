@@ -298,8 +298,11 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up_proj is None:
             return self.down_proj(KERNELS["swiglu"](self.gate_proj(x), self.up_proj(x)))
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(KERNELS["swiglu"](gate, up))
+        fused = getattr(self.gate_up_proj, "forward_swiglu", None)  # model.skinny_mm: SwiGLU in the epilogue
+        h = None if fused is None else fused(x)
+        if h is None:
+            h = KERNELS["swiglu"](*self.gate_up_proj(x).chunk(2, dim=-1))
+        return self.down_proj(h)
 
 
 class Block(nn.Module):

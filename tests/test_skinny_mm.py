@@ -113,6 +113,23 @@ def test_use_skinny_logits_close(bundle, fp8):
             assert rel(o, r) < 2e-2
 
 
+def test_swiglu_of_a_fused_gate_up_falls_back_to_the_ops():
+    """skinny_mm(glu=True) where the kernel does not run is swiglu(gate, up) of the product; forward_swiglu leaves
+    the caller its ops (None) where the kernel does not take x."""
+    from model.transformer import swiglu
+
+    w, wq, s = weights(80, 64)
+    x = torch.randn(3, 64)  # float32: the fallback
+    for W, sc in ((w, None), (wq, s)):
+        assert torch.equal(skinny_mm(x, W, sc, glu=True), swiglu(*skinny_mm_reference(x, W, sc).chunk(2, dim=-1)))
+    with pytest.raises(ValueError):
+        skinny_mm(x, w[:79], glu=True)  # no even split into gate and up
+    lin = torch.nn.Linear(64, 80, bias=False).bfloat16().requires_grad_(False)
+    assert SkinnyLinear(lin).forward_swiglu(torch.randn(30, 64).bfloat16()) is None  # 30 rows: never the kernel
+    if not skinny_available(torch.device("cpu")):
+        assert SkinnyLinear(lin).forward_swiglu(torch.randn(2, 64).bfloat16()) is None
+
+
 def test_use_skinny_upgrades_and_drops():
     lin = torch.nn.Linear(32, 16, bias=False).bfloat16()
     model = torch.nn.ModuleDict({"o_proj": lin, "other": torch.nn.Linear(32, 16, bias=False)})
@@ -198,6 +215,58 @@ def test_kernel_all_rows_odd_shapes(fp8, few_configs):
             sk.FP8_ASM = True
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_kernel_swiglu_epilogue(fp8, few_configs):
+    """A fused [gate; up] product with the SwiGLU in the epilogue against the product then the eager SwiGLU: 1-16 rows
+    (float8 up to 8 through model.fp8_gluon's kernel on a GPU), N off the blocks, every output written once."""
+    from model.transformer import swiglu
+
+    dev = kernel_device()
+    if not skinny_available(dev, fp8):
+        pytest.skip("float8 needs sm89+")
+    tol = 3e-2 if INTERPRET else 1.6e-2  # a bf16 rounding of each product, then the SwiGLU's two
+    g = torch.Generator().manual_seed(3)
+    N, K = 2 * 77, 1024
+    w, wq, s = weights(N, K, seed=5)
+    w, scale = (wq, s) if fp8 else (w, None)
+    w, scale = w.to(dev), None if scale is None else scale.to(dev)
+    for M in (1, 2, 5, 8, 9, 16) if dev.type == "cuda" else (1, 3, 16):
+        x = torch.randn(M, K, generator=g).bfloat16().to(dev)
+        buf = torch.full((M * 77 + 1,), float("nan"), dtype=torch.bfloat16, device=dev)
+        y = skinny_mm(x, w, scale, out=buf[:-1].view(M, 77), glu=True)
+        assert y.data_ptr() == buf.data_ptr() and torch.isnan(buf[-1]) and not torch.isnan(y).any(), M
+        ref = swiglu(*skinny_mm_reference(x, w, scale).chunk(2, dim=-1)).float()
+        err = float((y.float() - ref).abs().max() / ref.abs().max())
+        assert err < tol, (M, err)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gluon_fp8_swiglu_every_config():
+    """model.fp8_gluon's kernel with the SwiGLU epilogue (two accumulators, gate and up rows N apart): every config
+    that takes it, 1-8 rows, against the product then the eager SwiGLU; tuned separately from the plain product."""
+    from model.fp8_gluon import _BEST, CONFIGS, config_fits, fp8_mm, fp8_mm_available
+    from model.transformer import swiglu
+
+    dev = torch.device("cuda")
+    if not fp8_mm_available(dev):
+        pytest.skip("needs Gluon and sm89+")
+    g = torch.Generator().manual_seed(4)
+    K = 1024
+    _, wq, s = weights(2 * 77, K, seed=7)
+    wq, s = wq.to(dev), s.to(dev)
+    for M in (1, 2, 8):
+        x = torch.randn(M, K, generator=g).bfloat16().to(dev)
+        ref = swiglu(*skinny_mm_reference(x, wq, s).chunk(2, dim=-1)).float()
+        for c in (c for c in CONFIGS if not c[5]):
+            assert config_fits(c, K)
+            y = torch.full((M, 77), float("nan"), dtype=torch.bfloat16, device=dev)
+            fp8_mm(x, wq, s, out=y, config=c, glu=True)
+            err = float((y.float() - ref).abs().max() / ref.abs().max())
+            assert err < 1.6e-2, (M, c, err)
+    fp8_mm(x, wq, s, glu=True)
+    assert (77, K, 8, True) in _BEST
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gluon_fp8_every_config_rows_odd_shapes():
     """model.fp8_gluon's kernel (W loaded into tensor-core registers) against the dequantized product: every config,
@@ -223,7 +292,7 @@ def test_gluon_fp8_every_config_rows_odd_shapes():
                 assert err < 5e-3, (N, M, c, err)
     x = torch.randn(2, K, generator=g).bfloat16().to(dev)
     y = fp8_mm(x, wq, s)  # tunes (N, K, 8 rows) on first use
-    assert (N, K, 8) in _BEST
+    assert (N, K, 8, False) in _BEST
     assert torch.equal(skinny_mm(x, wq, s), y)  # skinny_mm sends <= GLUON_ROWS float8 rows here
     out = torch.empty_like(y)
     graph = torch.cuda.CUDAGraph()
