@@ -32,12 +32,19 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep going
 step cuda_tests 300 $py -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_skinny_mm.py tests/test_decode_attention.py
 step decode 360 $py benchmarks/decode.py --shape 34b --variants fused,skinny_attn,skinny_fp8_attn --streams 1cfg,8cfg \
   --out "$out/decode_34b.json"
+# the decode fusions (QK-norm/RoPE/KV writes in one kernel, SwiGLU in gate_up's epilogue) against the separate ops
+step decode_fusions_ab 330 $py benchmarks/decode.py --shape 34b \
+  --variants skinny_attn_sep,skinny_attn,skinny_fp8_attn_sep,skinny_fp8_attn --streams 1cfg --steps 128 --prefill 256 \
+  --out "$out/decode_34b_fusions_ab.json"
 if [ -n "${OLD_TREE:-}" ]; then
   step decode_1cd583f 240 $py "$OLD_TREE/benchmarks/decode.py" --shape 34b --variants fused --streams 1cfg,8cfg \
     --out "$out/decode_34b_1cd583f.json"
 fi
 step sampling 120 $py benchmarks/sampling_step.py --device cuda --streams 1,8
 step fp8_variants 240 $py benchmarks/fp8_variants.py --rows 2,8 --variants cur,read,gluon --out "$out/fp8_variants.json"
+# gate_up with the SwiGLU in the Gluon kernel's epilogue (two accumulators) against the plain product, every config
+step fp8_glu 200 $py benchmarks/fp8_variants.py --rows 2 --shapes gate_up --variants gluon,gluon_glu \
+  --out "$out/fp8_variants_glu.json"
 step profile 240 $py benchmarks/profile_step.py --rows 2 --prefill 2048 --trace "$out/trace_bf16.json" \
   --out "$out/profile_34b.txt"
 step profile_fp8 240 $py benchmarks/profile_step.py --rows 2 --fp8 --trace "$out/trace_fp8.json" \
