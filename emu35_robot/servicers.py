@@ -59,6 +59,37 @@ TASK_NAMES = {
 }
 
 
+def image_event(e, event_cls, started: str, progress: str):
+    """The stream's proto event for an engine ImageStarted / ImageProgress, in `event_cls`'s `started` / `progress`
+    field (each stream names them: keyframe_*, image_*, view_*); None for any other engine event."""
+    if isinstance(e, ImageStarted):
+        return event_cls(**{started: common_pb2.ImageStarted(index=e.index, grid_height=e.h, grid_width=e.w)})
+    if isinstance(e, ImageProgress):
+        return event_cls(**{progress: common_pb2.ImageProgress(index=e.index, rows_done=e.rows_done, rows_total=e.h)})
+    return None
+
+
+class Captions:
+    """The text streamed before each image (its caption or narration, chain of thought split off), and after the
+    last one, for Generate and Explore."""
+
+    def __init__(self) -> None:
+        self.raw, self.texts = "", []
+
+    def add(self, text: str) -> None:
+        self.raw += text
+
+    def close(self) -> str:
+        """The caption of the text since the last image (an image or the end closes it)."""
+        caption = split_chain_of_thought(self.raw)[0]
+        self.texts.append(caption)
+        self.raw = ""
+        return caption
+
+    def joined(self) -> str:
+        return "\n".join(t for t in self.texts if t)
+
+
 @dataclasses.dataclass
 class ModelInfo:
     name: str
@@ -276,17 +307,12 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
         job = rt.submit_request(engine, req, context, on_event)
         raw, done, global_cot = "", [], ""
         for e in rt.events(job, context):
-            if isinstance(e, TextDelta):
+            ev = image_event(e, planner_pb2.PlanEvent, "keyframe_started", "keyframe_progress")
+            if ev is not None:
+                yield ev
+            elif isinstance(e, TextDelta):
                 raw += e.text
                 yield planner_pb2.PlanEvent(subgoal_delta=planner_pb2.SubgoalDelta(index=len(done), text=e.text))
-            elif isinstance(e, ImageStarted):
-                yield planner_pb2.PlanEvent(
-                    keyframe_started=common_pb2.ImageStarted(index=e.index, grid_height=e.h, grid_width=e.w)
-                )
-            elif isinstance(e, ImageProgress):
-                yield planner_pb2.PlanEvent(
-                    keyframe_progress=common_pb2.ImageProgress(index=e.index, rows_done=e.rows_done, rows_total=e.h)
-                )
             elif isinstance(e, ImageFinished):
                 if len(done) >= n_max:  # finished before the cancel took effect (tiny images): not asked for
                     continue
@@ -336,31 +362,23 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             raise invalid("images: TASK_T2I takes no images; use TASK_X2I to condition on images")
         req = GenerationRequest(task=task, question=prompt, images=images, **rt.options(request.options, task))
         job = rt.submit_request(engine, req, context)
-        raw, texts, n = "", [], 0
+        captions, n = Captions(), 0
         for e in rt.events(job, context):
-            if isinstance(e, TextDelta):
-                raw += e.text
+            ev = image_event(e, generation_pb2.GenerateEvent, "image_started", "image_progress")
+            if ev is not None:
+                yield ev
+            elif isinstance(e, TextDelta):
+                captions.add(e.text)
                 yield generation_pb2.GenerateEvent(text=common_pb2.TextDelta(text=e.text))
-            elif isinstance(e, ImageStarted):
-                yield generation_pb2.GenerateEvent(
-                    image_started=common_pb2.ImageStarted(index=e.index, grid_height=e.h, grid_width=e.w)
-                )
-            elif isinstance(e, ImageProgress):
-                yield generation_pb2.GenerateEvent(
-                    image_progress=common_pb2.ImageProgress(index=e.index, rows_done=e.rows_done, rows_total=e.h)
-                )
             elif isinstance(e, ImageFinished):
-                caption = split_chain_of_thought(raw)[0]
-                texts.append(caption)
-                raw = ""
-                img = generation_pb2.GeneratedImage(index=n, caption=caption, image=to_proto(e.image, e.codes))
+                img = generation_pb2.GeneratedImage(index=n, caption=captions.close(), image=to_proto(e.image, e.codes))
                 n += 1
                 yield generation_pb2.GenerateEvent(image=img)
             elif isinstance(e, Finished):
-                texts.append(split_chain_of_thought(raw)[0])
+                captions.close()
                 rt.observe_speed("Generate", e)
                 fin = generation_pb2.GenerateFinished(
-                    text="\n".join(t for t in texts if t), usage=rt.usage(e, queue_s=(job.started or t0) - job.enqueued)
+                    text=captions.joined(), usage=rt.usage(e, queue_s=(job.started or t0) - job.enqueued)
                 )
                 yield generation_pb2.GenerateEvent(finished=fin)
 
@@ -419,32 +437,25 @@ class ExplorationServicer(exploration_pb2_grpc.ExplorationServicer):
                     f"session context is full ({session.context_tokens} of {engine.max_len} tokens); start a new one",
                 )
         job = rt.submit(lambda cancel: session.turn(command, cancel), context)
-        raw, texts, n = "", [], 0
+        narration, n = Captions(), 0
         for e in rt.events(job, context):
-            if isinstance(e, TextDelta):
-                raw += e.text
+            ev = image_event(e, exploration_pb2.ExploreEvent, "view_started", "view_progress")
+            if ev is not None:
+                yield ev
+            elif isinstance(e, TextDelta):
+                narration.add(e.text)
                 yield exploration_pb2.ExploreEvent(narration=common_pb2.TextDelta(text=e.text))
-            elif isinstance(e, ImageStarted):
-                yield exploration_pb2.ExploreEvent(
-                    view_started=common_pb2.ImageStarted(index=e.index, grid_height=e.h, grid_width=e.w)
-                )
-            elif isinstance(e, ImageProgress):
-                yield exploration_pb2.ExploreEvent(
-                    view_progress=common_pb2.ImageProgress(index=e.index, rows_done=e.rows_done, rows_total=e.h)
-                )
             elif isinstance(e, ImageFinished):
-                text = split_chain_of_thought(raw)[0]
-                texts.append(text)
-                raw = ""
-                view = exploration_pb2.ExploreView(turn=turn, index=n, image=to_proto(e.image, e.codes), narration=text)
+                image = to_proto(e.image, e.codes)
+                view = exploration_pb2.ExploreView(turn=turn, index=n, image=image, narration=narration.close())
                 n += 1
                 yield exploration_pb2.ExploreEvent(view=view)
             elif isinstance(e, Finished):
-                texts.append(split_chain_of_thought(raw)[0])
+                narration.close()
                 rt.observe_speed("Explore", e)
                 fin = exploration_pb2.TurnFinished(
                     turn=turn,
-                    narration="\n".join(t for t in texts if t),
+                    narration=narration.joined(),
                     usage=rt.usage(e, queue_s=(job.started or t0) - job.enqueued),
                     context_tokens=session.context_tokens,
                     context_limit=engine.max_len,
