@@ -2,10 +2,9 @@
 
 import threading
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tiny import camera_image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from model import batching
@@ -26,15 +25,11 @@ def engine(bundle):
     return load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=512)
 
 
-def scene(seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-
-
 def requests(tok, **sampling):
     """Three requests of different shapes: CFG with a reference image, no CFG (one row), text-to-image."""
     return [
-        GenerationRequest(task="vla", question="put the red block in the bowl", images=[scene()], image_size=(2, 3),
-                          max_new_tokens=24, seed=3, logit_bias={tok.boi_id: 50.0}, **sampling),
+        GenerationRequest(task="vla", question="put the red block in the bowl", images=[camera_image()],
+                          image_size=(2, 3), max_new_tokens=24, seed=3, logit_bias={tok.boi_id: 50.0}, **sampling),
         GenerationRequest(task="story", question="a robot tidies a desk", cfg_scale=1.0, max_new_tokens=40, seed=11,
                           logit_bias={tok.boi_id: 2.0}, **sampling),
         GenerationRequest(task="t2i", question="a red cube", image_size=(3, 2), max_new_tokens=30, seed=1,
@@ -114,8 +109,8 @@ def mixed(tok):
     their params), temperature, greedy; CFG and not; text and images; the fourth runs a Jacobi window."""
     cut = dict(text_sampling=SamplingParams(1.0, 20, 0.8), image_sampling=SamplingParams(0.9, 30, 0.9))
     return [
-        GenerationRequest(task="vla", question="put the red block in the bowl", images=[scene()], image_size=(2, 3),
-                          max_new_tokens=30, seed=5, logit_bias={tok.boi_id: 3.0}, **cut),
+        GenerationRequest(task="vla", question="put the red block in the bowl", images=[camera_image()],
+                          image_size=(2, 3), max_new_tokens=30, seed=5, logit_bias={tok.boi_id: 3.0}, **cut),
         GenerationRequest(task="story", question="a robot waters a plant", max_new_tokens=30, seed=6,
                           logit_bias={tok.boi_id: 3.0}, **cut),
         GenerationRequest(task="story", question="a robot opens a door", cfg_scale=1.0, max_new_tokens=30, seed=7,
@@ -193,7 +188,7 @@ def image_requests(tok):
     row without CFG cut by its token budget inside its image."""
     boi = {tok.boi_id: 50.0}
     return [
-        GenerationRequest(task="vla", question="stack the blocks", images=[scene(1)], image_size=(3, 4),
+        GenerationRequest(task="vla", question="stack the blocks", images=[camera_image(1)], image_size=(3, 4),
                           max_new_tokens=22, seed=2, logit_bias=boi),
         GenerationRequest(task="t2i", question="a red cube", image_size=(4, 3), max_new_tokens=40, seed=1,
                           logit_bias=boi),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import camera_image
 
 from model import Emu35, ImageSegment, TextTokenizer, VisionTokenizer, encode_image, parse_stream
 from model.engine import (
@@ -36,11 +37,6 @@ def engine(bundle):
     )
 
 
-def scene(seed=0, size=(96, 64)):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
 def run(engine, **kw):
     kw.setdefault("task", "vla")
     kw.setdefault("question", "put the red block in the bowl")
@@ -66,7 +62,9 @@ def images_in(engine, events):
 def test_every_image_is_well_formed(engine, kw, grid):
     tok = engine.tok
     n = 140 if grid else 400
-    ev = run(engine, images=[scene()], max_new_tokens=n, seed=3, logit_bias={tok.boi_id: 50.0}, **kw)
+    ev = run(
+        engine, images=[camera_image(size=(96, 64))], max_new_tokens=n, seed=3, logit_bias={tok.boi_id: 50.0}, **kw
+    )
     fin, segs = images_in(engine, ev)
     done = [e for e in ev if isinstance(e, ImageFinished)]
     started = [e for e in ev if isinstance(e, ImageStarted)]
@@ -96,7 +94,7 @@ def test_batched_cfg_equals_separate_forwards(engine):
     """Every image token equals greedy CFG over two separate full forwards: the conditional stream (prompt + all
     generated tokens) and the unconditional one (unconditional prompt + only the BOI..EOI tokens generated)."""
     tok, lm = engine.tok, engine.lm
-    ref = scene(1)
+    ref = camera_image(1, size=(96, 64))
     ev = run(
         engine,
         images=[ref],
@@ -203,10 +201,17 @@ def test_results_json_png_and_official_story(engine, tmp_path):
     from model.proto import interleave_story_pb2 as pb
 
     tok = engine.tok
-    ev = run(engine, images=[scene()], image_size=(2, 2), max_new_tokens=60, seed=2, logit_bias={tok.boi_id: 3.0})
+    ev = run(
+        engine,
+        images=[camera_image(size=(96, 64))],
+        image_size=(2, 2),
+        max_new_tokens=60,
+        seed=2,
+        logit_bias={tok.boi_id: 3.0},
+    )
     res = collect(ev, "vla", "q")
     assert len(res.images) == sum(isinstance(e, ImageFinished) for e in ev) >= 1
-    out = save_result(res, tmp_path, reference_images=[scene()])
+    out = save_result(res, tmp_path, reference_images=[camera_image(size=(96, 64))])
     assert (out / "image_000.png").is_file() and (out / "result.json").is_file()
     story = pb.Story.FromString((out / "story.pb").read_bytes())
     metas = [m for s in story.clips[0].segments for m in s.images]

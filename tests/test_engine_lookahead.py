@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from PIL import Image
+from tiny import camera_image
 
 from model.engine import Finished, GenerationRequest, ImageFinished, ImageProgress, load_engine
 
@@ -28,10 +28,6 @@ def counted(engine, monkeypatch):
 
     monkeypatch.setattr(engine, "_draw_ahead", draw_ahead)
     return calls
-
-
-def view(seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8))
 
 
 @contextlib.contextmanager
@@ -58,7 +54,7 @@ def tokens(engine, lookahead: bool, **kw) -> list:
     ],
 )
 def test_same_tokens_and_events_as_without_lookahead(engine, counted, kw):
-    kw = dict(kw, images=[view()], logit_bias={engine.tok.boi_id: 50.0})
+    kw = dict(kw, images=[camera_image()], logit_bias={engine.tok.boi_id: 50.0})
     off = tokens(engine, False, **kw)
     assert not counted
     on = tokens(engine, True, **kw)
@@ -89,7 +85,7 @@ def test_session_turns_after_a_cut_and_a_cancel_match(engine):
             req = GenerationRequest(
                 task="explore",
                 question="a garden",
-                images=[view(1)],
+                images=[camera_image(1)],
                 image_size=(3, 3),
                 max_new_tokens=9,
                 seed=4,

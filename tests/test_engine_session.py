@@ -2,10 +2,9 @@
 
 import threading
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tiny import camera_image
 
 from model.engine import Finished, GenerationRequest, ImageFinished, ImageProgress, load_engine
 from model.prompts import task_prompt
@@ -20,20 +19,21 @@ def engine(bundle):
     return load_engine(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, max_len=512)
 
 
-def view(seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-
-
 def test_second_turn_equals_full_recomputation(engine):
     tok, lm = engine.tok, engine.lm
     req = GenerationRequest(
-        task="explore", question="a kitchen", images=[view()], text_sampling=GREEDY, cfg_scale=1.0, max_new_tokens=12
+        task="explore",
+        question="a kitchen",
+        images=[camera_image()],
+        text_sampling=GREEDY,
+        cfg_scale=1.0,
+        max_new_tokens=12,
     )
     s = engine.session(req)
     first = list(s.turn())[-1]
     second = list(s.turn("turn left"))[-1]
     assert isinstance(second, Finished) and second.generated_tokens >= 3
-    codes = engine.encode_images([view()], lm.config.image_area)
+    codes = engine.encode_images([camera_image()], lm.config.image_area)
     prompt1 = tok.encode(task_prompt("explore", "a kitchen", [image_string(tok, codes[0])]))
     turn2 = tok.encode(" USER: turn left ASSISTANT: <|extra_100|>")
     assert second.prompt_tokens == 1 + len(turn2)  # only the new tokens are prefilled
@@ -54,7 +54,7 @@ def test_turns_with_cfg_make_views_and_a_cancelled_turn_is_rolled_back(engine):
     req = GenerationRequest(
         task="explore",
         question="a garden",
-        images=[view(1)],
+        images=[camera_image(1)],
         image_size=(3, 3),
         max_new_tokens=40,
         seed=4,

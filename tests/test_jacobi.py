@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 import torch
-from test_batching import scene
+from tiny import camera_image
 
 from model.batching import BatchEngine
 from model.engine import Finished, GenerationRequest, ImageFinished, load_engine
@@ -51,8 +51,9 @@ def run(engine, req, window):
 
 
 def vla(tok, **kw):
-    return GenerationRequest(task="vla", question="put the red block in the bowl", images=[scene()], image_size=(3, 4),
-                             max_new_tokens=60, seed=3, logit_bias={tok.boi_id: 50.0}, **kw)  # fmt: skip
+    return GenerationRequest(task="vla", question="put the red block in the bowl", images=[camera_image()],
+                             image_size=(3, 4), max_new_tokens=60, seed=3, logit_bias={tok.boi_id: 50.0},
+                             **kw)  # fmt: skip
 
 
 @pytest.mark.parametrize("window", [1, 3, 64])
@@ -94,7 +95,7 @@ def test_sampled_jacobi_is_reproducible_and_session_turns_use_it(engine):
     a, b = run(engine, vla(engine.tok), 4), run(engine, vla(engine.tok), 4)
     assert a[0].token_ids == b[0].token_ids and a[1] == b[1]
     assert all(len(img) == 3 and len(img[0]) == 4 for img in a[1])
-    req = GenerationRequest(task="explore", question="a kitchen", images=[scene()], image_size=(2, 3),
+    req = GenerationRequest(task="explore", question="a kitchen", images=[camera_image()], image_size=(2, 3),
                             text_sampling=GREEDY, image_sampling=GREEDY, max_new_tokens=30, jacobi_window=4,
                             logit_bias={engine.tok.boi_id: 50.0})  # fmt: skip
     s = engine.session(req)

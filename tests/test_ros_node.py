@@ -24,6 +24,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 
 pytest.register_assert_rewrite("ros_service")  # also loaded as a plugin below
 from ros_service import endless_options, keyframe_options  # noqa: E402
+from tiny import camera_image  # noqa: E402
 
 pytest_plugins = ["ros_service"]  # the engine and server fixtures
 
@@ -64,17 +65,13 @@ def wait(future, timeout=60.0):
     return future.result()
 
 
-def scene() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-
-
 def test_plan_action_streams_feedback_with_keyframes(ros, engine):
     node, user = ros
     client = ActionClient(user, Plan, "emu35/plan")
     assert client.wait_for_server(timeout_sec=10)
     goal = Plan.Goal(instruction="stack the red block on the blue block", max_subgoals=2,
                      options_json=json.dumps(keyframe_options(engine)))  # fmt: skip
-    goal.images = [to_ros_image(numpy_to_image(scene()))]
+    goal.images = [to_ros_image(numpy_to_image(np.asarray(camera_image())))]
     feedback = []
     handle = wait(client.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback)))
     assert handle.accepted
@@ -91,7 +88,7 @@ def test_plan_goal_uses_the_latest_camera_frame_and_cancels(ros, engine, server)
 
     node, user = ros
     cam = user.create_publisher(Image, "camera/image_raw", 10)
-    cam.publish(to_ros_image(numpy_to_image(scene())))
+    cam.publish(to_ros_image(numpy_to_image(np.asarray(camera_image()))))
     client = ActionClient(user, Plan, "emu35/plan")
     goal = Plan.Goal(instruction="wipe the table", options_json=json.dumps(endless_options(engine)))
     handle = wait(client.send_goal_async(goal))
@@ -107,7 +104,7 @@ def test_explore_service_keeps_a_session(ros, engine):
     assert cli.wait_for_service(timeout_sec=10)
     opts = json.dumps(keyframe_options(engine, size=(2, 2), max_new_tokens=30))
     start = Explore.Request(scene="a kitchen", options_json=opts)
-    start.images = [to_ros_image(numpy_to_image(scene()))]
+    start.images = [to_ros_image(numpy_to_image(np.asarray(camera_image())))]
     first = wait(cli.call_async(start))
     assert first.success and first.session_id and first.turn == 0, first.message
     turn = wait(cli.call_async(Explore.Request(session_id=first.session_id, command="move forward")))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
+from tiny import camera_image
 
 from emu35_robot import AsyncPlannerClient, Limits, Options, PlannerClient, PlannerServer
 from emu35_robot.proto import common_pb2, exploration_pb2, exploration_pb2_grpc, planner_pb2, planner_pb2_grpc
@@ -53,10 +53,6 @@ def client(server):
         yield c
 
 
-def scene(w=64, h=48, seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
 def png(im):
     buf = io.BytesIO()
     im.save(buf, format="PNG")
@@ -85,7 +81,7 @@ def requests_count(server, method, code):
 
 # ---- every method -------------------------------------------------------------------------------------------------
 def test_plan_streams_subgoals_with_keyframes(client, engine):
-    events = list(client.plan_stream("stack the red block on the blue block", [scene()], max_subgoals=2,
+    events = list(client.plan_stream("stack the red block on the blue block", [camera_image()], max_subgoals=2,
                                      options=force_images(engine, max_new_tokens=300)))  # fmt: skip
     plan = events[-1]
     assert isinstance(plan, Plan) and plan.usage.reason == "max_subgoals"
@@ -99,15 +95,15 @@ def test_plan_streams_subgoals_with_keyframes(client, engine):
 
 def test_plan_accepts_raw_rgb_and_jpeg(client, engine):
     jpeg = io.BytesIO()
-    scene(seed=3).save(jpeg, format="JPEG")
-    plan = client.plan("open the drawer", [np.asarray(scene(seed=2)), jpeg.getvalue()], max_subgoals=1,
+    camera_image(3).save(jpeg, format="JPEG")
+    plan = client.plan("open the drawer", [np.asarray(camera_image(2)), jpeg.getvalue()], max_subgoals=1,
                        options=force_images(engine, max_new_tokens=120))  # fmt: skip
     assert len(plan.subgoals) == 1 and plan.usage.prompt_tokens > 20
 
 
 @pytest.mark.parametrize("task", ["t2i", "x2i", "story", "howto"])
 def test_generate_every_task(client, engine, task):
-    images = [scene()] if task == "x2i" else []
+    images = [camera_image()] if task == "x2i" else []
     g = client.generate(task, "a robot arm over a table", images, options=force_images(engine, max_new_tokens=40))
     assert g.task == task and g.usage.generated_tokens == 40 or g.usage.reason == "eos"
     assert g.images and g.images[0].codes.shape == (3, 3)
@@ -124,7 +120,7 @@ def test_jacobi_window_through_the_service_keeps_greedy_output(client, engine):
 
 def test_explore_keeps_the_session_between_turns(client, engine):
     opts = force_images(engine, size=(2, 2), max_new_tokens=30)
-    session = client.explore("a kitchen with a red kettle", [scene()], options=opts)
+    session = client.explore("a kitchen with a red kettle", [camera_image()], options=opts)
     first = session.first
     assert first.views and first.context_tokens > first.usage.prompt_tokens
     t1 = session.step("move forward")
@@ -147,10 +143,12 @@ def test_get_info(client, server):
 def test_async_client(server, engine):
     async def main():
         async with AsyncPlannerClient(f"127.0.0.1:{server.port}", timeout=60) as c:
-            plan = await c.plan("wipe the table", [scene()], max_subgoals=1, options=force_images(engine))
+            plan = await c.plan("wipe the table", [camera_image()], max_subgoals=1, options=force_images(engine))
             info = await c.info()
             g = await c.generate("story", "a day at the lab", options=force_images(engine, max_new_tokens=20))
-            s = await c.explore("a garden", [scene()], options=force_images(engine, size=(2, 2), max_new_tokens=20))
+            s = await c.explore(
+                "a garden", [camera_image()], options=force_images(engine, size=(2, 2), max_new_tokens=20)
+            )
             t = await s.step("look up")
             await s.close()
             return plan, info, g, t
@@ -164,33 +162,35 @@ def test_async_client(server, engine):
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda: planner_pb2.PlanRequest(instruction="  ", images=[common_pb2.ImageInput(encoded=png(scene()))]),
+        (lambda: planner_pb2.PlanRequest(instruction="  ", images=[common_pb2.ImageInput(encoded=png(camera_image()))]),
          "instruction is empty"),
-        (lambda: planner_pb2.PlanRequest(instruction="x" * 5000, images=[common_pb2.ImageInput(encoded=png(scene()))]),
+        (lambda: planner_pb2.PlanRequest(instruction="x" * 5000,
+                                         images=[common_pb2.ImageInput(encoded=png(camera_image()))]),
          "4096"),
         (lambda: planner_pb2.PlanRequest(instruction="go"), "at least one image"),
         (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=b"not an image")]),
          r"images\[0\]: cannot decode"),
         (lambda: planner_pb2.PlanRequest(instruction="go",
-                                         images=[common_pb2.ImageInput(encoded=png(scene(600, 600)))]),
+                                         images=[common_pb2.ImageInput(encoded=png(camera_image(size=(600, 600))))]),
          "exceeds the limit"),
-        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))] * 3),
+        (lambda: planner_pb2.PlanRequest(instruction="go",
+                                         images=[common_pb2.ImageInput(encoded=png(camera_image()))] * 3),
          "3 images exceeds"),
         (lambda: planner_pb2.PlanRequest(
             instruction="go", images=[common_pb2.ImageInput(raw=common_pb2.RawImage(data=b"abc", height=4, width=4))]),
          r"images\[0\].raw.data has 3 bytes"),
-        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(camera_image()))],
                                          options=common_pb2.GenerationOptions(max_new_tokens=10**6)),
          "max_new_tokens"),
         (lambda: planner_pb2.PlanRequest(
-            instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+            instruction="go", images=[common_pb2.ImageInput(encoded=png(camera_image()))],
             options=common_pb2.GenerationOptions(text_sampling=common_pb2.SamplingParams(top_p=1.5))),
          "text_sampling.top_p"),
-        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(camera_image()))],
                                          max_subgoals=99), "max_subgoals"),
-        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(camera_image()))],
                                          options=common_pb2.GenerationOptions(aspect_ratio="7:1")), "aspect_ratio"),
-        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+        (lambda: planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(camera_image()))],
                                          options=common_pb2.GenerationOptions(jacobi_window=65)),
          r"jacobi_window must be in \[0, 64\]"),
     ],
@@ -213,7 +213,7 @@ def test_explore_must_start_with_start(server):
 
 def test_queue_full_is_resource_exhausted_with_a_retry_hint(server, engine):
     stub = planner_pb2_grpc.PlannerStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
-    req = planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+    req = planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(camera_image()))],
                                   options=endless(engine, max_new_tokens=2000).to_proto())  # fmt: skip
     running = stub.Plan(req, timeout=60)
     next(running)  # decoding
@@ -232,11 +232,11 @@ def test_queue_full_is_resource_exhausted_with_a_retry_hint(server, engine):
 def test_cancellation_frees_the_slot(server, client, engine):
     before = requests_count(server, "Plan", "CANCELLED")
     t0 = time.time()
-    stream = client.plan_stream("go", [scene()], options=endless(engine, max_new_tokens=2000))
+    stream = client.plan_stream("go", [camera_image()], options=endless(engine, max_new_tokens=2000))
     next(stream)
     stream.close()  # cancels the call
     wait_for(lambda: server.runtime.scheduler._running == 0, timeout=5)
-    plan = client.plan("go", [scene()], max_subgoals=1, options=force_images(engine))  # the next request runs
+    plan = client.plan("go", [camera_image()], max_subgoals=1, options=force_images(engine))  # the next request runs
     assert len(plan.subgoals) == 1 and time.time() - t0 < 3.4  # 2000 tokens would take longer
     wait_for(lambda: requests_count(server, "Plan", "CANCELLED") == before + 1)
 
@@ -244,7 +244,7 @@ def test_cancellation_frees_the_slot(server, client, engine):
 def test_deadline_mid_image_stops_decoding(server, engine):
     stub = planner_pb2_grpc.PlannerStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     opts = force_images(engine, size=(48, 48), max_new_tokens=2000)  # one image: 48 * 49 tokens, seconds on CPU
-    req = planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+    req = planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(camera_image()))],
                                   options=opts.to_proto())  # fmt: skip
     kinds = []
     with pytest.raises(grpc.RpcError) as e:
@@ -257,7 +257,7 @@ def test_deadline_mid_image_stops_decoding(server, engine):
 
 
 def test_metrics_endpoint(server, client, engine):
-    client.plan("go", [scene()], max_subgoals=1, options=force_images(engine))
+    client.plan("go", [camera_image()], max_subgoals=1, options=force_images(engine))
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_bound_port}/metrics", timeout=10).read().decode()
     assert 'emu35_robot_requests_total{code="OK",method="Plan"}' in text
     assert 'emu35_robot_requests_total{code="INVALID_ARGUMENT",method="Plan"}' in text
@@ -308,7 +308,7 @@ def test_graceful_shutdown_drains_a_stream_in_flight(engine, bundle):
     watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     stub = planner_pb2_grpc.PlannerStub(ch)
-    req = planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(scene()))],
+    req = planner_pb2.PlanRequest(instruction="go", images=[common_pb2.ImageInput(encoded=png(camera_image()))],
                                   options=endless(engine, max_new_tokens=600).to_proto())  # fmt: skip
     stream = stub.Plan(req, timeout=30)
     first = next(stream)
@@ -346,14 +346,14 @@ def test_tls_and_token(engine, bundle, cert):
         with PlannerClient(target, tls=cert[0], token="s3cret", timeout=30) as c:
             i = c.info()
             assert i.tls and i.auth_required
-            assert len(c.plan("go", [scene()], max_subgoals=1, options=force_images(engine)).subgoals) == 1
+            assert len(c.plan("go", [camera_image()], max_subgoals=1, options=force_images(engine)).subgoals) == 1
         for token in (None, "wrong"):
             with PlannerClient(target, tls=cert[0], token=token, retries=0) as c:
                 with pytest.raises(grpc.RpcError) as e:
                     c.info()
                 assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 with pytest.raises(grpc.RpcError) as e:
-                    c.plan("go", [scene()])
+                    c.plan("go", [camera_image()])
                 assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # health stays open to probes; a plaintext client cannot talk to the TLS port
         creds = grpc.ssl_channel_credentials(cert[0].read_bytes())
@@ -374,7 +374,7 @@ def test_concurrent_plans_share_a_batch_and_match_solo_results(engine, bundle):
     try:
         with PlannerClient(f"127.0.0.1:{s.port}", timeout=60) as c:
             opts = [force_images(engine, size=(4, 4), max_new_tokens=200), endless(engine, max_new_tokens=300)]
-            plans = lambda i: c.plan("go", [scene(seed=i)], max_subgoals=2, options=opts[i])
+            plans = lambda i: c.plan("go", [camera_image(i)], max_subgoals=2, options=opts[i])
             alone = [plans(0), plans(1)]
             assert s.runtime.scheduler.batch.peak == 1
             out = [None, None]
@@ -402,8 +402,8 @@ def test_plan_consensus_draws_candidates_in_one_batch_and_keeps_their_medoid(eng
         with PlannerClient(f"127.0.0.1:{s.port}", timeout=60) as c:
             greedy = SamplingParams(0.0, 0, 1.0)
             opts = force_images(engine, size=(3, 3), max_new_tokens=200, image_sampling=greedy)
-            alone = c.plan("go", [scene()], max_subgoals=2, options=opts)
-            result = c.plan_consensus("go", [scene()], 3, options=opts, max_subgoals=2)
+            alone = c.plan("go", [camera_image()], max_subgoals=2, options=opts)
+            result = c.plan_consensus("go", [camera_image()], 3, options=opts, max_subgoals=2)
         best, plans = result.plan, result.candidates
         assert s.runtime.scheduler.batch.peak == 3
         assert len(plans) == 3 and all(len(p.subgoals) == 2 for p in plans)
@@ -415,6 +415,6 @@ def test_plan_consensus_draws_candidates_in_one_batch_and_keeps_their_medoid(eng
         assert d.shape == (3, 3) and np.allclose(d, d.T) and (d.diagonal() == 0).all()
         assert (d[~np.eye(3, dtype=bool)] > 0).all()
         with pytest.raises(ValueError, match="candidates"):
-            PlannerClient(f"127.0.0.1:{s.port}").plan_consensus("go", [scene()], 0)
+            PlannerClient(f"127.0.0.1:{s.port}").plan_consensus("go", [camera_image()], 0)
     finally:
         s.stop(0)

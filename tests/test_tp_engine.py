@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 from test_batching import requests, staggered, summary
-from test_engine_session import view
+from tiny import camera_image
 
 from model.engine import Finished, GenerationRequest, load_engine
 from model.sampling import SamplingParams
@@ -51,7 +51,7 @@ def test_session_with_a_cancelled_turn_equals_one_unsharded_engine(tp, single):
 
     def run(engine):
         greedy = dict(text_sampling=GREEDY, image_sampling=GREEDY)
-        req = GenerationRequest(task="explore", question="a garden", images=[view(1)], cfg_scale=2.0,
+        req = GenerationRequest(task="explore", question="a garden", images=[camera_image(1)], cfg_scale=2.0,
                                 image_size=(2, 2), max_new_tokens=16, seed=0, **greedy)  # fmt: skip
         s = engine.session(req)
         out = [list(s.turn())[-1].token_ids]
@@ -107,7 +107,6 @@ def test_jacobi_windows_run_on_the_shards(tp, single):
 def test_lookahead_steps_broadcast_their_ids_to_the_other_rank(bundle, single, monkeypatch):
     """start_tensor_parallel(tp_lookahead=True): the leader queues image steps before reading their tokens and the
     ids reach the other rank by a broadcast; the tokens are those of one unsharded engine."""
-    from test_engine_lookahead import view as scene
 
     eng = start_tensor_parallel(bundle.model, bundle.tokenizer, bundle.vision_tokenizer, 2, max_len=512, threads=1,
                                 tp_lookahead=True, lookahead=True)  # fmt: skip
@@ -118,7 +117,7 @@ def test_lookahead_steps_broadcast_their_ids_to_the_other_rank(bundle, single, m
         monkeypatch.setattr(eng, "_draw_ahead", lambda *a, **kw: ahead.append(1) or inner(*a, **kw))
         boi = {single.tok.boi_id: 50.0}
         reqs = [GenerationRequest(task="t2i", question="a red cube", image_size=(3, 4), seed=1, logit_bias=boi),
-                GenerationRequest(task="vla", question="stack", images=[scene()], image_size=(3, 3), seed=2,
+                GenerationRequest(task="vla", question="stack", images=[camera_image()], image_size=(3, 3), seed=2,
                                   max_new_tokens=14, logit_bias=boi)]  # fmt: skip
         assert [summary(list(eng.generate(r))) for r in reqs] == [summary(list(single.generate(r))) for r in reqs]
         assert len(ahead) >= 10

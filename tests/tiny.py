@@ -1,4 +1,7 @@
-"""Shared by several test modules: the tiny decoder config they build models from."""
+"""Shared by several test modules: the tiny decoder config they build models from, and random camera frames."""
+
+import numpy as np
+from PIL import Image
 
 from model import Emu35, Emu35Config
 from model.random_checkpoint import random_emu35
@@ -25,3 +28,8 @@ CFG = dict(
 def tiny(seed=0, **kw) -> Emu35:
     """A random tiny decoder (CFG, with fields overridden by kw)."""
     return random_emu35(Emu35Config(**dict(CFG, **kw)), seed=seed, std=0.1)
+
+
+def camera_image(seed: int = 0, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A random RGB camera frame of `size` (width, height): the image input of engine, service and ROS tests."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
