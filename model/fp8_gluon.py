@@ -115,15 +115,7 @@ if gluon is not None:
         if GLU:  # a second accumulator for the up rows, N rows after the gate rows (no PREFETCH configs)
             acc_up = gl.zeros([S, BLOCK_N, MP], gl.float32, layout=mma)
             up = N.to(gl.int64) * K
-            for _ in range(0, K, step):
-                w = gl.load(w_ptrs)
-                wu = gl.load(w_ptrs + up)
-                x = gl.load(x_ptrs, mask=x_mask, other=0.0)
-                acc = mma_v2(_e4m3_to_bf16_scaled(w), x, acc)
-                acc_up = mma_v2(_e4m3_to_bf16_scaled(wu), x, acc_up)
-                w_ptrs += step
-                x_ptrs += step
-        elif PREFETCH:  # converted tiles are carried: a float8 tile would take a register per byte
+        if PREFETCH:  # converted tiles are carried: a float8 tile would take a register per byte
             wb = _e4m3_to_bf16_scaled(gl.load(w_ptrs))
             for _ in range(step, K, step):
                 w_ptrs += step
@@ -137,8 +129,12 @@ if gluon is not None:
         else:
             for _ in range(0, K, step):
                 w = gl.load(w_ptrs)
+                if GLU:
+                    wu = gl.load(w_ptrs + up)
                 x = gl.load(x_ptrs, mask=x_mask, other=0.0)
                 acc = mma_v2(_e4m3_to_bf16_scaled(w), x, acc)
+                if GLU:
+                    acc_up = mma_v2(_e4m3_to_bf16_scaled(wu), x, acc_up)
                 w_ptrs += step
                 x_ptrs += step
         out = gl.sum(acc, axis=0)  # [BLOCK_N, MP]: the slices added, once

@@ -218,13 +218,15 @@ if triton is not None:
                 w = tl.load(w_ptrs)
                 x = tl.load(x_ptrs, mask=m_mask, other=0.0)
                 if GLU:
-                    acc_up += _dot(tl.load(w_ptrs + up), x, F32_DOT, FP8_ASM)
+                    wu = tl.load(w_ptrs + up)
             else:
                 left = K - k * BLOCK_K
                 w = tl.load(w_ptrs, mask=kw < left, other=0.0)
                 x = tl.load(x_ptrs, mask=m_mask & (kx < left), other=0.0)
                 if GLU:
-                    acc_up += _dot(tl.load(w_ptrs + up, mask=kw < left, other=0.0), x, F32_DOT, FP8_ASM)
+                    wu = tl.load(w_ptrs + up, mask=kw < left, other=0.0)
+            if GLU:
+                acc_up += _dot(wu, x, F32_DOT, FP8_ASM)
             acc += _dot(w, x, F32_DOT, FP8_ASM)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -248,7 +250,7 @@ if triton is not None:
     _key = ["N", "K", "M_BUCKET", "HAS_SCALE", "FP8_ASM", "GLU"]
     _tuned_kernel = triton.autotune(_CONFIGS, key=_key, **_bench)(_kernel)
 
-# (N, K, row bucket, weight dtype, scaled, FP8_ASM) seen eagerly: a first call while a CUDA graph is being captured
+# (N, K, row bucket, weight dtype, scaled, FP8_ASM, glu) seen eagerly: a first call while a CUDA graph is being captured
 # would autotune (synchronise) inside the capture
 _TUNED: set[tuple] = set()
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SLICES": 2}  # the interpreter does not autotune

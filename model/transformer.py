@@ -208,9 +208,8 @@ class KVCache:
         return KVCache(self.k[:, r], self.v[:, r], self.valid[r], tag=tag, base=self, capacity=self.capacity)
 
 
-def write_cache(cache: KVCache, layer: int, cache_pos: Tensor, k: Tensor, v: Tensor, kv_len: int):
-    """k, v [B, K, T, D] into `layer` of the cache at slots `cache_pos` ([T], or [B, T]: each row its own slots)
-    -> the layer's keys and values [B, K, kv_len, D]."""
+def write_cache(cache: KVCache, layer: int, cache_pos: Tensor, k: Tensor, v: Tensor) -> None:
+    """k, v [B, K, T, D] into `layer` of the cache at slots `cache_pos` ([T], or [B, T]: each row its own slots)."""
     if cache_pos.dim() == 2:
         B, T = cache_pos.shape
         rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
@@ -219,7 +218,6 @@ def write_cache(cache: KVCache, layer: int, cache_pos: Tensor, k: Tensor, v: Ten
     else:
         cache.k[layer].index_copy_(2, cache_pos, k)
         cache.v[layer].index_copy_(2, cache_pos, v)
-    return cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
 
 
 class Attention(nn.Module):
@@ -263,12 +261,14 @@ class Attention(nn.Module):
         # a decode step on the Triton path: QK-norm, RoPE and the cache writes in one kernel (None: not applicable)
         qo = None if fused is None else fused(q, k, v, *norms, cache.k[layer], cache.v[layer], cache_pos)
         if qo is not None:  # k and v are in the cache already
-            q, k, v = qo, cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
+            q = qo
         else:
             q, k = KERNELS["qk_norm_rope"](q, k, *norms)  # [B, H, T, D], [B, K, T, D]
             v = v.transpose(1, 2)  # [B, K, T, D]
             if cache is not None:
-                k, v = write_cache(cache, layer, cache_pos, k, v, kv_len)
+                write_cache(cache, layer, cache_pos, k, v)
+        if cache is not None:  # attend to every slot up to kv_len
+            k, v = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]  # [B, K, S, D]
         scale = 1.0 / math.sqrt(self.head_dim)
         if mask is None:
             y = F.scaled_dot_product_attention(

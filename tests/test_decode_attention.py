@@ -132,7 +132,7 @@ def test_qk_norm_rope_kv_matches_the_ops_it_replaces(per_row):
     cv = torch.randn_like(ck)
     want_q, kr = qk_norm_rope(q, k, wq, wk, 1e-6, cos, sin)
     cache = KVCache(ck.clone()[None], cv.clone()[None], torch.ones(B, S, dtype=torch.bool, device="cuda"))
-    write_cache(cache, 0, cache_pos, kr, v.transpose(1, 2), S)
+    write_cache(cache, 0, cache_pos, kr, v.transpose(1, 2))
     got_q = qk_norm_rope_kv(q, k, v, wq, wk, 1e-6, cos, sin, ck, cv, cache_pos)
     assert got_q is not None and got_q.shape == want_q.shape == (B, H, 1, D)
     for got, want in ((got_q, want_q), (ck, cache.k[0])):
