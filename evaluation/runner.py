@@ -106,7 +106,9 @@ def check_config(out_dir: Path, cfg: EvalConfig) -> None:
     path = out_dir / CONFIG_FILE
     now = cfg.to_json()
     if path.exists():
-        before = {**EvalConfig().to_json(), **json.loads(path.read_text())}  # a setting added since: its default
+        default, saved = EvalConfig().to_json(), json.loads(path.read_text())
+        before = {**default, **saved}  # a setting added since: its default
+        before["grpc"] = {**default["grpc"], **saved.get("grpc", {})}  # likewise for a gRPC option
         unscored = ("video", "save_plans")  # what a run writes besides its records, not what they measure
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v and k not in unscored}
         if diff:
