@@ -89,12 +89,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "that is",
     )
     g.add_argument(
-        "--on-demand",
-        action="store_true",
-        help="with --candidates N --check-keyframes: plan as with one candidate, and draw the other N - 1 (the same "
-        "seeds and sampling) only when a key-frame fails its check; most episodes then cost one plan",
-    )
-    g.add_argument(
         "--candidate-sampling",
         default=None,
         metavar="T,K,P",
@@ -136,8 +130,6 @@ def config_from_args(args: argparse.Namespace):
         bias[int(k)] = float(v)
     if args.check_keyframes and (args.candidates < 2 or args.executor != "keyframe"):
         raise SystemExit("--check-keyframes: needs --candidates 2 or more and --executor keyframe (the default)")
-    if args.on_demand and not args.check_keyframes:
-        raise SystemExit("--on-demand: candidates are drawn for --check-keyframes, which it needs")
     grpc = GrpcOptions(
         image_size=grid,
         max_subgoals=args.max_subgoals or args.horizon,
@@ -152,7 +144,6 @@ def config_from_args(args: argparse.Namespace):
         token=args.token or os.environ.get("EMU35_ROBOT_TOKEN"),
         candidates=args.candidates,
         candidate_sampling=_sampling(args.candidate_sampling, "--candidate-sampling"),
-        on_demand=args.on_demand,
     )
     return EvalConfig(
         executor=args.executor,

@@ -7,12 +7,10 @@ can always be re-derived from (and checked against) the records themselves.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,8 +65,7 @@ class EvalConfig:
     # key-frame executor with consensus candidates: before a subgoal runs, read its key-frame as the executor would
     # (KeyframeExecutor.read_keyframe, on the real current scene); when that is not what the text says
     # (metrics.follows_text), run the first other candidate's key-frame for the same text that is. Why: in the
-    # card's run every failed subgoal's key-frame did not follow its text, and every one that did succeeded. With
-    # GrpcOptions.on_demand the other candidates are drawn only when a key-frame fails its check
+    # card's run every failed subgoal's key-frame did not follow its text, and every one that did succeeded
     check_keyframes: bool = False
     grpc: GrpcOptions = field(default_factory=GrpcOptions)
 
@@ -132,25 +129,16 @@ def _finite(x: float | None) -> float | None:
 
 
 def checked_keyframe(
-    executor: KeyframeExecutor,
-    env,
-    scene,
-    sg: Subgoal,
-    others: list[Subgoal],
-    draw: Callable[[], list[Subgoal]] | None = None,
+    executor: KeyframeExecutor, env, scene, sg: Subgoal, others: list[Subgoal]
 ) -> tuple[Subgoal, dict[str, Any]]:
     """The subgoal to run: `sg`, unless the executor's reading of its key-frame from the current scene is not what its
-    text says and another candidate's key-frame for the same text is (EvalConfig.check_keyframes). `draw`: where
-    `others` is empty, called for them once the kept key-frame fails (candidates drawn on demand). Returns it with a
+    text says and another candidate's key-frame for the same text is (EvalConfig.check_keyframes). Returns it with a
     record: whether the kept key-frame followed, which candidate's ran (0: the kept plan's; k: the k-th other one),
     and how many were read."""
     follows = follows_text(sg.text, executor.read_keyframe(env, sg)[0], scene)
     rec: dict[str, Any] = {"follows": follows, "candidate": 0, "read": 1}
     if follows is not False:
         return sg, rec
-    if not others and draw is not None:
-        others = draw()
-        rec["drawn"] = True
     for k, other in enumerate(others, start=1):
         if other.text != sg.text or other.keyframe is None:
             continue
@@ -159,19 +147,6 @@ def checked_keyframe(
             rec["candidate"] = k
             return other, rec
     return sg, rec
-
-
-def _draw_alternatives(planner, ctx: PlanContext, pr: PlanResult, record: dict, i: int) -> list[Subgoal]:
-    """The other candidates of `pr`'s plan, drawn now (GrpcOptions.on_demand) and kept on `pr` for its later subgoals;
-    their tokens count in the plan's record, their time is recorded beside it. Returns their i-th subgoals."""
-    alt = planner.alternatives(ctx)
-    pr.alternatives = alt.alternatives
-    record["tokens"] += alt.tokens  # generated for this plan: tokens_generated counts them
-    record["alternatives_drawn"] = {
-        "at_subgoal": i, "candidates": len(alt.alternatives), "tokens": alt.tokens, "latency_s": alt.latency_s,
-        "error": alt.error,
-    }  # fmt: skip
-    return [a[i] for a in alt.alternatives if len(a) > i]
 
 
 def _plan_record(attempt: int, pr: PlanResult) -> dict[str, Any]:
@@ -222,11 +197,8 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                 cap.tag = (attempt, i)
                 check = None
                 if cfg.check_keyframes and isinstance(executor, KeyframeExecutor):
-                    draw = None
-                    if not pr.alternatives and hasattr(planner, "alternatives") and cfg.grpc.on_demand:
-                        draw = functools.partial(_draw_alternatives, planner, ctx, pr, plans[-1], i)
                     sg, check = checked_keyframe(
-                        executor, cap, scene, sg, [a[i] for a in pr.alternatives if len(a) > i], draw
+                        executor, cap, scene, sg, [a[i] for a in pr.alternatives if len(a) > i]
                     )
                 r = executor.execute(cap, sg)
                 rec: dict[str, Any] = {

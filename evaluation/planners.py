@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -157,9 +156,6 @@ class GrpcOptions:
     token: str | None = None
     candidates: int = 1  # > 1: that many plans at once, the consensus kept (PlannerClient.plan_consensus)
     candidate_sampling: tuple[float, int, float] | None = None  # the extra candidates' key-frames; None: the client's
-    # with candidates N: plan as with one candidate, and draw the other N - 1 (the consensus's seeds and sampling) only
-    # when asked (GrpcPlanner.alternatives: EvalConfig.check_keyframes asks when a key-frame fails its check)
-    on_demand: bool = False
 
 
 def _subgoals(plan, w: int, h: int) -> list[Subgoal]:
@@ -186,17 +182,27 @@ class GrpcPlanner:
     def plan(self, ctx: PlanContext) -> PlanResult:
         import grpc
 
-        from emu35_robot.types import Plan, SamplingParams
+        from emu35_robot.types import Options, Plan, SamplingParams
         from emu35_robot.types import Subgoal as RemoteSubgoal
 
         o = self.options
-        opts = self._options(ctx)
+        seed = o.seed if o.seed is not None else ctx.seed * 64 + ctx.attempt
+        opts = Options(
+            image_size=o.image_size,
+            max_new_tokens=o.max_new_tokens,
+            cfg_scale=o.cfg_scale,
+            seed=seed,
+            logit_bias=dict(o.logit_bias),
+            jacobi_window=o.jacobi_window,
+            image_sampling=SamplingParams(*o.image_sampling) if o.image_sampling else None,
+            text_sampling=SamplingParams(*o.text_sampling) if o.text_sampling else None,
+        )
         h, w = ctx.image.shape[:2]
         t0 = time.perf_counter()
         first, plan = None, None
         consensus = {}
         try:
-            if o.candidates > 1 and not o.on_demand:
+            if o.candidates > 1:
                 kw = {"sampling": SamplingParams(*o.candidate_sampling)} if o.candidate_sampling else {}
                 c = self.client.plan_consensus(
                     ctx.instruction, [ctx.image], o.candidates, options=opts, max_subgoals=o.max_subgoals, **kw
@@ -226,49 +232,6 @@ class GrpcPlanner:
             tokens = sum(consensus["tokens"])  # every candidate's tokens were generated
             alternatives = [_subgoals(p, w, h) for i, p in enumerate(c.candidates) if i != c.chosen]
         return PlanResult(sgs, dt, first, tokens=tokens, info=info, alternatives=alternatives)
-
-    def alternatives(self, ctx: PlanContext) -> PlanResult:
-        """Candidates 1..N-1 of `ctx`'s plan (`GrpcOptions.on_demand`), decoded as `plan_consensus` decodes them
-        (key-frames drawn with the candidate sampling, seeds seed + i) and at once: `.alternatives` holds their
-        subgoals, `.tokens` what they cost, `.error` a failed request (then no alternatives)."""
-        import grpc
-
-        from emu35_robot.client import CONSENSUS_SAMPLING
-        from emu35_robot.types import SamplingParams
-
-        o = self.options
-        base = self._options(ctx)
-        sampling = SamplingParams(*o.candidate_sampling) if o.candidate_sampling else CONSENSUS_SAMPLING
-        opts = [replace(base, seed=(base.seed + i) % 2**64, image_sampling=sampling) for i in range(1, o.candidates)]
-        h, w = ctx.image.shape[:2]
-        t0 = time.perf_counter()
-        call = lambda op: self.client.plan(ctx.instruction, [ctx.image], max_subgoals=o.max_subgoals, options=op)  # noqa: E731
-        try:
-            with ThreadPoolExecutor(max(1, len(opts))) as pool:
-                plans = list(pool.map(call, opts))
-        except grpc.RpcError as e:
-            return PlanResult([], time.perf_counter() - t0, None, error=f"{e.code().name}: {e.details()}")
-        return PlanResult(
-            [], time.perf_counter() - t0, None, tokens=sum(p.usage.generated_tokens for p in plans),
-            alternatives=[_subgoals(p, w, h) for p in plans],
-        )  # fmt: skip
-
-    def _options(self, ctx: PlanContext):
-        """The request options of `ctx`'s plan; the seed derived from the episode's seed and attempt unless given."""
-        from emu35_robot.types import Options, SamplingParams
-
-        o = self.options
-        seed = o.seed if o.seed is not None else ctx.seed * 64 + ctx.attempt
-        return Options(
-            image_size=o.image_size,
-            max_new_tokens=o.max_new_tokens,
-            cfg_scale=o.cfg_scale,
-            seed=seed,
-            logit_bias=dict(o.logit_bias),
-            jacobi_window=o.jacobi_window,
-            image_sampling=SamplingParams(*o.image_sampling) if o.image_sampling else None,
-            text_sampling=SamplingParams(*o.text_sampling) if o.text_sampling else None,
-        )
 
     def close(self) -> None:
         self.client.close()

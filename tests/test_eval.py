@@ -204,49 +204,6 @@ def test_consensus_candidates_through_the_grpc_service(grpc_server, tmp_path, ca
     assert "argument --candidates: want 1 or more, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--check-keyframes: needs --candidates 2 or more"):
         cli_main(grpc_eval(address, tok, tmp_path / "bad", "--check-keyframes"))
-    with pytest.raises(SystemExit, match="--on-demand: .* needs"):
-        cli_main(grpc_eval(address, tok, tmp_path / "bad", *opts, "--on-demand"))
-
-
-def test_candidates_on_demand_through_the_grpc_service(grpc_server, tmp_path):
-    """--candidates 3 --check-keyframes --on-demand: each plan is one plan (no consensus); the other two candidates
-    are drawn, with the consensus's seeds, only for a key-frame that fails its check, and their tokens counted."""
-    from evaluation.planners import GrpcOptions, GrpcPlanner, PlanContext
-
-    torch.set_num_threads(1)
-    address, tok = grpc_server
-    out = tmp_path / "lazy"
-    opts = ("--max-subgoals", "2", "--replans", "0", "--candidates", "3", "--check-keyframes", "--on-demand")
-    assert cli_main(grpc_eval(address, tok, out, *opts, "--no-video")) == 0
-    (r,) = read_records(out / EPISODES_FILE)
-    assert r["error"] is None and r["planner_errors"] == [], r
-    (p,) = r["plans"]
-    assert "consensus" not in p["info"] and r["tokens_generated"] == p["tokens"]
-    drawn = [sg for sg in r["subgoals"] if sg["keyframe_check"].get("drawn")]
-    assert len(drawn) <= 1 and bool(drawn) == ("alternatives_drawn" in p)  # drawn once a plan, when needed
-    assert all(sg["keyframe_check"]["follows"] is False for sg in drawn)
-    # the drawing itself: two more candidates of the same view, at the consensus's seeds (seed + 1, seed + 2)
-    planner = GrpcPlanner(address, GrpcOptions(
-        image_size=(3, 3), max_subgoals=1, max_new_tokens=160, logit_bias={tok.boi_id: 50.0}, candidates=3,
-        on_demand=True,
-    ))  # fmt: skip
-    view = np.full((64, 64, 3), 90, np.uint8)
-    ctx = PlanContext("stack the red block on the blue block", view, "sim_envs/Stack-mujoco-v0", 7, 0, 0, [], [])
-    try:
-        alt = planner.alternatives(ctx)
-        assert alt.error == "" and len(alt.alternatives) == 2 and alt.tokens > 0
-        assert all(len(a) == 1 and a[0].keyframe.shape == view.shape for a in alt.alternatives)
-        assert planner.alternatives(ctx).tokens == alt.tokens  # seeded: the same two plans again
-        # what the episode keeps: the candidates on the plan (for its later subgoals), their tokens on its record
-        from evaluation.episode import _draw_alternatives
-        from evaluation.planners import PlanResult
-
-        pr, record = PlanResult([], 0.0, None, tokens=5), {"tokens": 5}
-        got = _draw_alternatives(planner, ctx, pr, record, 0)
-        assert [a[0].text for a in pr.alternatives] == [s.text for s in got] and len(got) == 2
-        assert record["tokens"] == 5 + alt.tokens and record["alternatives_drawn"]["candidates"] == 2
-    finally:
-        planner.close()
 
 
 def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):
@@ -305,7 +262,7 @@ def test_saved_plans_replay_through_another_executor(tmp_path):
 
 def test_a_receding_horizon_plans_again_after_each_subgoal(tmp_path):
     """--horizon 1: each plan runs only its first subgoal, then the next plan starts from the new view; those
-    continuations are not re-plans. A run directory written before the setting existed resumes under its default."""
+    continuations are not re-plans. A run directory written before a setting existed resumes under its default."""
     out = tmp_path / "h1"
     args = ["eval", "--tasks", "Stack", "--engines", "mujoco", "--planner", "oracle", "--episodes", "1", "--seed", "3",
             "--out", str(out), "--no-video", *SMALL]  # fmt: skip
@@ -322,7 +279,7 @@ def test_a_receding_horizon_plans_again_after_each_subgoal(tmp_path):
     whole = [a if a != str(out) else str(old) for a in args]
     assert cli_main(whole) == 0
     cfg = json.loads((old / "config.json").read_text())
-    del cfg["horizon"]
+    del cfg["horizon"], cfg["grpc"]["candidate_sampling"]  # a setting, and a gRPC option, added since
     (old / "config.json").write_text(json.dumps(cfg))
     assert cli_main([*whole, "--episodes", "2"]) == 0
     assert [r["plans_made"] for r in read_records(old / EPISODES_FILE)] == [1, 1]
@@ -400,15 +357,4 @@ def test_check_keyframes_runs_another_candidates_keyframe_when_the_kept_one_show
     assert sg is right and rec == {"follows": False, "candidate": 2, "read": 2}
     sg, rec = checked_keyframe(ex, env, scene, right, [fixed])
     assert sg is right and rec == {"follows": True, "candidate": 0, "read": 1}
-    # candidates drawn on demand: only when the kept key-frame fails, and only where none were given
-    calls = []
-
-    def draw():
-        calls.append(1)
-        return [Subgoal("something else", pick_kf), right]
-
-    sg, rec = checked_keyframe(ex, env, scene, right, [], draw)
-    assert sg is right and rec["candidate"] == 0 and not calls
-    sg, rec = checked_keyframe(ex, env, scene, fixed, [], draw)
-    assert sg is right and rec == {"follows": False, "candidate": 2, "read": 2, "drawn": True} and calls == [1]
     env.close()
