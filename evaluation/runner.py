@@ -107,8 +107,8 @@ def check_config(out_dir: Path, cfg: EvalConfig) -> None:
     now = cfg.to_json()
     if path.exists():
         default, saved = EvalConfig().to_json(), json.loads(path.read_text())
-        before = {**default, **saved}  # a setting added since: its default
-        before["grpc"] = {**default["grpc"], **saved.get("grpc", {})}  # likewise for a gRPC option
+        # a setting added since, at the top or inside a group of them (grpc): its default
+        before = {k: {**v, **saved.get(k, {})} if isinstance(v, dict) else saved.get(k, v) for k, v in default.items()}
         unscored = ("video", "save_plans")  # what a run writes besides its records, not what they measure
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v and k not in unscored}
         if diff:
