@@ -21,7 +21,7 @@ import numpy as np
 from sim_envs import env_id
 from sim_envs.executors import Executor, KeyframeExecutor, LanguageExecutor, Subgoal, put_down_held
 from sim_envs.plan_check import check_plan
-from sim_envs.tasks import is_held
+from sim_envs.tasks import SkillCall, is_held
 
 from .metrics import block_agreement, follows_text, psnr, ssim
 from .planners import GrpcOptions, PlanContext, Planner, PlanResult, file_safe, plan_file
@@ -132,21 +132,45 @@ def checked_keyframe(
     executor: KeyframeExecutor, env, scene, sg: Subgoal, others: list[Subgoal]
 ) -> tuple[Subgoal, dict[str, Any]]:
     """The subgoal to run: `sg`, unless the executor's reading of its key-frame from the current scene is not what its
-    text says and another candidate's key-frame for the same text is (EvalConfig.check_keyframes). Returns it with a
-    record: whether the kept key-frame followed, which candidate's ran (0: the kept plan's; k: the k-th other one),
-    and how many were read."""
-    follows = follows_text(sg.text, executor.read_keyframe(env, sg)[0], scene)
-    rec: dict[str, Any] = {"follows": follows, "candidate": 0, "read": 1}
-    if follows is not False:
+    text says (or is a table placement onto a block standing there: `lands_free`) and another candidate's key-frame
+    for the same text is (EvalConfig.check_keyframes). Returns it with a record: whether the kept key-frame followed,
+    which candidate's ran (0: the kept plan's; k: the k-th other one), how many were read, and `occupied` when the
+    kept one followed its text but onto another block."""
+
+    def follows(s: Subgoal) -> tuple[bool | None, bool]:  # (follows_text, and lands_free too)
+        skill = executor.read_keyframe(env, s)[0]
+        f = follows_text(sg.text, skill, scene)
+        return f, bool(f) and lands_free(env, skill)
+
+    text_ok, ok = follows(sg)
+    rec: dict[str, Any] = {"follows": ok if text_ok else text_ok, "candidate": 0, "read": 1}
+    if text_ok and not ok:
+        rec["occupied"] = True
+    if rec["follows"] is not False:
         return sg, rec
     for k, other in enumerate(others, start=1):
         if other.text != sg.text or other.keyframe is None:
             continue
         rec["read"] += 1
-        if follows_text(sg.text, executor.read_keyframe(env, other)[0], scene):
+        if follows(other)[1]:
             rec["candidate"] = k
             return other, rec
     return sg, rec
+
+
+# a table placement whose point is nearer than this to a block standing there lands on it (blocks are 4 cm wide)
+FREE_DISTANCE = 0.03
+
+
+def lands_free(env, skill: SkillCall | None) -> bool:
+    """False for a table placement (`place_at`) at a point where another block stands now. A key-frame that paints
+    the held block where an earlier one was placed (the mini's commonest ClearTable failure under the check) has
+    dropped that block from the scene: the arm would set the held one down on top of it, not on the table."""
+    if skill is None or skill.skill != "place_at":
+        return True
+    xy = np.array([float(v) for v in skill.target.split(",")])
+    ws = env.unwrapped.world_state()
+    return all(np.linalg.norm(p[:2] - xy) >= FREE_DISTANCE for name, p in ws.positions.items() if name != skill.obj)
 
 
 def _plan_record(attempt: int, pr: PlanResult) -> dict[str, Any]:

@@ -330,6 +330,32 @@ def test_recover_puts_a_held_block_down_before_the_replan(engine):
     assert "put_down" not in r["plans"][0]
 
 
+def test_a_table_placement_onto_a_standing_block_does_not_land_free():
+    """lands_free (the check's second test): a place_at key-frame whose point is where another block stands now (a
+    key-frame that painted the held block over one placed before) fails it; a free point, a stacking and no reading
+    pass; the held block itself does not count."""
+    import gymnasium as gym
+
+    import sim_envs
+    from evaluation.episode import FREE_DISTANCE, lands_free
+    from sim_envs.tasks import SkillCall
+
+    env = gym.make(sim_envs.env_id("ClearTable", "mujoco"), image_obs=False, image_size=96)
+    env.reset(seed=3)
+    pos = env.unwrapped.world_state().positions
+    (a, pa), (b, pb) = list(pos.items())[:2]
+    at = lambda xy: SkillCall("place_at", b, f"{xy[0]:.3f},{xy[1]:.3f}")  # noqa: E731
+    assert not lands_free(env, at(pa[:2]))  # b set down where a stands
+    assert not lands_free(env, at(pa[:2] + [0.5 * FREE_DISTANCE, 0.0]))
+    grid = [np.array([x, y]) for x in np.linspace(-0.3, 0.3, 13) for y in np.linspace(-0.3, 0.3, 13)]
+    far = max(grid, key=lambda xy: min(np.linalg.norm(p[:2] - xy) for n, p in pos.items() if n != b))
+    assert min(np.linalg.norm(p[:2] - far) for n, p in pos.items() if n != b) > FREE_DISTANCE
+    assert lands_free(env, at(far))
+    assert lands_free(env, at(pb[:2]))  # where the held block itself is: its own place
+    assert lands_free(env, SkillCall("place_on", b, a)) and lands_free(env, None)
+    env.close()
+
+
 def test_check_keyframes_runs_another_candidates_keyframe_when_the_kept_one_shows_the_wrong_thing(tmp_path):
     """The kept plan's key-frame for "pick up X" shows another block lifted; a candidate's for the same text shows X:
     checked_keyframe runs the candidate's, and keeps the kept one when it is right."""
