@@ -39,9 +39,12 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     from .demo import run_demo
 
+    if args.check_keyframes and args.candidates < 2:
+        raise SystemExit("emu35-robot demo: --check-keyframes needs --candidates 2 or more (e.g. 5)")
     run_demo(
-        args.out, checkpoint=args.checkpoint, task=args.task, engine=args.engine, seed=args.seed, device=args.device
-    )
+        args.out, checkpoint=args.checkpoint, task=args.task, engine=args.engine, seed=args.seed, device=args.device,
+        candidates=args.candidates, check_keyframes=args.check_keyframes,
+    )  # fmt: skip
     return 0
 
 
@@ -169,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--engine", default="mujoco", choices=["mujoco", "pybullet"])
     d.add_argument("--seed", type=int, default=10000, help="scene seed (training used seeds below 10000)")
     d.add_argument("--device", default="cpu")
+    d.add_argument(
+        "--candidates", type=int, default=1, help="plans decoded at once; their consensus is kept (default 1)"
+    )
+    d.add_argument(
+        "--check-keyframes",
+        action="store_true",
+        help="with --candidates N: before each subgoal, swap a key-frame that does not show what its text says for "
+        "a candidate's that does (README, Evaluation)",
+    )
     d.add_argument("--new-tokens", type=int, default=24, help="round trip only (no trained model): tokens to sample")
     d.set_defaults(func=_demo)
 

@@ -51,6 +51,18 @@ def test_demo_episode_with_a_given_checkpoint(bundle, tmp_path):
     assert "[3/3]" in r.stdout
 
 
+def test_demo_with_checked_keyframes(bundle, tmp_path):
+    """`demo --candidates 3 --check-keyframes` on the tiny random bundle: three plans in one request, the consensus
+    kept and its key-frames checked; demo.json says so and counts the swaps. Without --candidates it is refused."""
+    r = run("demo", "--checkpoint", str(bundle.root), "--out", str(tmp_path), "--candidates", "3", "--check-keyframes")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "demo.json").read_text())
+    assert s["candidates"] == 3 and s["check_keyframes"] is True and isinstance(s["keyframe_swaps"], int)
+    assert "3 plans at once, key-frames checked" in r.stdout and (tmp_path / "plan_strip.png").is_file()
+    r = run("demo", "--checkpoint", str(bundle.root), "--out", str(tmp_path / "x"), "--check-keyframes")
+    assert r.returncode != 0 and "--candidates 2 or more" in r.stderr
+
+
 @pytest.mark.parametrize("given,want", [(None, "false"), ("1", "1")])
 def test_importing_the_sdk_turns_grpc_fork_support_off_unless_set(given, want):
     """grpc/grpc#43055: with fork support on, a subprocess started while channels are active (the video writer's
