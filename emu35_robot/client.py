@@ -202,12 +202,14 @@ class PlannerClient:
         options: Options | None = None,
         max_subgoals: int = 0,
         timeout: float | None = None,
+        admissible: Callable[[Plan], bool] | None = None,
     ) -> Consensus:
         """Ask for `candidates` plans of the scene at once (the service decodes them in one batch) and return their
         `Consensus`: `.plan` the medoid (`emu35_robot.consensus.medoid`), `.candidates` all of them, `.chosen`,
         `.distances`. Candidate 0 is decoded with `options` as given
         (the server's key-frame default unless they say otherwise); the others draw their key-frames with `sampling`
-        and seeds `seed + i` (seed from `options`, else random; modulo 2^64, the proto's uint64), so they differ."""
+        and seeds `seed + i` (seed from `options`, else random; modulo 2^64, the proto's uint64), so they differ.
+        `admissible`: only plans that pass it are kept when any does (`emu35_robot.consensus.consensus`)."""
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         images = list(images)
@@ -222,7 +224,7 @@ class PlannerClient:
         call = lambda o: self.plan(instruction, images, max_subgoals=max_subgoals, options=o, timeout=timeout)  # noqa: E731
         with ThreadPoolExecutor(candidates) as pool:
             plans = list(pool.map(call, opts))
-        return consensus(plans)
+        return consensus(plans, admissible)
 
     # ---- Generation -----------------------------------------------------------------------------------------
     def generate_stream(

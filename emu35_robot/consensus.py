@@ -10,7 +10,7 @@ the service returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,9 +56,13 @@ def distance_matrix(plans: Sequence[Plan]) -> np.ndarray:
     return d
 
 
-def _medoid(plans: Sequence[Plan], d: np.ndarray) -> int:
+def _medoid(plans: Sequence[Plan], d: np.ndarray, admissible: Callable[[Plan], bool] | None = None) -> int:
     total = d.sum(1)
     total[[not p.subgoals for p in plans]] = np.inf
+    if admissible is not None:  # every plan stays evidence; only admissible ones may be kept, when there are any
+        kept = total.copy()
+        kept[[not admissible(p) for p in plans]] = np.inf
+        total = kept if np.isfinite(kept).any() else total
     return int(np.argmin(total)) if np.isfinite(total).any() else 0
 
 
@@ -89,9 +93,11 @@ class Consensus:
         }
 
 
-def consensus(plans: Sequence[Plan]) -> Consensus:
-    """The distances of `plans` (computed once) and their medoid (`medoid`)."""
+def consensus(plans: Sequence[Plan], admissible: Callable[[Plan], bool] | None = None) -> Consensus:
+    """The distances of `plans` (computed once) and their medoid (`medoid`). `admissible`: a test a kept plan must
+    pass (e.g. its subgoal texts parse in the caller's grammar); every plan still counts as evidence, and when none
+    passes the medoid of all is kept."""
     if not plans:
         raise ValueError("medoid: no plans")
     d = distance_matrix(plans)
-    return Consensus(list(plans), d, _medoid(plans, d))
+    return Consensus(list(plans), d, _medoid(plans, d, admissible))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emu35_robot.consensus import THUMB, distance_matrix, keyframe_distance, medoid, plan_distance
+from emu35_robot.consensus import THUMB, consensus, distance_matrix, keyframe_distance, medoid, plan_distance
 from emu35_robot.types import Plan, Subgoal, Usage
 
 
@@ -52,3 +52,20 @@ def test_medoid_is_the_majority_and_ties_go_to_the_first():
     assert d.shape == (4, 4) and np.allclose(d, d.T)
     with pytest.raises(ValueError):
         medoid([])
+
+
+def test_an_admissible_plan_is_kept_over_a_medoid_that_is_not():
+    """consensus(plans, admissible): the medoid of all plans unless it fails the test; then the best plan that passes
+    (every plan still counts as evidence); the medoid of all when none passes. The eval's test: texts that parse."""
+    from evaluation.planners import in_grammar
+
+    right, wrong = frame((8, 8)), frame((44, 40))
+    plans = [plan(wrong), plan(right), plan(right), plan(frame((9, 8)))]
+    plans[1].subgoals[0].text = "placyan the red block in the tray"  # garbled, as sampled texts now and then are
+    for p in plans[2:]:
+        p.subgoals[0].text = "pick up the red block"
+    plans[0].subgoals[0].text = "pick up the red block"
+    assert consensus(plans).chosen == 1
+    assert consensus(plans, in_grammar).chosen == 2
+    assert consensus(plans, lambda p: False).chosen == 1  # none passes: the medoid of all
+    assert not in_grammar(plans[1]) and in_grammar(plans[2])
