@@ -34,7 +34,7 @@ def plan_strip(view: np.ndarray, result, record: dict, instruction: str) -> Imag
         kf = ran.keyframe if ran.keyframe is not None else np.zeros_like(view)
         images.append(Image.fromarray(kf))
         verdict = "not attempted" if r is None else ("done" if r["success"] else f"failed: {r['message']}")
-        swapped = f", candidate {k + 1}'s key-frame" if ran is not sg else ""
+        swapped = ", another candidate's key-frame" if ran is not sg else ""
         captions.append(f"{sg.text} [{verdict}{swapped}]")
     return contact_sheet(images, captions, title=f"Emu3.5-mini plan: {instruction}", tile=192)
 
