@@ -29,7 +29,7 @@ def plan_strip(view: np.ndarray, result, record: dict, instruction: str) -> Imag
     for i, sg in enumerate(result.subgoals):
         r = reached.get(i)
         k = (r or {}).get("keyframe_check", {}).get("candidate", 0)
-        others = [a[i] for a in result.alternatives if len(a) > i]  # as the episode loop offers them to the check
+        others = result.candidates_at(i)  # as the episode loop offers them to the check
         ran = others[k - 1] if 0 < k <= len(others) else sg
         kf = ran.keyframe if ran.keyframe is not None else np.zeros_like(view)
         images.append(Image.fromarray(kf))

@@ -166,9 +166,9 @@ def lands_free(env, skill: SkillCall | None) -> bool:
     """False for a table placement (`place_at`) at a point where another block stands now. A key-frame that paints
     the held block where an earlier one was placed (the mini's commonest ClearTable failure under the check) has
     dropped that block from the scene: the arm would set the held one down on top of it, not on the table."""
-    if skill is None or skill.skill != "place_at":
+    xy = None if skill is None else skill.point
+    if xy is None:
         return True
-    xy = np.array([float(v) for v in skill.target.split(",")])
     ws = env.unwrapped.world_state()
     return all(np.linalg.norm(p[:2] - xy) >= FREE_DISTANCE for name, p in ws.positions.items() if name != skill.obj)
 
@@ -221,9 +221,7 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                 cap.tag = (attempt, i)
                 check = None
                 if cfg.check_keyframes and isinstance(executor, KeyframeExecutor):
-                    sg, check = checked_keyframe(
-                        executor, cap, scene, sg, [a[i] for a in pr.alternatives if len(a) > i]
-                    )
+                    sg, check = checked_keyframe(executor, cap, scene, sg, pr.candidates_at(i))
                 r = executor.execute(cap, sg)
                 rec: dict[str, Any] = {
                     "plan": attempt, "index": i, "text": sg.text, "success": r.success, "grounded": r.grounded,

@@ -85,7 +85,7 @@ def follows_text(text: str, skill: SkillCall | None, scene: SceneSpec) -> bool |
         return skill.skill == "place_on" and skill.target == want.target
     if skill.skill != "place_at" or want.target not in scene.zone_names():
         return False
-    return scene.zone(want.target).contains(np.array([float(v) for v in skill.target.split(",")]))
+    return scene.zone(want.target).contains(skill.point)
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -49,6 +49,11 @@ class PlanResult:
     # EvalConfig.check_keyframes may run one of their key-frames instead of the kept plan's
     alternatives: list[list[Subgoal]] = field(default_factory=list)
 
+    def candidates_at(self, i: int) -> list[Subgoal]:
+        """The other candidates' subgoal i, in candidate order (those that have one): what the check may run
+        instead of the kept plan's, numbered from 1 in its record."""
+        return [a[i] for a in self.alternatives if len(a) > i]
+
 
 class Planner(Protocol):
     name: str

@@ -75,11 +75,17 @@ def on_block(ws: WorldState, obj: str, base: str) -> bool:
 # ------------------------------------------------------------------------------------------ subgoal grammar
 @dataclass(frozen=True)
 class SkillCall:
-    """A grounded subgoal: ``skill`` in {"pick", "place_zone", "place_on"}, the object and the target name."""
+    """A grounded subgoal: ``skill`` in {"pick", "place_zone", "place_on"}, the object and the target name; or, as
+    the key-frame executor reads a table placement, "place_at" with the target point "x,y" (metres)."""
 
     skill: str
     obj: str
     target: str | None = None
+
+    @property
+    def point(self) -> np.ndarray | None:
+        """The table point [x, y] of a "place_at" call; None for the others."""
+        return np.array([float(v) for v in self.target.split(",")]) if self.skill == "place_at" else None
 
 
 _OBJ = r"(?:the\s+)?(\w+)\s+(?:block|cube|one)"
