@@ -109,10 +109,12 @@ class PlannerServer:
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     @classmethod
-    def loopback(cls, model: str | Path | None = None, max_len: int = 4096, **load_kw) -> PlannerServer:
+    def loopback(
+        cls, model: str | Path | None = None, max_len: int = 4096, limits: Limits | None = None, **load_kw
+    ) -> PlannerServer:
         """A started server on a free 127.0.0.1 port with `model` loaded (None: the shipped mini), for in-process
         clients (the demo, `eval --planner mini`, tests); `address` reaches it and `stop()` ends it."""
-        server = cls(port=0, host="127.0.0.1", grace_s=2).start()
+        server = cls(port=0, host="127.0.0.1", limits=limits, grace_s=2).start()
         try:
             return server.load(model, max_len=max_len, **load_kw)
         except BaseException:
@@ -176,12 +178,14 @@ class PlannerServer:
         tensor_parallel: int = 1,
         fp8: bool = False,
         tp_all_reduce: str = "auto",
+        kernels: bool = True,
     ) -> PlannerServer:
         """Load the checkpoint, warm the engine up with one short request, then report SERVING. `tensor_parallel` N > 1
         spawns N - 1 more ranks (one GPU each from `device` on: cuda:0 and cuda:1 for N = 2) that each hold 1/N of
         every block (model/tp_engine.py); this process is rank 0 and serves; `tp_all_reduce` picks how its decode steps
         sum partial outputs (model.tp_engine.peer_sums). `fp8`: float8 weights (model/fp8.py,
-        through the Triton kernel of model/skinny_mm.py where it runs)."""
+        through the Triton kernel of model/skinny_mm.py where it runs). `kernels=False`: plain torch ops on CUDA
+        (model.engine.load_engine)."""
         model_dir, tok_dir, vq_dir, random_weights = resolve_checkpoint(model, tokenizer, vision_tokenizer)
         if random_weights:
             log.warning(
@@ -209,7 +213,7 @@ class PlannerServer:
             engine.mirror.on_broken = self._tensor_parallel_broken
             log.info("tensor parallel: rank 0 of %d on %s", tensor_parallel, engine.device)
         else:
-            engine = load_engine(model_dir, tok_dir, vq_dir, device, torch_dtype, max_len, fp8=fp8)
+            engine = load_engine(model_dir, tok_dir, vq_dir, device, torch_dtype, max_len, fp8=fp8, kernels=kernels)
         if fp8:
             n = sum(isinstance(w, torch.Tensor) and w.dtype == torch.float8_e4m3fn for w in engine.lm.buffers())
             log.info("float8 weights in %d projections (rank 0)", n)

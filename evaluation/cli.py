@@ -26,6 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=10, help="episodes (seeds) per task x engine x planner")
     p.add_argument("--seed", type=int, default=0, help="first seed; episode i uses seed + i")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (or Ray CPUs with --ray local)")
+    p.add_argument(
+        "--mini-device",
+        default=None,
+        help="run planner `mini` on one server on this device (cuda, cuda:N or cpu; float32) that every worker asks, "
+        "so their requests and candidates decode in one batch (default: a CPU server in every worker)",
+    )
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="run on Ray: a cluster address, or 'local'")
     p.add_argument("--out", required=True, help="output directory (episodes.jsonl, report.*, videos/)")
     p.add_argument("--executor", default="keyframe", choices=["keyframe", "language"])
@@ -89,6 +95,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "that is",
     )
     g.add_argument(
+        "--check-scene",
+        action="store_true",
+        help="with --check-keyframes: of the candidates whose key-frames pass, prefer one that also leaves every "
+        "block the subgoal does not name where the camera sees it now",
+    )
+    g.add_argument(
+        "--replan-on-check",
+        action="store_true",
+        help="with --check-keyframes: when no candidate's key-frame passes, run none and plan again from the camera "
+        "(counted as a re-plan) instead of running one that shows the wrong thing",
+    )
+    g.add_argument(
         "--candidate-sampling",
         default=None,
         metavar="T,K,P",
@@ -130,6 +148,9 @@ def config_from_args(args: argparse.Namespace):
         bias[int(k)] = float(v)
     if args.check_keyframes and (args.candidates < 2 or args.executor != "keyframe"):
         raise SystemExit("--check-keyframes: needs --candidates 2 or more and --executor keyframe (the default)")
+    for flag in ("check_scene", "replan_on_check"):
+        if getattr(args, flag) and not args.check_keyframes:
+            raise SystemExit(f"--{flag.replace('_', '-')}: refines --check-keyframes; pass both")
     grpc = GrpcOptions(
         image_size=grid,
         max_subgoals=args.max_subgoals or args.horizon,
@@ -157,6 +178,9 @@ def config_from_args(args: argparse.Namespace):
         video_every=args.video_every,
         save_plans=args.save_plans,
         check_keyframes=args.check_keyframes,
+        check_scene=args.check_scene,
+        replan_on_check=args.replan_on_check,
+        mini_device=args.mini_device,
         grpc=grpc,
     )
 

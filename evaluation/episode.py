@@ -67,6 +67,19 @@ class EvalConfig:
     # (metrics.follows_text), run the first other candidate's key-frame for the same text that is. Why: in the
     # card's run every failed subgoal's key-frame did not follow its text, and every one that did succeeded
     check_keyframes: bool = False
+    # with check_keyframes: of the candidates that pass, run one whose key-frame also leaves every block the subgoal
+    # does not name where the camera sees it now (keeps_scene), when there is one
+    check_scene: bool = False
+    # with check_keyframes: when no candidate's key-frame passes, run none of them and plan again from the camera (a
+    # re-plan, counted in `replans`). Why: a key-frame the check refuses does the wrong thing (the wrong block picked,
+    # a placement outside the zone), and the re-plan then starts from that mess; in the first GPU run of the check
+    # (2026-12-01) nearly every failed episode had run such a key-frame first
+    replan_on_check: bool = False
+    # where planner `mini` runs: None, a CPU server in every worker process; a device ("cuda", "cuda:1", "cpu"), one
+    # server there in the driver, in float32, that every worker asks, so all their requests decode in one batch
+    # (runner.shared_mini). Part of the configuration: another device or batch sums in another order, which can flip
+    # a greedy token now and then
+    mini_device: str | None = None
     grpc: GrpcOptions = field(default_factory=GrpcOptions)
 
     def to_json(self) -> dict[str, Any]:
@@ -129,33 +142,68 @@ def _finite(x: float | None) -> float | None:
 
 
 def checked_keyframe(
-    executor: KeyframeExecutor, env, scene, sg: Subgoal, others: list[Subgoal]
+    executor: KeyframeExecutor,
+    env,
+    scene,
+    sg: Subgoal,
+    others: list[Subgoal],
+    check_scene: bool = False,
+    tol: float = 0.03,
 ) -> tuple[Subgoal, dict[str, Any]]:
     """The subgoal to run: `sg`, unless the executor's reading of its key-frame from the current scene is not what its
     text says (or is a table placement onto a block standing there: `lands_free`) and another candidate's key-frame
-    for the same text is (EvalConfig.check_keyframes). Returns it with a record: whether the kept key-frame followed,
-    which candidate's ran (0: the kept plan's; k: the k-th other one), how many were read, and `occupied` when the
-    kept one followed its text but onto another block."""
+    for the same text is (EvalConfig.check_keyframes). With `check_scene`, a key-frame that passes but moves or drops
+    a block its text does not name (`keeps_scene`) gives way to the first candidate's that passes both, if any.
+    Returns it with a record: whether the kept key-frame followed, which candidate's ran (0: the kept plan's; k: the
+    k-th other one), how many were read, `occupied` when the kept one followed its text but onto another block, and
+    with `check_scene` whether the one that runs keeps the scene."""
 
-    def follows(s: Subgoal) -> tuple[bool | None, bool]:  # (follows_text, and lands_free too)
+    def passes(s: Subgoal) -> tuple[bool | None, bool, bool]:  # (follows_text, and lands_free, and keeps_scene)
         skill = executor.read_keyframe(env, s)[0]
         f = follows_text(sg.text, skill, scene)
-        return f, bool(f) and lands_free(env, skill)
+        ok = bool(f) and lands_free(env, skill)
+        return f, ok, ok and (not check_scene or keeps_scene(env, scene, s.keyframe, skill, tol))
 
-    text_ok, ok = follows(sg)
+    text_ok, ok, best = passes(sg)
     rec: dict[str, Any] = {"follows": ok if text_ok else text_ok, "candidate": 0, "read": 1}
     if text_ok and not ok:
         rec["occupied"] = True
-    if rec["follows"] is not False:
+    if check_scene:
+        rec["keeps_scene"] = best
+    if text_ok is None or best:
         return sg, rec
+    fallback = (0, sg) if ok else None  # one that passes all but the scene test
     for k, other in enumerate(others, start=1):
         if other.text != sg.text or other.keyframe is None:
             continue
         rec["read"] += 1
-        if follows(other)[1]:
+        _, other_ok, other_best = passes(other)
+        if other_best:
             rec["candidate"] = k
+            if check_scene:
+                rec["keeps_scene"] = True
             return other, rec
-    return sg, rec
+        if other_ok and fallback is None:
+            fallback = (k, other)
+    if fallback is None:
+        return sg, rec
+    rec["candidate"] = fallback[0]
+    return fallback[1], rec
+
+
+def keeps_scene(env, scene, keyframe: np.ndarray | None, skill: SkillCall | None, tol: float = 0.03) -> bool:
+    """Does the key-frame leave every block but the one its subgoal moves where the camera sees it now (each found
+    within `tol` metres in both images, or missing from both: `metrics.block_agreement`)? A key-frame is a prediction
+    of the whole scene after the subgoal; the executor reads only the moved block from it, so a key-frame that also
+    shifts or drops another block runs the same but misstates the scene (placement agreement), and one that drops a
+    placed block is the kind that sets the held block down on it (`lands_free`)."""
+    if keyframe is None or skill is None:
+        return False
+    u = env.unwrapped
+    h, w = keyframe.shape[:2]
+    rest = [b.colour for b in scene.blocks if b.name != skill.obj]
+    now = u.render_camera("front", w, h)
+    return all(block_agreement(keyframe, now, u.camera_model("front", w, h), rest, tol).values())
 
 
 # a table placement whose point is nearer than this to a block standing there lands on it (blocks are 4 cm wide)
@@ -221,7 +269,17 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                 cap.tag = (attempt, i)
                 check = None
                 if cfg.check_keyframes and isinstance(executor, KeyframeExecutor):
-                    sg, check = checked_keyframe(executor, cap, scene, sg, pr.candidates_at(i))
+                    sg, check = checked_keyframe(
+                        executor, cap, scene, sg, pr.candidates_at(i), cfg.check_scene, cfg.placement_tol_m
+                    )
+                    if cfg.replan_on_check and check["follows"] is False and check["candidate"] == 0:
+                        subgoals.append({
+                            "plan": attempt, "index": i, "text": sg.text, "success": False, "grounded": None,
+                            "steps": 0, "skill": None, "keyframe_check": check, "refused": True,
+                            "message": "no candidate's key-frame shows what the text says: planning again",
+                        })  # fmt: skip
+                        failed = True
+                        break
                 r = executor.execute(cap, sg)
                 rec: dict[str, Any] = {
                     "plan": attempt, "index": i, "text": sg.text, "success": r.success, "grounded": r.grounded,

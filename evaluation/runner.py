@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 from emu35_robot.workers import worker_pool
 
 from .episode import EpisodeSpec, EvalConfig, run_episode
-from .planners import Planner, make_planner
+from .planners import GrpcPlanner, Planner, make_planner
 
 EPISODES_FILE = "episodes.jsonl"
 CONFIG_FILE = "config.json"
@@ -72,17 +73,23 @@ class RecordWriter:
 _PLANNERS: dict[tuple[str, int, str], Planner] = {}
 
 
-def _planner(name: str, cfg: EvalConfig) -> Planner:
-    key = (name, cfg.image_size, repr(cfg.grpc))
+def _planner(name: str, cfg: EvalConfig, served: dict[str, str] | None = None) -> Planner:
+    address = (served or {}).get(name)
+    key = (name, cfg.image_size, repr(cfg.grpc), address)
     if key not in _PLANNERS:
-        _PLANNERS[key] = make_planner(name, cfg.image_size, cfg.grpc)
+        if address:  # the driver's shared server (shared_mini), asked like any address but recorded by its name
+            _PLANNERS[key] = GrpcPlanner(address, cfg.grpc)
+            _PLANNERS[key].name = name
+        else:
+            _PLANNERS[key] = make_planner(name, cfg.image_size, cfg.grpc)
     return _PLANNERS[key]
 
 
-def _run_safely(spec: EpisodeSpec, cfg: EvalConfig, out_dir: str) -> dict:
-    """Run one episode in a worker; an exception becomes a failed record with its traceback, not a dead run."""
+def _run_safely(spec: EpisodeSpec, cfg: EvalConfig, out_dir: str, served: dict[str, str] | None = None) -> dict:
+    """Run one episode in a worker; an exception becomes a failed record with its traceback, not a dead run.
+    `served`: planner name -> address of a server the driver started for it (shared_mini)."""
     try:
-        record = run_episode(spec, cfg, _planner(spec.planner, cfg), out_dir)
+        record = run_episode(spec, cfg, _planner(spec.planner, cfg, served), out_dir)
     except Exception as e:  # a physics or planner crash must not take the other episodes with it
         record = {
             "key": spec.key, "task": spec.task, "engine": spec.engine, "planner": spec.planner, "seed": spec.seed,
@@ -117,6 +124,34 @@ def check_config(out_dir: Path, cfg: EvalConfig) -> None:
     path.write_text(json.dumps(now, indent=2))
 
 
+@contextmanager
+def shared_mini(cfg: EvalConfig, specs: list[EpisodeSpec], workers: int) -> Iterator[dict[str, str]]:
+    """{"mini": address} of one server on `cfg.mini_device` that every worker asks, for as long as the run lasts; {}
+    when no device is set (each worker serves its own on the CPU: CPU decoding scales with processes) or the mini is
+    not asked. Why one server on a GPU: the mini is far too small to keep a GPU busy alone, so a server per worker
+    would leave it idle between launches; one server batches every worker's requests (and every consensus
+    candidate) into one decode step. Its batch holds them all: workers x candidates streams. On the CPU it saves
+    memory: one copy of the model instead of one per worker."""
+    if cfg.mini_device is None or not any(s.planner == "mini" for s in specs):
+        yield {}
+        return
+    from emu35_robot.limits import Limits
+    from emu35_robot.mini import MINI_BUNDLE, mini_available
+    from emu35_robot.server import PlannerServer
+
+    if not mini_available():
+        raise FileNotFoundError(f"planner 'mini': the Emu3.5-mini weights are not in {MINI_BUNDLE}")
+    streams = max(1, workers) * max(1, cfg.grpc.candidates)
+    limits = Limits(max_batch=max(8, streams), max_queue=max(8, streams))
+    # plain torch ops: the mini's step is bound by launches, not by the kernels, and each new batch shape would
+    # otherwise compile its own
+    server = PlannerServer.loopback(MINI_BUNDLE, limits=limits, device=cfg.mini_device, dtype="float32", kernels=False)
+    try:
+        yield {"mini": server.address}
+    finally:
+        server.stop(0)
+
+
 def pending(specs: list[EpisodeSpec], out_dir: Path) -> list[EpisodeSpec]:
     done = {r["key"] for r in read_records(out_dir / EPISODES_FILE)}
     return [s for s in specs if s.key not in done]
@@ -139,6 +174,11 @@ def run(
     """
     from tqdm import tqdm
 
+    if ray_address and cfg.mini_device is not None:
+        raise ValueError(
+            "mini_device: the shared server listens on this machine's loopback, which Ray workers elsewhere cannot "
+            "reach; serve the model (`emu35-robot serve --device cuda`) and pass its address as the planner"
+        )
     out = Path(out_dir)
     check_config(out, cfg)
     todo = pending(specs, out)
@@ -158,11 +198,12 @@ def run(
 
             run_ray(todo, cfg, out, ray_address, workers, land)
         elif workers <= 1:
-            for s in todo:
-                land(_run_safely(s, cfg, str(out)))
+            with shared_mini(cfg, todo, workers) as served:
+                for s in todo:
+                    land(_run_safely(s, cfg, str(out), served))
         else:
-            with worker_pool(workers) as pool:
-                futures = {pool.submit(_run_safely, s, cfg, str(out)) for s in todo}
+            with shared_mini(cfg, todo, workers) as served, worker_pool(workers) as pool:
+                futures = {pool.submit(_run_safely, s, cfg, str(out), served) for s in todo}
                 while futures:
                     finished, futures = wait(futures, return_when=FIRST_COMPLETED)
                     for f in finished:

@@ -870,20 +870,25 @@ def load_engine(
     dtype: torch.dtype | None = None,
     max_len: int = 8192,
     fp8: bool = False,
+    kernels: bool = True,
 ) -> Engine:
     """An engine on the three official-layout parts, set up to serve: bf16 on CUDA and float32 elsewhere unless
     `dtype` says; on CUDA with fused projections, compiled elementwise kernels and CUDA graphs (benchmarks/RESULTS.md:
-    26.5 -> 19.3 ms per 34B step); `fp8`: float8 weights (through the Triton kernel where it runs)."""
+    26.5 -> 19.3 ms per 34B step); `fp8`: float8 weights (through the Triton kernel where it runs). `kernels=False`
+    keeps plain torch ops on CUDA too (CUDA graphs still): no compile per new batch shape, and float32 products as
+    cuBLAS computes them, for a model too small for the kernels to matter (`eval --mini-device cuda`)."""
     cuda = str(device).startswith("cuda")
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    plain = {} if kernels else {"fuse_projections": False, "skinny": False, "triton_attention": False}
     return Engine(
         Emu35.from_pretrained(model_dir, dtype=dtype, device=device),
         TextTokenizer.from_pretrained(tokenizer_dir),
         VisionTokenizer.from_pretrained(vision_tokenizer_dir, device=device),
         max_len=max_len,
-        compile_kernels=cuda,
+        compile_kernels=cuda and kernels,
         fp8=fp8,
         image_sampling=checkpoint_image_sampling(model_dir),
+        **plain,
     )
 
 

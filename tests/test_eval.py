@@ -384,3 +384,77 @@ def test_check_keyframes_runs_another_candidates_keyframe_when_the_kept_one_show
     sg, rec = checked_keyframe(ex, env, scene, right, [fixed])
     assert sg is right and rec == {"follows": True, "candidate": 0, "read": 1}
     env.close()
+
+
+def test_check_scene_prefers_a_candidate_whose_keyframe_leaves_the_other_blocks_in_place(tmp_path):
+    """keeps_scene: the expert's pick key-frame leaves every other block where the camera sees it now; the same
+    key-frame with another block painted elsewhere does not. checked_keyframe with check_scene runs a candidate's
+    key-frame that keeps the scene over a kept one that follows its text but moves another block; without it, or
+    when no candidate keeps the scene, the kept one runs."""
+    import cv2
+    import gymnasium as gym
+
+    import sim_envs
+    from evaluation.episode import checked_keyframe, keeps_scene
+    from sim_envs.executors import KeyframeExecutor, Subgoal
+    from sim_envs.keyframe_vision import colour_mask
+    from sim_envs.recorder import record_expert_episode
+
+    def shifted_block(image: np.ndarray, colour: str, dx: int) -> np.ndarray:  # the block's pixels dx to the right
+        mask = cv2.dilate(colour_mask(image, colour), np.ones((3, 3), np.uint8)).astype(bool)
+        ys, xs = np.nonzero(mask)
+        out = image.copy()
+        out[mask] = np.median(image[~mask], axis=0)
+        out[ys, np.clip(xs + dx, 0, image.shape[1] - 1)] = image[ys, xs]
+        return out
+
+    env = gym.make(sim_envs.env_id("Stack", "mujoco"), image_obs=False, image_size=96)
+    ep = record_expert_episode(env, tmp_path / "ep", seed=1, cameras=())
+    k0, pick_kf = next(iter(ep.keyframes()))
+    env.reset(seed=1)
+    u = env.unwrapped
+    ex, scene = KeyframeExecutor(), u.task.scene
+    right = Subgoal(k0["text"], pick_kf)
+    skill = ex.read_keyframe(env, right)[0]
+    other = next(b for b in scene.blocks if b.name != skill.obj)
+    shifted = Subgoal(right.text, shifted_block(pick_kf, other.colour, 8))  # about 8 cm at 96 px
+    assert keeps_scene(env, scene, right.keyframe, skill)
+    assert ex.read_keyframe(env, shifted)[0] == skill  # it still lifts the named block: the text check passes
+    assert not keeps_scene(env, scene, shifted.keyframe, skill)
+    assert not keeps_scene(env, scene, None, skill) and not keeps_scene(env, scene, pick_kf, None)
+    sg, rec = checked_keyframe(ex, env, scene, shifted, [right], check_scene=True)
+    assert sg is right and rec == {"follows": True, "candidate": 1, "read": 2, "keeps_scene": True}
+    sg, rec = checked_keyframe(ex, env, scene, shifted, [right])
+    assert sg is shifted and rec == {"follows": True, "candidate": 0, "read": 1}
+    sg, rec = checked_keyframe(ex, env, scene, shifted, [shifted], check_scene=True)
+    assert sg is shifted and rec == {"follows": True, "candidate": 0, "read": 2, "keeps_scene": False}
+    env.close()
+
+
+def test_replan_on_check_plans_again_instead_of_running_a_keyframe_no_candidate_passes(tmp_path):
+    """With replan_on_check, a first plan whose key-frames (kept and candidate alike) show nothing moved is not run:
+    the subgoal is recorded as refused, without a step, and the re-plan (the oracle's) finishes the episode."""
+    from evaluation.episode import run_episode
+    from evaluation.planners import OraclePlanner, PlanResult
+    from sim_envs.executors import Subgoal
+
+    class BlankFirst:  # the oracle, except that its first plan's key-frames are blank in every candidate
+        name = "blank-first"
+
+        def __init__(self) -> None:
+            self.oracle = OraclePlanner(96)
+
+        def plan(self, ctx):
+            pr = self.oracle.plan(ctx)
+            if ctx.attempt > 0:
+                return pr
+            blank = [Subgoal(s.text, np.zeros_like(s.keyframe)) for s in pr.subgoals]
+            return PlanResult(blank, pr.latency_s, pr.first_subgoal_s, alternatives=[list(blank), list(blank)])
+
+    cfg = EvalConfig(image_size=96, video=False, check_keyframes=True, replan_on_check=True)
+    r = run_episode(EpisodeSpec("Stack", "mujoco", "blank-first", 1), cfg, BlankFirst(), tmp_path)
+    first = r["subgoals"][0]
+    assert first["refused"] and first["steps"] == 0 and not first["success"]
+    assert first["keyframe_check"] == {"follows": False, "candidate": 0, "read": 3}
+    assert r["success"] and r["plans_made"] == 2 and r["replans"] == 1
+    assert all(not s.get("refused") for s in r["subgoals"][1:])

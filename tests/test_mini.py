@@ -80,3 +80,21 @@ def test_eval_planner_mini_serves_the_shipped_model_itself(tmp_path):
     (r,) = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
     assert r["planner"] == "mini" and not r.get("error") and r["plans"] and r["tokens_generated"] > 0
     assert json.loads((out / "report.json").read_text())["overall"][0]["planner"] == "mini"
+
+
+def test_eval_mini_device_serves_one_model_that_every_worker_asks(tmp_path):
+    """`eval --mini-device cpu --workers 2`: the driver serves the mini once (runner.shared_mini) and both worker
+    processes plan through it; the records still name the planner `mini`, and the run's config says where it ran."""
+    from emu35_robot.cli import main as cli_main
+
+    out = tmp_path / "eval"
+    args = ["eval", "--planner", "mini", "--tasks", TASK, "--engines", ENGINE, "--episodes", "2", "--seed", str(SEED),
+            "--image-size", str(IMAGE_SIZE), "--no-video", "--no-progress", "--out", str(out), "--workers", "2",
+            "--mini-device", "cpu", "--max-subgoals", "1", "--replans", "0"]  # fmt: skip
+    assert cli_main(args) == 0
+    records = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert sorted(r["seed"] for r in records) == [SEED, SEED + 1]
+    for r in records:
+        assert r["planner"] == "mini" and not r.get("error") and not r["planner_errors"], r
+        assert len(r["plans"]) == 1 and r["tokens_generated"] > 0 and len(r["plans"][0]["texts"]) == 1
+    assert json.loads((out / "config.json").read_text())["mini_device"] == "cpu"
