@@ -148,6 +148,15 @@ def config_from_args(args: argparse.Namespace):
         bias[int(k)] = float(v)
     if args.check_keyframes and (args.candidates < 2 or args.executor != "keyframe"):
         raise SystemExit("--check-keyframes: needs --candidates 2 or more and --executor keyframe (the default)")
+    if args.mini_device is not None:
+        import torch
+
+        try:
+            device = torch.device(args.mini_device)
+        except RuntimeError as e:
+            raise SystemExit(f"--mini-device: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"--mini-device {args.mini_device}: this machine has no CUDA device")
     for flag in ("check_scene", "replan_on_check"):
         if getattr(args, flag) and not args.check_keyframes:
             raise SystemExit(f"--{flag.replace('_', '-')}: refines --check-keyframes; pass both")

@@ -68,9 +68,9 @@ class RecordWriter:
 
 # ---- worker side ---------------------------------------------------------------------------------------------------
 
-# per worker process: one oracle cache / one gRPC channel per planner and settings (a second run in the same
-# process, e.g. the CLI called again from Python, may ask the same address with other options)
-_PLANNERS: dict[tuple[str, int, str], Planner] = {}
+# per worker process: one oracle cache / one gRPC channel per planner, settings and shared server (a second run in
+# the same process, e.g. the CLI called again from Python, may ask the same address with other options)
+_PLANNERS: dict[tuple[str, int, str, str | None], Planner] = {}
 
 
 def _planner(name: str, cfg: EvalConfig, served: dict[str, str] | None = None) -> Planner:

@@ -204,6 +204,12 @@ def test_consensus_candidates_through_the_grpc_service(grpc_server, tmp_path, ca
     assert "argument --candidates: want 1 or more, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--check-keyframes: needs --candidates 2 or more"):
         cli_main(grpc_eval(address, tok, tmp_path / "bad", "--check-keyframes"))
+    with pytest.raises(SystemExit, match="--check-scene: refines --check-keyframes"):
+        cli_main(grpc_eval(address, tok, tmp_path / "bad", *opts, "--check-scene"))
+    with pytest.raises(SystemExit, match="--replan-on-check: refines --check-keyframes"):
+        cli_main(grpc_eval(address, tok, tmp_path / "bad", *opts, "--replan-on-check"))
+    with pytest.raises(SystemExit, match="--mini-device"):
+        cli_main(grpc_eval(address, tok, tmp_path / "bad", "--mini-device", "gpu"))
 
 
 def test_an_episode_whose_video_cannot_be_written_keeps_its_result(tmp_path):
