@@ -82,6 +82,11 @@ class EvalConfig:
     mini_device: str | None = None
     grpc: GrpcOptions = field(default_factory=GrpcOptions)
 
+    def __post_init__(self) -> None:
+        for name in ("check_scene", "replan_on_check"):
+            if getattr(self, name) and not self.check_keyframes:
+                raise ValueError(f"EvalConfig.{name} refines check_keyframes, which is off")
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["grpc"] = {**d["grpc"], "token": None, "logit_bias": {str(k): v for k, v in self.grpc.logit_bias.items()}}

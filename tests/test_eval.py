@@ -457,6 +457,8 @@ def test_replan_on_check_plans_again_instead_of_running_a_keyframe_no_candidate_
             blank = [Subgoal(s.text, np.zeros_like(s.keyframe)) for s in pr.subgoals]
             return PlanResult(blank, pr.latency_s, pr.first_subgoal_s, alternatives=[list(blank), list(blank)])
 
+    with pytest.raises(ValueError, match="replan_on_check refines check_keyframes"):
+        EvalConfig(replan_on_check=True)
     cfg = EvalConfig(image_size=96, video=False, check_keyframes=True, replan_on_check=True)
     r = run_episode(EpisodeSpec("Stack", "mujoco", "blank-first", 1), cfg, BlankFirst(), tmp_path)
     first = r["subgoals"][0]
