@@ -16,8 +16,9 @@
 # GPU, one server for every worker (a checked ClearTable episode's 9,400 tokens no longer take minutes of a core).
 # PyBullet publishes no wheel for Python 3.12: `prepare` builds one from the sdist with a local Python 3.12 (PY312,
 # e.g. pyenv's) and numpy (so camera images come back as arrays), then keeps only the modules and the Panda, stripped
-# and LZMA-compressed (benchmarks/slim_wheel.py: 4 MiB of the carry's 64). One thread per worker: runs reproduce exactly on one machine; another CPU or thread count
-# sums in another order and can flip a greedy token now and then (README, Development).
+# and LZMA-compressed (benchmarks/slim_wheel.py: 4 MiB of the carry's 64). One thread per worker: runs reproduce
+# exactly on one machine; another CPU or thread count sums in another order and can flip a greedy token now and then
+# (README, Development).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 setup() {  # the EGL loader (MuJoCo renders through the NVIDIA EGL driver) and the wheels, once per machine and wheel set
@@ -76,8 +77,8 @@ run)
   workers=$(($(getconf _NPROCESSORS_ONLN) - 1))
   status=0
   # EVAL_TIMEOUT=SECONDS ends the eval there and still copies back what it recorded (0: no limit)
-  timeout "${EVAL_TIMEOUT:-0}" python3 -m emu35_robot eval --planner mini --engines mujoco --image-size 128 --no-video --no-progress \
-    --workers "$workers" "$@" --out /tmp/eval >"$out/eval.log" 2>&1 || status=$?
+  timeout "${EVAL_TIMEOUT:-0}" python3 -m emu35_robot eval --planner mini --engines mujoco --image-size 128 \
+    --no-video --no-progress --workers "$workers" "$@" --out /tmp/eval >"$out/eval.log" 2>&1 || status=$?
   cp /tmp/eval/episodes.jsonl "$out/episodes.jsonl" 2>/dev/null || true
   cp /tmp/eval/report.md "$out/report.md" 2>/dev/null || true
   grep "^| " "$out/eval.log" || tail -20 "$out/eval.log"

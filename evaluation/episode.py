@@ -163,11 +163,13 @@ def checked_keyframe(
     k-th other one), how many were read, `occupied` when the kept one followed its text but onto another block, and
     with `check_scene` whether the one that runs keeps the scene."""
 
+    views: dict[tuple[int, int], tuple] = {}  # the camera now, rendered once: the scene stands still while we read
+
     def passes(s: Subgoal) -> tuple[bool | None, bool, bool]:  # (follows_text, and lands_free, and keeps_scene)
         skill = executor.read_keyframe(env, s)[0]
         f = follows_text(sg.text, skill, scene)
         ok = bool(f) and lands_free(env, skill)
-        return f, ok, ok and (not check_scene or keeps_scene(env, scene, s.keyframe, skill, tol))
+        return f, ok, ok and (not check_scene or keeps_scene(env, scene, s.keyframe, skill, tol, views))
 
     text_ok, ok, best = passes(sg)
     rec: dict[str, Any] = {"follows": ok if text_ok else text_ok, "candidate": 0, "read": 1}
@@ -196,19 +198,30 @@ def checked_keyframe(
     return fallback[1], rec
 
 
-def keeps_scene(env, scene, keyframe: np.ndarray | None, skill: SkillCall | None, tol: float = 0.03) -> bool:
+def keeps_scene(
+    env,
+    scene,
+    keyframe: np.ndarray | None,
+    skill: SkillCall | None,
+    tol: float = 0.03,
+    views: dict[tuple[int, int], tuple] | None = None,
+) -> bool:
     """Does the key-frame leave every block but the one its subgoal moves where the camera sees it now (each found
     within `tol` metres in both images, or missing from both: `metrics.block_agreement`)? A key-frame is a prediction
     of the whole scene after the subgoal; the executor reads only the moved block from it, so a key-frame that also
     shifts or drops another block runs the same but misstates the scene (placement agreement), and one that drops a
-    placed block is the kind that sets the held block down on it (`lands_free`)."""
+    placed block is the kind that sets the held block down on it (`lands_free`). `views`: the current (image, camera
+    model) by size, filled on first use, so that reading several candidates renders the camera once."""
     if keyframe is None or skill is None:
         return False
-    u = env.unwrapped
     h, w = keyframe.shape[:2]
+    views = {} if views is None else views
+    if (w, h) not in views:
+        u = env.unwrapped
+        views[w, h] = (u.render_camera("front", w, h), u.camera_model("front", w, h))
+    now, cam = views[w, h]
     rest = [b.colour for b in scene.blocks if b.name != skill.obj]
-    now = u.render_camera("front", w, h)
-    return all(block_agreement(keyframe, now, u.camera_model("front", w, h), rest, tol).values())
+    return all(block_agreement(keyframe, now, cam, rest, tol).values())
 
 
 # a table placement whose point is nearer than this to a block standing there lands on it (blocks are 4 cm wide)
