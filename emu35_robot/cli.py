@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-keyframes",
         action="store_true",
         help="with --candidates N: before each subgoal, swap a key-frame that does not show what its text says for "
-        "a candidate's that does (and leaves the other blocks in place, if one does); when none does, plan again "
-        "(README, Evaluation)",
+        "a candidate's that does (and leaves the other blocks in place, if one does); when none does, put down what "
+        "the gripper holds and plan again, up to three times (README, Evaluation)",
     )
     d.add_argument("--new-tokens", type=int, default=24, help="round trip only (no trained model): tokens to sample")
     d.set_defaults(func=_demo)

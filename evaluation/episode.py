@@ -160,19 +160,22 @@ def checked_keyframe(
     for the same text is (EvalConfig.check_keyframes). With `check_scene`, a key-frame that passes but moves or drops
     a block its text does not name (`keeps_scene`) gives way to the first candidate's that passes both, if any.
     Returns it with a record: whether the kept key-frame followed, which candidate's ran (0: the kept plan's; k: the
-    k-th other one), how many were read, `occupied` when the kept one followed its text but onto another block, and
-    with `check_scene` whether the one that runs keeps the scene."""
+    k-th other one), how many were read and what each read as (`reads`: the skill call, or why none), `occupied`
+    when the kept one followed its text but onto another block, and with `check_scene` whether the one that runs
+    keeps the scene."""
 
     views: dict[tuple[int, int], tuple] = {}  # the camera now, rendered once: the scene stands still while we read
+    reads: list[str] = []  # what each key-frame read as, in the order read: why a subgoal was refused
 
     def passes(s: Subgoal) -> tuple[bool | None, bool, bool]:  # (follows_text, and lands_free, and keeps_scene)
-        skill = executor.read_keyframe(env, s)[0]
+        skill, how = executor.read_keyframe(env, s)
+        reads.append(how if skill is None else " ".join(str(x) for x in (skill.skill, skill.obj, skill.target) if x))
         f = follows_text(sg.text, skill, scene)
         ok = bool(f) and lands_free(env, skill)
         return f, ok, ok and (not check_scene or keeps_scene(env, scene, s.keyframe, skill, tol, views))
 
     text_ok, ok, best = passes(sg)
-    rec: dict[str, Any] = {"follows": ok if text_ok else text_ok, "candidate": 0, "read": 1}
+    rec: dict[str, Any] = {"follows": ok if text_ok else text_ok, "candidate": 0, "read": 1, "reads": reads}
     if text_ok and not ok:
         rec["occupied"] = True
     if check_scene:

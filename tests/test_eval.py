@@ -383,12 +383,14 @@ def test_check_keyframes_runs_another_candidates_keyframe_when_the_kept_one_show
     other = next(b for b in scene.block_names() if b != moved)
     wrong = Subgoal(f"pick up the {other}", pick_kf)  # the text names a block the key-frame does not lift
     sg, rec = checked_keyframe(ex, env, scene, wrong, [Subgoal(wrong.text, None), right])
-    assert sg is wrong and rec == {"follows": False, "candidate": 0, "read": 1}  # no candidate for that text
+    picks = f"pick {moved}"  # how the check records what a key-frame reads as
+    assert sg is wrong and rec == {"follows": False, "candidate": 0, "read": 1, "reads": [picks]}  # no candidate
     fixed = Subgoal(right.text, np.zeros_like(pick_kf))  # a blank key-frame: nothing moved
     sg, rec = checked_keyframe(ex, env, scene, fixed, [Subgoal("something else", pick_kf), right])
-    assert sg is right and rec == {"follows": False, "candidate": 2, "read": 2}
+    nothing = "key-frame shows no block moved"
+    assert sg is right and rec == {"follows": False, "candidate": 2, "read": 2, "reads": [nothing, picks]}
     sg, rec = checked_keyframe(ex, env, scene, right, [fixed])
-    assert sg is right and rec == {"follows": True, "candidate": 0, "read": 1}
+    assert sg is right and rec == {"follows": True, "candidate": 0, "read": 1, "reads": [picks]}
     env.close()
 
 
@@ -429,11 +431,12 @@ def test_check_scene_prefers_a_candidate_whose_keyframe_leaves_the_other_blocks_
     assert not keeps_scene(env, scene, shifted.keyframe, skill)
     assert not keeps_scene(env, scene, None, skill) and not keeps_scene(env, scene, pick_kf, None)
     sg, rec = checked_keyframe(ex, env, scene, shifted, [right], check_scene=True)
-    assert sg is right and rec == {"follows": True, "candidate": 1, "read": 2, "keeps_scene": True}
+    picks = [f"pick {skill.obj}"] * 2
+    assert sg is right and rec == {"follows": True, "candidate": 1, "read": 2, "reads": picks, "keeps_scene": True}
     sg, rec = checked_keyframe(ex, env, scene, shifted, [right])
-    assert sg is shifted and rec == {"follows": True, "candidate": 0, "read": 1}
+    assert sg is shifted and rec == {"follows": True, "candidate": 0, "read": 1, "reads": picks[:1]}
     sg, rec = checked_keyframe(ex, env, scene, shifted, [shifted], check_scene=True)
-    assert sg is shifted and rec == {"follows": True, "candidate": 0, "read": 2, "keeps_scene": False}
+    assert sg is shifted and rec == {"follows": True, "candidate": 0, "read": 2, "reads": picks, "keeps_scene": False}
     env.close()
 
 
@@ -463,6 +466,7 @@ def test_replan_on_check_plans_again_instead_of_running_a_keyframe_no_candidate_
     r = run_episode(EpisodeSpec("Stack", "mujoco", "blank-first", 1), cfg, BlankFirst(), tmp_path)
     first = r["subgoals"][0]
     assert first["refused"] and first["steps"] == 0 and not first["success"]
-    assert first["keyframe_check"] == {"follows": False, "candidate": 0, "read": 3}
+    reads = ["key-frame shows no block moved"] * 3
+    assert first["keyframe_check"] == {"follows": False, "candidate": 0, "read": 3, "reads": reads}
     assert r["success"] and r["plans_made"] == 2 and r["replans"] == 1
     assert all(not s.get("refused") for s in r["subgoals"][1:])
