@@ -316,6 +316,9 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                     ok = block_agreement(sg.keyframe, achieved, cam, colours, cfg.placement_tol_m)
                     held = {b.colour for b in scene.blocks if is_held(ws, b.name)}
                     resting = [a for c, a in ok.items() if c not in held]
+                    # the block this subgoal moved, where it came to rest: does the key-frame put it there (None
+                    # after a pick: a block in the air is not placed)
+                    moved = next((b.colour for b in scene.blocks if r.skill and b.name == r.skill.obj), None)
                     if cfg.executor == "keyframe":
                         rec["follows_text"] = follows_text(sg.text, r.skill, scene)
                     rec.update(
@@ -325,6 +328,7 @@ def run_episode(spec: EpisodeSpec, cfg: EvalConfig, planner: Planner, out_dir: s
                         placement_total=len(ok),
                         placement_rest_agree=sum(resting),
                         placement_rest_total=len(resting),
+                        placement_moved=ok[moved] if moved in ok and moved not in held else None,
                     )
                 subgoals.append(rec)
                 done = bool(u.task.success(u.world_state()))
@@ -401,6 +405,9 @@ def _summarise(spec, cfg, info, u, plans, subgoals, done) -> dict[str, Any]:
         "ssim_mean": _mean([s["ssim"] for s in fid]),
         "placement_agreement": _ratio(fid, "placement_agree", "placement_total"),
         "placement_agreement_resting": _ratio(fid, "placement_rest_agree", "placement_rest_total"),
+        # the measure read per subgoal: of the subgoals that set a block down, those whose key-frame put it
+        # where it came to rest
+        "placement_moved_agreement": _mean([s.get("placement_moved") for s in fid]),
         "keyframe_follows_text": _mean([s.get("follows_text") for s in subgoals]),
         # check_keyframes: subgoals that ran another candidate's key-frame than the kept plan's
         "keyframe_swaps": sum(s.get("keyframe_check", {}).get("candidate", 0) > 0 for s in subgoals),

@@ -28,6 +28,7 @@ MEANS = (  # record field -> report column
     ("ssim_mean", "SSIM"),
     ("placement_agreement", "placement agree"),
     ("placement_agreement_resting", "placement agree, resting"),
+    ("placement_moved_agreement", "placed block agrees"),
     ("keyframe_follows_text", "key-frame follows text"),
 )
 

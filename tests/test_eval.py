@@ -55,6 +55,13 @@ def test_oracle_and_random_on_both_engines_with_workers(tmp_path):
             assert r["keyframe_follows_text"] >= 0.75  # the expert's own key-frames show what its texts say
         picks = [s for s in sgs if s["success"] and s["text"].startswith("pick up")]
         assert all(s["placement_rest_total"] == s["placement_total"] - 1 for s in picks)  # the held block is left out
+        assert all(s["placement_moved"] is None for s in picks)  # a block in the air is not placed
+        placed = [s["placement_moved"] for s in sgs if s["success"] and s["text"].startswith("place")]
+        assert all(isinstance(m, bool) for m in placed)
+        moved = [s["placement_moved"] for s in sgs if s["placement_moved"] is not None]
+        assert r["placement_moved_agreement"] == (pytest.approx(np.mean(moved)) if moved else None)
+        if r["planner"] == "oracle" and r["success"]:
+            assert all(placed)  # the expert's key-frame shows the block where the expert put it
         if not r["success"] and sgs[-1]["success"] is False:  # stopped by a failed subgoal: re-planned if allowed
             assert r["replans"] == 1
         for p in r["plans"]:
