@@ -173,14 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=10000, help="scene seed (training used seeds below 10000)")
     d.add_argument("--device", default="cpu")
     d.add_argument(
-        "--candidates", type=int, default=1, help="plans decoded at once; their consensus is kept (default 1)"
+        "--candidates",
+        type=int,
+        default=5,
+        help="plans decoded at once; their consensus is kept (default 5; 1: one greedy plan, the quickest)",
     )
     d.add_argument(
         "--check-keyframes",
-        action="store_true",
-        help="with --candidates N: before each subgoal, swap a key-frame that does not show what its text says for "
-        "a candidate's that does (and leaves the other blocks in place, if one does); when none does, put down what "
-        "the gripper holds and plan again, up to three times (README, Evaluation)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="before each subgoal, swap a key-frame that does not show what its text says for a candidate's that "
+        "does (and leaves the other blocks in place, if one does); when none does, put down what the gripper holds "
+        "and plan again, up to three times (README, Evaluation). Default: on when --candidates is 2 or more",
     )
     d.add_argument("--new-tokens", type=int, default=24, help="round trip only (no trained model): tokens to sample")
     d.set_defaults(func=_demo)

@@ -46,16 +46,19 @@ def run_demo(
     engine: str = "mujoco",
     seed: int = 10000,
     device: str = "cpu",
-    candidates: int = 1,
-    check_keyframes: bool = False,
+    candidates: int = 5,
+    check_keyframes: bool | None = None,
 ) -> dict:
     """One episode planned by the service and run by the key-frame executor; returns demo.json's summary.
-    `candidates` > 1: that many plans decoded at once and their consensus kept; `check_keyframes`: the checked
-    key-frames at their fullest, as `eval --check-keyframes --replan-on-check --check-scene --recover --replans 3` runs
-    them: before each subgoal, a key-frame that does not show what its text says is swapped for a candidate's that
+    `candidates` > 1: that many plans decoded at once and their consensus kept (1: one greedy plan, the quickest);
+    `check_keyframes` (None: whenever there are candidates to check against): the checked key-frames at their
+    fullest, as `eval --check-keyframes --replan-on-check --check-scene --recover --replans 3` runs them: before each
+    subgoal, a key-frame that does not show what its text says is swapped for a candidate's that
     does (one that also leaves the other blocks in place, if any), and when none does, the robot puts down what it
     holds and plans again instead, up to three times (README, Evaluation: 228 of the card's 240 held-out episodes that
     way against 188 greedy, at about 3.6x the tokens; 338 of 360 on fresh seeds)."""
+    if check_keyframes is None:
+        check_keyframes = candidates >= 2
     if check_keyframes and candidates < 2:
         raise ValueError("check_keyframes needs candidates >= 2")
     from evaluation.episode import EpisodeSpec, EvalConfig, run_episode

@@ -41,10 +41,13 @@ def test_demo_round_trip(tmp_path):
 def test_demo_episode_with_a_given_checkpoint(bundle, tmp_path):
     """The trained-model demo path (service on loopback, gRPC plan, MuJoCo, key-frame executor), on the tiny random
     bundle: its plans are noise, so only the outputs' presence and structure are checked here."""
-    r = run("demo", "--checkpoint", str(bundle.root), "--out", str(tmp_path), "--task", "PlaceInZone")
+    r = run(
+        "demo", "--checkpoint", str(bundle.root), "--out", str(tmp_path), "--task", "PlaceInZone", "--candidates", "1"
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "demo.json").read_text())
     assert s["task"] == "PlaceInZone" and s["engine"] == "mujoco" and s["seed"] == 10000
+    assert s["candidates"] == 1 and s["check_keyframes"] is False  # one plan: nothing to check it against
     assert s["instruction"] and isinstance(s["success"], bool) and s["plans"]
     assert s["video"] and (tmp_path / s["video"]).is_file(), s.get("video_error")
     assert (tmp_path / "plan_strip.png").is_file()
@@ -52,14 +55,16 @@ def test_demo_episode_with_a_given_checkpoint(bundle, tmp_path):
 
 
 def test_demo_with_checked_keyframes(bundle, tmp_path):
-    """`demo --candidates 3 --check-keyframes` on the tiny random bundle: three plans in one request, the consensus
-    kept and its key-frames checked; demo.json says so and counts the swaps. Without --candidates it is refused."""
-    r = run("demo", "--checkpoint", str(bundle.root), "--out", str(tmp_path), "--candidates", "3", "--check-keyframes")
+    """The demo's default on the tiny random bundle: five plans in one request, the consensus kept and its key-frames
+    checked; demo.json says so and counts the swaps. A check with one plan to check against is refused."""
+    r = run("demo", "--checkpoint", str(bundle.root), "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "demo.json").read_text())
-    assert s["candidates"] == 3 and s["check_keyframes"] is True and isinstance(s["keyframe_swaps"], int)
-    assert "3 plans at once, key-frames checked" in r.stdout and (tmp_path / "plan_strip.png").is_file()
-    r = run("demo", "--checkpoint", str(bundle.root), "--out", str(tmp_path / "x"), "--check-keyframes")
+    assert s["candidates"] == 5 and s["check_keyframes"] is True and isinstance(s["keyframe_swaps"], int)
+    assert 1 <= len(s["plans"]) <= 4  # the first plan and at most three re-plans
+    assert "5 plans at once, key-frames checked" in r.stdout and (tmp_path / "plan_strip.png").is_file()
+    x = tmp_path / "x"
+    r = run("demo", "--checkpoint", str(bundle.root), "--out", str(x), "--candidates", "1", "--check-keyframes")
     assert r.returncode != 0 and "--candidates 2 or more" in r.stderr
 
 
