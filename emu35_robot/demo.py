@@ -61,7 +61,7 @@ def run_demo(
         check_keyframes = candidates >= 2
     if check_keyframes and candidates < 2:
         raise ValueError("check_keyframes needs candidates >= 2")
-    from evaluation.episode import EpisodeSpec, EvalConfig, run_episode
+    from evaluation.episode import CHECKED_REPLANS, EpisodeSpec, EvalConfig, run_episode
     from evaluation.planners import GrpcOptions, GrpcPlanner, RecordingPlanner
 
     from .server import PlannerServer
@@ -77,7 +77,7 @@ def run_demo(
         planner = RecordingPlanner(GrpcPlanner(address, GrpcOptions(timeout_s=300, candidates=candidates)))
         spec = EpisodeSpec(task, engine, "emu35-mini", seed)
         cfg = EvalConfig(
-            executor="keyframe", replans=3 if check_keyframes else 1, image_size=IMAGE_SIZE,
+            executor="keyframe", replans=CHECKED_REPLANS if check_keyframes else 1, image_size=IMAGE_SIZE,
             check_keyframes=check_keyframes, replan_on_check=check_keyframes, check_scene=check_keyframes,
             recover=check_keyframes,
         )  # fmt: skip

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="run on Ray: a cluster address, or 'local'")
     p.add_argument("--out", required=True, help="output directory (episodes.jsonl, report.*, videos/)")
     p.add_argument("--executor", default="keyframe", choices=["keyframe", "language"])
-    p.add_argument("--replans", type=int, default=1, help="re-plans allowed per episode (closed loop)")
+    p.add_argument("--replans", type=int, default=None, help="re-plans allowed per episode (closed loop; default 1)")
     p.add_argument(
         "--horizon",
         type=int,
@@ -82,10 +82,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="key-frame sampling: temperature (0 = greedy), top_k (0 = all), top_p; default: the server's",
     )
     g.add_argument(
+        "--checked",
+        action="store_true",
+        help="the checked planner at its fullest, as `emu35-robot demo` plans: --candidates 5 --check-keyframes "
+        "--replan-on-check --check-scene --recover --replans 3 (a --candidates or --replans given as well wins)",
+    )
+    g.add_argument(
         "--candidates",
         type=positive_int,
-        default=1,
-        help="> 1: ask for that many plans at once and execute the consensus (PlannerClient.plan_consensus)",
+        default=None,
+        help="> 1: ask for that many plans at once and execute the consensus (PlannerClient.plan_consensus; default 1)",
     )
     g.add_argument(
         "--check-keyframes",
@@ -135,7 +141,7 @@ def _sampling(spec: str | None, flag: str = "--image-sampling") -> tuple[float, 
 
 
 def config_from_args(args: argparse.Namespace):
-    from .episode import EvalConfig
+    from .episode import CHECKED_CANDIDATES, CHECKED_REPLANS, EvalConfig
     from .planners import GrpcOptions
 
     grid = None
@@ -146,6 +152,12 @@ def config_from_args(args: argparse.Namespace):
     for item in args.logit_bias:
         k, v = item.split("=")
         bias[int(k)] = float(v)
+    if args.checked:
+        args.check_keyframes = args.check_scene = args.replan_on_check = args.recover = True
+    if args.candidates is None:
+        args.candidates = CHECKED_CANDIDATES if args.checked else 1
+    if args.replans is None:
+        args.replans = CHECKED_REPLANS if args.checked else 1
     if args.check_keyframes and (args.candidates < 2 or args.executor != "keyframe"):
         raise SystemExit("--check-keyframes: needs --candidates 2 or more and --executor keyframe (the default)")
     if args.mini_device is not None:

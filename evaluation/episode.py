@@ -43,6 +43,12 @@ class EpisodeSpec:
         return f"{self.task}|{self.engine}|{self.planner}|{self.seed}"
 
 
+# the checked planner at its fullest (README, Evaluation: 228 of the card's 240 episodes, 338 of 360 fresh ones):
+# this many candidates and re-plans, with check_keyframes, check_scene, replan_on_check and recover; what
+# `eval --checked` and `emu35-robot demo` run
+CHECKED_CANDIDATES, CHECKED_REPLANS = 5, 3
+
+
 @dataclass
 class EvalConfig:
     """Settings shared by every episode of a run (written to DIR/config.json; a resume must match them)."""

@@ -477,3 +477,28 @@ def test_replan_on_check_plans_again_instead_of_running_a_keyframe_no_candidate_
     assert first["keyframe_check"] == {"follows": False, "candidate": 0, "read": 3, "reads": reads}
     assert r["success"] and r["plans_made"] == 2 and r["replans"] == 1
     assert all(not s.get("refused") for s in r["subgoals"][1:])
+
+
+def test_checked_is_the_full_check_and_given_counts_win():
+    """`eval --checked` is the demo's planner: five candidates, every refinement of the check, put-downs and three
+    re-plans; a --candidates or --replans given beside it wins, and without it the defaults stay one plan, one
+    re-plan, no check."""
+    import argparse
+
+    from evaluation.cli import add_arguments, config_from_args
+
+    def cfg(*argv: str) -> EvalConfig:
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        return config_from_args(p.parse_args(["--out", "x", "--planner", "oracle", *argv]))
+
+    c = cfg("--checked")
+    assert (c.grpc.candidates, c.replans) == (5, 3)
+    assert c.check_keyframes and c.check_scene and c.replan_on_check and c.recover
+    c = cfg("--checked", "--candidates", "3", "--replans", "0")
+    assert (c.grpc.candidates, c.replans) == (3, 0) and c.check_keyframes and c.recover
+    c = cfg()
+    assert (c.grpc.candidates, c.replans) == (1, 1)
+    assert not (c.check_keyframes or c.check_scene or c.replan_on_check or c.recover)
+    with pytest.raises(SystemExit, match="--check-keyframes: needs --candidates 2 or more"):
+        cfg("--checked", "--candidates", "1")
