@@ -61,7 +61,7 @@ def run_demo(
         check_keyframes = candidates >= 2
     if check_keyframes and candidates < 2:
         raise ValueError("check_keyframes needs candidates >= 2")
-    from evaluation.episode import CHECKED_REPLANS, EpisodeSpec, EvalConfig, run_episode
+    from evaluation.episode import CHECKED, CHECKED_REPLANS, EpisodeSpec, EvalConfig, run_episode
     from evaluation.planners import GrpcOptions, GrpcPlanner, RecordingPlanner
 
     from .server import PlannerServer
@@ -78,8 +78,7 @@ def run_demo(
         spec = EpisodeSpec(task, engine, "emu35-mini", seed)
         cfg = EvalConfig(
             executor="keyframe", replans=CHECKED_REPLANS if check_keyframes else 1, image_size=IMAGE_SIZE,
-            check_keyframes=check_keyframes, replan_on_check=check_keyframes, check_scene=check_keyframes,
-            recover=check_keyframes,
+            **(CHECKED if check_keyframes else {}),
         )  # fmt: skip
         how = "plan" if candidates < 2 else f"{candidates} plans at once"
         how += ", key-frames checked" if check_keyframes else ""

@@ -141,7 +141,7 @@ def _sampling(spec: str | None, flag: str = "--image-sampling") -> tuple[float, 
 
 
 def config_from_args(args: argparse.Namespace):
-    from .episode import CHECKED_CANDIDATES, CHECKED_REPLANS, EvalConfig
+    from .episode import CHECKED, CHECKED_CANDIDATES, CHECKED_REPLANS, EvalConfig
     from .planners import GrpcOptions
 
     grid = None
@@ -153,7 +153,7 @@ def config_from_args(args: argparse.Namespace):
         k, v = item.split("=")
         bias[int(k)] = float(v)
     if args.checked:
-        args.check_keyframes = args.check_scene = args.replan_on_check = args.recover = True
+        vars(args).update(CHECKED)
     if args.candidates is None:
         args.candidates = CHECKED_CANDIDATES if args.checked else 1
     if args.replans is None:

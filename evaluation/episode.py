@@ -43,9 +43,10 @@ class EpisodeSpec:
         return f"{self.task}|{self.engine}|{self.planner}|{self.seed}"
 
 
-# the checked planner at its fullest (README, Evaluation: 228 of the card's 240 episodes, 338 of 360 fresh ones):
-# this many candidates and re-plans, with check_keyframes, check_scene, replan_on_check and recover; what
+# the checked planner at its fullest (README, Evaluation: 228 of the card's 240 episodes, 338 of 360 fresh ones): the
+# check with every refinement and the put-down (EvalConfig fields), this many candidates and re-plans; what
 # `eval --checked` and `emu35-robot demo` run
+CHECKED = {"check_keyframes": True, "check_scene": True, "replan_on_check": True, "recover": True}
 CHECKED_CANDIDATES, CHECKED_REPLANS = 5, 3
 
 
